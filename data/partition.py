@@ -1,0 +1,160 @@
+"""Split sample indices among federated clients, IID or with label skew.
+
+Every partitioner returns one sorted int64 index array per client; together
+they are disjoint and cover every sample exactly once. All randomness comes
+from the generator passed in, so a seed fixes the partition.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "pathological")
+
+MAX_DIRICHLET_ATTEMPTS = 1000
+
+
+def partition_indices(
+    labels: np.ndarray,
+    num_clients: int,
+    kind: str,
+    seed: int,
+    *,
+    alpha: float = 0.5,
+    min_size: int = 10,
+    classes_per_client: int = 2,
+) -> list[np.ndarray]:
+    """Partition ``range(len(labels))`` among ``num_clients`` clients by ``kind``.
+
+    ``alpha`` and ``min_size`` apply to ``dirichlet``, ``classes_per_client``
+    to ``pathological``; the other kinds ignore them.
+    """
+    rng = np.random.default_rng(seed)
+    if kind == "iid":
+        return iid_partition(labels, num_clients, rng)
+    if kind == "dirichlet":
+        return dirichlet_partition(labels, num_clients, rng, alpha=alpha, min_size=min_size)
+    if kind == "pathological":
+        return pathological_partition(
+            labels, num_clients, rng, classes_per_client=classes_per_client
+        )
+    raise ValueError(f"Unknown partition kind {kind!r}; choose one of {', '.join(PARTITIONS)}.")
+
+
+def iid_partition(
+    labels: np.ndarray, num_clients: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Shuffle all samples and deal them into near-equal parts (sizes differ by at most one)."""
+    labels = _check_inputs(labels, num_clients)
+    shuffled = rng.permutation(len(labels))
+    return [np.sort(part) for part in np.array_split(shuffled, num_clients)]
+
+
+def dirichlet_partition(
+    labels: np.ndarray,
+    num_clients: int,
+    rng: np.random.Generator,
+    *,
+    alpha: float = 0.5,
+    min_size: int = 10,
+) -> list[np.ndarray]:
+    """Label-skewed split: each class is divided among clients by Dir(``alpha``) proportions.
+
+    Small ``alpha`` concentrates each class on few clients; large ``alpha``
+    approaches IID. Proportions are redrawn (up to
+    :data:`MAX_DIRICHLET_ATTEMPTS` times) until every client holds at least
+    ``min_size`` samples.
+    """
+    labels = _check_inputs(labels, num_clients)
+    if not alpha > 0:
+        raise ValueError(
+            f"alpha must be > 0, got {alpha}; e.g. 0.1 (strong skew) to 100 (near IID)."
+        )
+    if min_size < 0:
+        raise ValueError(f"min_size must be >= 0, got {min_size}.")
+    if num_clients * min_size > len(labels):
+        raise ValueError(
+            f"Cannot give each of num_clients={num_clients} clients min_size={min_size} samples: "
+            f"only {len(labels)} samples. Lower num_clients or min_size."
+        )
+    by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    class_sizes = np.array([len(members) for members in by_class])
+    for _ in range(MAX_DIRICHLET_ATTEMPTS):
+        proportions = rng.dirichlet(np.full(num_clients, alpha), size=len(by_class))
+        # Cut points per class: row c holds where each client's share of class c ends.
+        cuts = np.floor(np.cumsum(proportions, axis=1) * class_sizes[:, None]).astype(np.int64)
+        cuts[:, -1] = class_sizes
+        counts = np.diff(cuts, axis=1, prepend=0)
+        if counts.sum(axis=0).min() >= min_size:
+            break
+    else:
+        raise ValueError(
+            f"No Dirichlet partition with at least min_size={min_size} samples per client found in "
+            f"{MAX_DIRICHLET_ATTEMPTS} draws (num_clients={num_clients}, alpha={alpha}, "
+            f"{len(labels)} samples). Lower num_clients or min_size, or raise alpha."
+        )
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for members, class_cuts in zip(by_class, cuts, strict=True):
+        for client, chunk in enumerate(np.split(members, class_cuts[:-1])):
+            parts[client].append(chunk)
+    return [np.sort(np.concatenate(chunks)).astype(np.int64) for chunks in parts]
+
+
+def pathological_partition(
+    labels: np.ndarray,
+    num_clients: int,
+    rng: np.random.Generator,
+    *,
+    classes_per_client: int = 2,
+) -> list[np.ndarray]:
+    """Each client holds exactly ``classes_per_client`` classes; every class is held.
+
+    Over a shuffled class order, client ``c`` takes classes
+    ``(c * k + j) mod num_classes`` for ``j < k``; each class's samples are
+    then split evenly among the clients holding it.
+    """
+    labels = _check_inputs(labels, num_clients)
+    classes = np.unique(labels)
+    k = classes_per_client
+    if not 1 <= k <= len(classes):
+        raise ValueError(
+            f"classes_per_client must be between 1 and the number of classes "
+            f"({len(classes)}), got {k}."
+        )
+    if num_clients * k < len(classes):
+        raise ValueError(
+            f"num_clients={num_clients} x classes_per_client={k} = {num_clients * k} class slots "
+            f"cannot cover all {len(classes)} classes; raise num_clients or classes_per_client."
+        )
+    order = rng.permutation(classes)
+    holders: dict[int, list[int]] = {int(c): [] for c in classes}
+    for client in range(num_clients):
+        for j in range(k):
+            holders[int(order[(client * k + j) % len(classes)])].append(client)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for label, clients in holders.items():
+        members = rng.permutation(np.flatnonzero(labels == label))
+        if len(members) < len(clients):
+            raise ValueError(
+                f"Class {label} has {len(members)} samples but {len(clients)} clients hold it "
+                f"(num_clients={num_clients}, classes_per_client={k}); some client would get none "
+                "of it. Lower num_clients or classes_per_client."
+            )
+        for client, chunk in zip(clients, np.array_split(members, len(clients)), strict=True):
+            parts[client].append(chunk)
+    return [np.sort(np.concatenate(chunks)).astype(np.int64) for chunks in parts]
+
+
+def _check_inputs(labels: np.ndarray, num_clients: int) -> np.ndarray:
+    """Validate the arguments shared by all partitioners; return labels as a 1-D array."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} {labels.shape}.")
+    if isinstance(num_clients, bool) or not isinstance(num_clients, (int, np.integer)):
+        raise ValueError(f"num_clients must be an integer, got {num_clients!r}.")
+    if not 1 <= num_clients <= len(labels):
+        raise ValueError(
+            f"num_clients must be between 1 and the number of samples "
+            f"({len(labels)}), got {num_clients}."
+        )
+    return labels

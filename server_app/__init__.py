@@ -1,0 +1,1 @@
+"""ServerApp side of fedsparse: config, the round loop, results, checkpoints and the CLI."""

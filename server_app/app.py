@@ -1,0 +1,37 @@
+"""The ServerApp, built by a factory so both engines share it.
+
+The simulation CLI passes the composed config and run directory in. Under ``flwr run`` (deployment)
+the module-level ``app`` composes conf/ itself from the run config's ``overrides`` string, e.g.
+``flwr run . <connection> --run-config 'overrides="strategy=fedavg num_rounds=5"'``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from omegaconf import DictConfig
+
+from server_app.experiment import run_experiment
+from server_app.settings import compose_config, validate
+
+DEPLOY_RUNS = Path("outputs") / "deploy"
+
+
+def make_server_app(cfg: DictConfig | None = None, run_dir: Path | None = None) -> ServerApp:
+    """A ServerApp running ``cfg`` into ``run_dir`` (both taken from the run config when None)."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        config = cfg
+        if config is None:
+            config = compose_config(str(context.run_config.get("overrides", "")))
+            validate(config)
+        run_experiment(grid, config, run_dir or DEPLOY_RUNS / str(context.run_id))
+
+    return server_app
+
+
+app = make_server_app()

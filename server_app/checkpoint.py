@@ -1,0 +1,116 @@
+"""Crash-safe checkpoints: written atomically, checksummed, the previous one kept.
+
+A checkpoint is one ``.npz`` (global arrays under ``global/``, strategy state under
+``strategy/``; no pickles) plus ``latest.json`` naming it with its SHA-256, the round and the
+wall time spent so far. A checkpoint whose checksum does not match falls back to the previous one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest.json"
+GLOBAL, STRATEGY = "global/", "strategy/"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Everything needed to continue a run after ``round``."""
+
+    round: int
+    arrays: ArrayRecord
+    strategy_state: dict[str, np.ndarray]
+    wall_s: float
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint: the message says what was found and what to do."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
+    """Write ``checkpoint`` and point ``latest.json`` at it; keep only it and its predecessor."""
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = {GLOBAL + name: array.numpy() for name, array in checkpoint.arrays.items()}
+    arrays.update({STRATEGY + name: value for name, value in checkpoint.strategy_state.items()})
+    path = directory / f"round-{checkpoint.round:05d}.npz"
+    _write_atomic(path, lambda handle: np.savez(handle, **arrays))
+    previous = _read_meta(directory)
+    meta = {
+        "round": checkpoint.round,
+        "file": path.name,
+        "sha256": _sha256(path),
+        "wall_s": checkpoint.wall_s,
+        "previous": {k: previous[k] for k in ("round", "file", "sha256", "wall_s")}
+        if previous and previous["file"] != path.name
+        else None,
+    }
+    _write_atomic(directory / LATEST, lambda handle: handle.write(json.dumps(meta).encode()))
+    keep = {path.name, meta["previous"]["file"] if meta["previous"] else None}
+    for old in directory.glob("round-*.npz"):
+        if old.name not in keep:
+            old.unlink()
+    return path
+
+
+def _read_meta(directory: Path) -> dict | None:
+    try:
+        return json.loads((directory / LATEST).read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{directory / LATEST} is corrupted ({err})") from err
+
+
+def _load(directory: Path, meta: dict) -> Checkpoint:
+    path = directory / meta["file"]
+    if not path.exists() or _sha256(path) != meta["sha256"]:
+        raise CheckpointError(f"checkpoint {path} is missing or its checksum does not match")
+    with np.load(path, allow_pickle=False) as stored:
+        global_arrays = {k[len(GLOBAL) :]: stored[k] for k in stored.files if k.startswith(GLOBAL)}
+        state = {k[len(STRATEGY) :]: stored[k] for k in stored.files if k.startswith(STRATEGY)}
+    arrays = ArrayRecord({name: Array(value) for name, value in global_arrays.items()})
+    return Checkpoint(meta["round"], arrays, state, meta["wall_s"])
+
+
+def load_checkpoint(directory: Path) -> Checkpoint:
+    """The latest valid checkpoint in ``directory`` (falling back to the previous one)."""
+    meta = _read_meta(directory)
+    if meta is None:
+        raise CheckpointError(
+            f"resume=true but there is no checkpoint in {directory}; pass the run directory of the "
+            "run to continue with hydra.run.dir=<that directory>, or drop resume=true"
+        )
+    try:
+        return _load(directory, meta)
+    except CheckpointError as err:
+        if not meta.get("previous"):
+            raise
+        log.warning("%s; falling back to round %d", err, meta["previous"]["round"])
+        return _load(directory, meta["previous"])

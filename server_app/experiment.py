@@ -1,0 +1,147 @@
+"""The round loop: configure -> send -> aggregate -> evaluate -> record -> checkpoint.
+
+Engine-agnostic: it only needs a Flower ``Grid`` and the composed config, so the simulation
+CLI and a deployed ServerApp run the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+from omegaconf import DictConfig, OmegaConf
+
+import models
+from client_app.training import TensorData, evaluate, resolve_device
+from data.federated import central_test, dataset_info
+from server_app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from server_app.monitor import relative_layer_update
+from server_app.plots import plot_run
+from server_app.results import MetricsLog, summarize, write_summary
+from server_app.settings import ConfigError, build_strategy, client_job
+from strategies.cohort import ClientDirectory
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+RESUMABLE_KEYS = ("num_rounds", "resume")
+
+
+def initial_arrays(cfg: DictConfig) -> ArrayRecord:
+    """The round-0 global model, a pure function of the seed and the model/data choice."""
+    info = dataset_info(client_job(cfg).data_spec())
+    torch.manual_seed(cfg.seed)
+    return ArrayRecord(
+        models.build_model(cfg.model.name, info.input_shape, info.num_classes).state_dict()
+    )
+
+
+def _check_same_experiment(run_dir: Path, cfg: DictConfig) -> None:
+    """Resuming with a different experiment would mix two runs in one directory."""
+    stored = OmegaConf.load(run_dir / CONFIG_FILE)
+    current = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    for key in RESUMABLE_KEYS:
+        stored.pop(key, None)
+        current.pop(key, None)
+    if stored != current:
+        old, new = OmegaConf.to_container(stored), OmegaConf.to_container(current)
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        raise ConfigError(
+            f"resume=true but the config differs from the run in {run_dir} in {changed}; only "
+            f"{list(RESUMABLE_KEYS)} may change when resuming"
+        )
+
+
+class CentralEvaluator:
+    """Evaluates global arrays on the server's central test set."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        spec = client_job(cfg).data_spec()
+        info = dataset_info(spec)
+        self.device = resolve_device(cfg.device)
+        self.model = models.build_model(cfg.model.name, info.input_shape, info.num_classes)
+        self.model.to(self.device)
+        self.data = TensorData.from_arrays(central_test(spec), info.mean, info.std, self.device)
+
+    def __call__(self, arrays: ArrayRecord) -> tuple[float, float]:
+        self.model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+        return evaluate(self.model, self.data)
+
+
+def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
+    """Run (or resume) the configured experiment on ``grid``; returns the summary."""
+    started = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir = run_dir / "checkpoint"
+    directory = ClientDirectory(cfg.num_clients, cfg.engine.clients_per_node)
+    strategy = build_strategy(cfg, directory)
+    arrays, first_round, wall_before = initial_arrays(cfg), 1, 0.0
+    if cfg.resume:
+        _check_same_experiment(run_dir, cfg)
+        checkpoint = load_checkpoint(checkpoint_dir)
+        arrays, first_round, wall_before = (
+            checkpoint.arrays,
+            checkpoint.round + 1,
+            checkpoint.wall_s,
+        )
+        strategy.load_state_dict(checkpoint.strategy_state)
+        log.info("resuming %s after round %d", run_dir, checkpoint.round)
+    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    metrics = MetricsLog(run_dir, keep_through_round=first_round - 1)
+    evaluator = CentralEvaluator(cfg)
+    directory.wait_for_nodes(grid)
+
+    for server_round in range(first_round, cfg.num_rounds + 1):
+        round_start = time.perf_counter()
+        messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+        replies = grid.send_and_receive(messages, timeout=cfg.round_timeout_s)
+        new_arrays, _ = strategy.aggregate_train(server_round, replies)
+        if new_arrays is None:
+            raise RuntimeError(
+                f"round {server_round}: only {strategy.stats.clients} valid replies, fewer than "
+                f"min_replies={cfg.min_replies} (failures {strategy.stats.failures}, rejected "
+                f"{dict(strategy.stats.rejected)}); the last checkpoint is in {checkpoint_dir}"
+            )
+        row = {"round": server_round, **strategy.stats.to_metrics()}
+        row["layer_rel_update"] = relative_layer_update(arrays, new_arrays)
+        arrays = new_arrays
+        if cfg.federated_eval:
+            eval_messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
+            fed = strategy.aggregate_evaluate(
+                server_round, grid.send_and_receive(eval_messages, timeout=cfg.round_timeout_s)
+            )
+            row.update(dict(fed) if fed else {"fed_loss": None, "fed_accuracy": None})
+        row["loss"], row["accuracy"] = evaluator(arrays)
+        row.update(strategy.round_metrics())
+        row["round_s"] = time.perf_counter() - round_start
+        metrics.append(row)
+        wall_s = wall_before + time.perf_counter() - started
+        save_checkpoint(
+            checkpoint_dir, Checkpoint(server_round, arrays, strategy.state_dict(), wall_s)
+        )
+        if cfg.plots:
+            plot_run(metrics.rows, run_dir / "plots", f"{cfg.strategy.name} on {cfg.dataset.name}")
+        print(
+            f"[fedsparse] round {server_round}/{cfg.num_rounds}  acc {row['accuracy']:.4f}  "
+            f"loss {row['loss']:.4f}  up {row['uplink_bytes'] / 1e6:.2f} MB  "
+            f"down {row['downlink_bytes'] / 1e6:.2f} MB  clients {row['clients']}  "
+            f"failures {row['failures']}  {row['round_s']:.1f} s",
+            flush=True,
+        )
+
+    summary = summarize(
+        metrics.rows,
+        wall_s=wall_before + time.perf_counter() - started,
+        strategy=cfg.strategy.name,
+        seed=cfg.seed,
+        dataset=cfg.dataset.name,
+        model=cfg.model.name,
+        partition=cfg.partition.name,
+        num_clients=cfg.num_clients,
+    )
+    write_summary(run_dir, summary)
+    return summary

@@ -1,0 +1,65 @@
+"""The run directory's record: ``metrics.jsonl`` (one line per round) and ``summary.json``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/Inf become null so every line is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """All rows of a run's ``metrics.jsonl`` (empty when there is none yet)."""
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsLog:
+    """Appends one JSON object per round; on resume, drops rows after the checkpoint."""
+
+    def __init__(self, run_dir: Path, keep_through_round: int = 0) -> None:
+        self.path = run_dir / METRICS_FILE
+        self.rows = [r for r in read_metrics(run_dir) if r["round"] <= keep_through_round]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def append(self, row: dict[str, Any]) -> None:
+        row = _json_safe(row)
+        self.rows.append(row)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+
+
+def summarize(rows: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    """The headline numbers of a run, from its metrics rows."""
+    accuracies = [r["accuracy"] for r in rows if r.get("accuracy") is not None]
+    return {
+        "final_accuracy": accuracies[-1] if accuracies else None,
+        "best_accuracy": max(accuracies) if accuracies else None,
+        "final_loss": rows[-1]["loss"] if rows else None,
+        "uplink_bytes_total": sum(r["uplink_bytes"] for r in rows),
+        "downlink_bytes_total": sum(r["downlink_bytes"] for r in rows),
+        "rounds": rows[-1]["round"] if rows else 0,
+        "failures_total": sum(r["failures"] for r in rows),
+        **fields,
+    }
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(_json_safe(summary), indent=2) + "\n")

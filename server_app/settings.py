@@ -1,0 +1,180 @@
+"""Turns the composed Hydra config into checked settings, a client job and a strategy.
+
+Both engines use it: the simulation CLI composes conf/ through ``@hydra.main``; a deployed
+ServerApp composes the same tree from the overrides carried in the run config.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig, OmegaConf
+
+import models
+import strategies
+from data.datasets import DATASETS
+from data.partition import PARTITIONS
+from strategies.base import FedSparseStrategy
+from strategies.cohort import ClientDirectory
+from strategies.job import ClientJob
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key, the value and what is allowed."""
+
+
+def _check(cfg: DictConfig, key: str, ok: Callable[[Any], bool], requirement: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    try:
+        valid = ok(value)
+    except TypeError:
+        valid = False
+    if not valid:
+        raise ConfigError(f"invalid config: {key}={value!r}: {requirement}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Fail before anything starts if a value cannot work; the error names the key."""
+    _check(cfg, "seed", lambda v: _is_int(v) and v >= 0, "must be an integer >= 0")
+    _check(cfg, "num_rounds", lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
+    _check(cfg, "num_clients", lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
+    _check(
+        cfg,
+        "clients_per_round",
+        lambda v: _is_int(v) and 1 <= v <= cfg.num_clients,
+        f"must be an integer between 1 and num_clients ({cfg.num_clients})",
+    )
+    _check(
+        cfg,
+        "min_replies",
+        lambda v: _is_int(v) and 1 <= v <= cfg.clients_per_round,
+        f"must be an integer between 1 and clients_per_round ({cfg.clients_per_round})",
+    )
+    _check(cfg, "local_epochs", lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
+    _check(cfg, "batch_size", lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
+    _check(cfg, "lr", lambda v: _is_number(v) and v > 0, "must be a number > 0")
+    _check(cfg, "momentum", lambda v: _is_number(v) and 0 <= v < 1, "must be in [0, 1)")
+    _check(cfg, "weight_decay", lambda v: _is_number(v) and v >= 0, "must be a number >= 0")
+    _check(cfg, "local_test_fraction", lambda v: _is_number(v) and 0 <= v < 1, "must be in [0, 1)")
+    _check(cfg, "round_timeout_s", lambda v: _is_number(v) and v > 0, "must be a number > 0")
+    _check(cfg, "device", lambda v: v in DEVICES, f"choose one of: {', '.join(DEVICES)}")
+    _check(cfg, "resume", lambda v: isinstance(v, bool), "must be true or false")
+    _check(
+        cfg,
+        "model.name",
+        lambda v: v in models.available_models(),
+        f"choose one of: {', '.join(models.available_models())}",
+    )
+    _check(cfg, "dataset.name", lambda v: v in DATASETS, f"choose one of: {', '.join(DATASETS)}")
+    _check(
+        cfg, "partition.name", lambda v: v in PARTITIONS, f"choose one of: {', '.join(PARTITIONS)}"
+    )
+    _check(
+        cfg,
+        "strategy.name",
+        lambda v: v in strategies.available_algorithms(),
+        f"choose one of: {', '.join(strategies.available_algorithms())}",
+    )
+    if cfg.partition.name == "dirichlet":
+        _check(cfg, "partition.alpha", lambda v: _is_number(v) and v > 0, "must be a number > 0")
+        _check(
+            cfg, "partition.min_size", lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"
+        )
+    if cfg.partition.name == "pathological":
+        _check(
+            cfg,
+            "partition.classes_per_client",
+            lambda v: _is_int(v) and v >= 1,
+            "must be an integer >= 1",
+        )
+    _check(cfg, "engine.client_cpus", lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
+    _check(
+        cfg,
+        "engine.client_gpus",
+        lambda v: _is_number(v) and 0 <= v <= 1,
+        "must be a GPU fraction in [0, 1], e.g. 0.25 lets four clients share one GPU",
+    )
+    _check(
+        cfg, "engine.clients_per_node", lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"
+    )
+    if cfg.engine.client_gpus > 0 and not torch.cuda.is_available():
+        raise ConfigError(
+            f"invalid config: engine.client_gpus={cfg.engine.client_gpus!r}: torch sees no GPU on "
+            "this machine; set engine.client_gpus=0"
+        )
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "invalid config: device='cuda': torch sees no GPU; use device=auto or cpu"
+        )
+    build_strategy(cfg, ClientDirectory(cfg.num_clients, cfg.engine.clients_per_node))
+
+
+def strategy_params(cfg: DictConfig) -> dict[str, Any]:
+    """The strategy group's parameters (everything but its name)."""
+    params = OmegaConf.to_container(cfg.strategy, resolve=True)
+    params.pop("name")
+    return params
+
+
+def client_job(cfg: DictConfig) -> ClientJob:
+    """The job every sampled client receives (round and client ids are set per message)."""
+    partition = cfg.partition
+    return ClientJob(
+        algorithm=cfg.strategy.name,
+        model=cfg.model.name,
+        dataset=cfg.dataset.name,
+        partition=partition.name,
+        num_clients=cfg.num_clients,
+        seed=cfg.seed,
+        alpha=float(partition.get("alpha", 0.5)),
+        min_size=int(partition.get("min_size", 10)),
+        classes_per_client=int(partition.get("classes_per_client", 2)),
+        local_test_fraction=float(cfg.local_test_fraction),
+        dataset_root=cfg.dataset.root or "",
+        download=bool(cfg.dataset.download),
+        local_epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        lr=float(cfg.lr),
+        momentum=float(cfg.momentum),
+        weight_decay=float(cfg.weight_decay),
+        device=cfg.device,
+        threads=cfg.engine.client_cpus,
+        clients_per_node=cfg.engine.clients_per_node,
+        params={k: v for k, v in strategy_params(cfg).items() if v is not None},
+    )
+
+
+def build_strategy(cfg: DictConfig, directory: ClientDirectory) -> FedSparseStrategy:
+    """Instantiate the configured strategy; unknown parameters become a ConfigError."""
+    algorithm = strategies.get_algorithm(cfg.strategy.name)
+    try:
+        return algorithm.server(
+            job=client_job(cfg),
+            directory=directory,
+            clients_per_round=cfg.clients_per_round,
+            min_replies=cfg.min_replies,
+            **strategy_params(cfg),
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"invalid config for strategy={cfg.strategy.name}: {err}") from err
+
+
+def compose_config(overrides: str | list[str]) -> DictConfig:
+    """Compose conf/ with Hydra overrides (a list, or one shell-quoted string)."""
+    items = shlex.split(overrides) if isinstance(overrides, str) else list(overrides)
+    with initialize_config_module(config_module="conf", version_base=None):
+        return compose(config_name="config", overrides=items)

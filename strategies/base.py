@@ -1,0 +1,307 @@
+"""The shape every algorithm follows: a server strategy and a client half.
+
+``FedSparseStrategy`` is a ``flwr.serverapp.strategy.Strategy`` that works on *clients*, not
+messages: it samples clients, sends one message per hosting node, validates each client's
+reply on its own, counts bytes per client, and hands the valid updates (sorted by client id,
+so float sums are reproducible) to the algorithm's ``aggregate``.
+``ClientAlgorithm`` is the client half the generic ClientApp runtime calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import abstractmethod
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from torch import nn
+
+from strategies.cohort import ClientDirectory
+from strategies.job import ClientJob
+from strategies.validation import (
+    ReplyError,
+    check_finite_metric,
+    check_num_examples,
+    require_record,
+)
+from strategies.wire import (
+    ClientState,
+    Record,
+    pack_clients,
+    record_bytes,
+    shared_payload_bytes,
+    unpack_clients,
+)
+
+log = logging.getLogger(__name__)
+
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+SAMPLE_TRAIN, SAMPLE_EVALUATE = 0, 1
+
+
+@dataclass
+class ClientUpdate:
+    """One client's validated reply."""
+
+    client_id: int
+    num_examples: int
+    metrics: MetricRecord
+    records: dict[str, Record]
+    payload: Any = None
+
+
+@dataclass
+class RoundStats:
+    """What one round of training cost and how many replies made it."""
+
+    sampled: int = 0
+    clients: int = 0
+    failures: int = 0
+    uplink_bytes: int = 0
+    downlink_bytes: int = 0
+    train_loss: float = float("nan")
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def to_metrics(self) -> dict[str, Any]:
+        return {
+            "clients": self.clients,
+            "failures": self.failures,
+            "uplink_bytes": self.uplink_bytes,
+            "downlink_bytes": self.downlink_bytes,
+            "train_loss": self.train_loss,
+            "rejected": dict(self.rejected),
+        }
+
+
+class FedSparseStrategy(Strategy):
+    """Cohort-aware base strategy; subclasses define the payload codec and the aggregation."""
+
+    name = "base"
+
+    def __init__(
+        self,
+        job: ClientJob,
+        directory: ClientDirectory,
+        clients_per_round: int,
+        min_replies: int = 1,
+        **params: Any,
+    ) -> None:
+        if params:
+            raise TypeError(f"strategy {self.name!r} got unknown parameters {sorted(params)}")
+        self.job = job
+        self.directory = directory
+        self.clients_per_round = clients_per_round
+        self.min_replies = min_replies
+        self.stats = RoundStats()
+        self.evaluate_stats = RoundStats()
+        self._sent: dict[int, list[int]] = {}
+        self._global: ArrayRecord | None = None
+
+    # ----------------------------------------------------------------- sampling and routing
+    def sample_clients(self, server_round: int, purpose: int) -> list[int]:
+        """Clients for this round, drawn from the run seed, the round and the purpose."""
+        available = self.directory.available_clients()
+        count = min(self.clients_per_round, len(available))
+        rng = np.random.default_rng([self.job.seed, server_round, purpose])
+        return sorted(int(c) for c in rng.choice(available, size=count, replace=False))
+
+    def _messages(
+        self, server_round: int, arrays: ArrayRecord, grid: Grid, message_type: str, purpose: int
+    ) -> list[Message]:
+        self.directory.refresh(grid)
+        self._global = arrays
+        clients = self.sample_clients(server_round, purpose)
+        stats = RoundStats(sampled=len(clients))
+        self._sent = self.directory.group_by_node(clients)
+        messages = []
+        for node_id, cohort in self._sent.items():
+            content = self.node_content(server_round, arrays, cohort, message_type)
+            private = unpack_clients(content)
+            stats.downlink_bytes += shared_payload_bytes(content) * len(cohort) + sum(
+                record_bytes(records.values()) for records in private.values()
+            )
+            messages.append(Message(content, dst_node_id=node_id, message_type=message_type))
+        if message_type == MessageType.TRAIN:
+            self.stats = stats
+        else:
+            self.evaluate_stats = stats
+        return messages
+
+    def node_content(
+        self, server_round: int, arrays: ArrayRecord, cohort: list[int], message_type: str
+    ) -> RecordDict:
+        """One node's message: the downlink payload, the job, and any per-client records."""
+        content = pack_clients(
+            {c: self.client_records(server_round, c) for c in cohort}
+            if message_type == MessageType.TRAIN
+            else {}
+        )
+        content[ARRAYS] = self.downlink(server_round, arrays, message_type)
+        content[CONFIG] = self.job.for_round(server_round, cohort).to_record()
+        return content
+
+    def downlink(self, server_round: int, arrays: ArrayRecord, message_type: str) -> ArrayRecord:
+        """What the global model looks like on the wire (default: the dense arrays)."""
+        return arrays
+
+    def client_records(self, server_round: int, client_id: int) -> dict[str, Record]:
+        """Records addressed to one client only (default: none)."""
+        return {}
+
+    # -------------------------------------------------------------------------- train
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self._messages(server_round, arrays, grid, MessageType.TRAIN, SAMPLE_TRAIN)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        updates = self._collect(replies, self.stats, self._decode_train)
+        if updates:
+            losses = [u.metrics["train-loss"] for u in updates]
+            weights = [u.num_examples for u in updates]
+            self.stats.train_loss = float(np.average(losses, weights=weights))
+        if len(updates) < self.min_replies:
+            log.error(
+                "round %d: %d valid replies < min_replies=%d",
+                server_round,
+                len(updates),
+                self.min_replies,
+            )
+            return None, None
+        arrays = self.aggregate(server_round, updates)
+        return arrays, MetricRecord({"clients": self.stats.clients})
+
+    def _decode_train(self, update: ClientUpdate) -> ClientUpdate:
+        check_finite_metric(update.metrics, "train-loss")
+        update.payload = self.decode(update)
+        return update
+
+    @abstractmethod
+    def decode(self, update: ClientUpdate) -> Any:
+        """Validate and decode one client's payload; raise ReplyError to drop it."""
+
+    @abstractmethod
+    def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
+        """New global arrays from the decoded updates (sorted by client id)."""
+
+    @property
+    def global_arrays(self) -> ArrayRecord:
+        """The global arrays sent this round (the template replies are checked against)."""
+        if self._global is None:
+            raise RuntimeError("no round configured yet")
+        return self._global
+
+    # ------------------------------------------------------------------------ evaluate
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self._messages(server_round, arrays, grid, MessageType.EVALUATE, SAMPLE_EVALUATE)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        updates = self._collect(replies, self.evaluate_stats, self._decode_evaluate)
+        if not updates:
+            return None
+        weights = [u.num_examples for u in updates]
+        return MetricRecord(
+            {
+                "fed_loss": float(
+                    np.average([u.metrics["loss"] for u in updates], weights=weights)
+                ),
+                "fed_accuracy": float(
+                    np.average([u.metrics["accuracy"] for u in updates], weights=weights)
+                ),
+            }
+        )
+
+    @staticmethod
+    def _decode_evaluate(update: ClientUpdate) -> ClientUpdate:
+        check_finite_metric(update.metrics, "loss")
+        check_finite_metric(update.metrics, "accuracy")
+        return update
+
+    # ------------------------------------------------------------------------ plumbing
+    def _collect(self, replies: Iterable[Message], stats: RoundStats, decode) -> list[ClientUpdate]:
+        """Validate every client's reply; count failures and rejections; never raise."""
+        updates: list[ClientUpdate] = []
+        for reply in replies:
+            cohort = self._sent.pop(reply.metadata.src_node_id, [])
+            if reply.has_error():
+                log.warning("node %d failed: %s", reply.metadata.src_node_id, reply.error.reason)
+                stats.failures += len(cohort)
+                continue
+            per_client = unpack_clients(reply.content)
+            for client_id in cohort:
+                records = per_client.get(client_id, {})
+                stats.uplink_bytes += record_bytes(records.values())
+                try:
+                    metrics = require_record(records, METRICS, MetricRecord)
+                    update = ClientUpdate(client_id, check_num_examples(metrics), metrics, records)
+                    updates.append(decode(update))
+                except ReplyError as err:
+                    log.warning("client %d reply dropped: %s", client_id, err)
+                    stats.rejected[err.reason] += 1
+                    stats.failures += 1
+        for node_id, cohort in self._sent.items():
+            log.warning("node %d did not reply (clients %s)", node_id, cohort)
+            stats.failures += len(cohort)
+        self._sent = {}
+        stats.clients = len(updates)
+        return sorted(updates, key=lambda u: u.client_id)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Server-side algorithm state to checkpoint (default: none)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+
+    def round_metrics(self) -> dict[str, Any]:
+        """Algorithm-specific keys for this round's metrics line (default: none)."""
+        return {}
+
+    def summary(self) -> None:
+        log.info("strategy %s: %d clients per round", self.name, self.clients_per_round)
+
+
+class ClientAlgorithm:
+    """Client half of a protocol: read the payload into a model, train, encode the reply.
+
+    The default is plain dense training (FedAvg's client): load the global arrays, run local
+    SGD, send the trained arrays back.
+    """
+
+    def receive(
+        self,
+        model: nn.Module,
+        content: RecordDict,
+        client_id: int,
+        job: ClientJob,
+        state: ClientState,
+    ) -> None:
+        """Load the downlink payload into ``model`` before local training."""
+        model.load_state_dict(content[ARRAYS].to_torch_state_dict(), strict=True)
+
+    def optimizer(self, model: nn.Module, job: ClientJob) -> torch.optim.Optimizer:
+        """The local optimizer (fresh every round)."""
+        return torch.optim.SGD(
+            model.parameters(), lr=job.lr, momentum=job.momentum, weight_decay=job.weight_decay
+        )
+
+    def reply(
+        self, model: nn.Module, client_id: int, job: ClientJob, state: ClientState
+    ) -> dict[str, Record]:
+        """The records this client sends up after training."""
+        return {ARRAYS: ArrayRecord(model.state_dict())}

@@ -1,0 +1,45 @@
+"""FedAvg: dense weights up, average weighted by ``num-examples`` (McMahan et al., 2017)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+from strategies.base import ARRAYS, ClientAlgorithm, ClientUpdate, FedSparseStrategy
+from strategies.registry import Algorithm, register_algorithm
+from strategies.validation import arrays_like, require_record
+
+
+def weighted_average(
+    arrays: Sequence[dict[str, np.ndarray]], weights: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """Per-name weighted mean, summed in float64 in the given order and cast back.
+
+    Integer arrays (e.g. BatchNorm's ``num_batches_tracked``) are rounded to the nearest integer.
+    """
+    total = float(sum(weights))
+    averaged: dict[str, np.ndarray] = {}
+    for name, first in arrays[0].items():
+        acc = np.zeros(first.shape, dtype=np.float64)
+        for values, weight in zip(arrays, weights, strict=True):
+            acc += values[name] * (weight / total)
+        averaged[name] = (np.rint(acc) if first.dtype.kind in "iu" else acc).astype(first.dtype)
+    return averaged
+
+
+class FedAvg(FedSparseStrategy):
+    """Weighted averaging of the clients' trained weights."""
+
+    name = "fedavg"
+
+    def decode(self, update: ClientUpdate) -> dict[str, np.ndarray]:
+        return arrays_like(require_record(update.records, ARRAYS, ArrayRecord), self.global_arrays)
+
+    def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
+        averaged = weighted_average([u.payload for u in updates], [u.num_examples for u in updates])
+        return ArrayRecord({name: Array(values) for name, values in averaged.items()})
+
+
+register_algorithm(Algorithm("fedavg", FedAvg, ClientAlgorithm))

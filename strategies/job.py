@@ -1,0 +1,96 @@
+"""The client job: everything a ClientApp needs for one round, carried in the message.
+
+Clients read no config file, so the same messages work in simulation and deployment.
+The job travels as a flat ConfigRecord; algorithm parameters ride along under ``strategy.*``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from flwr.app import ConfigRecord
+
+from data.federated import DataSpec
+
+STRATEGY_PREFIX = "strategy."
+ConfigScalar = bool | int | float | str
+
+
+@dataclass(frozen=True)
+class ClientJob:
+    """What to train (or evaluate), on which data, with which hyper-parameters."""
+
+    algorithm: str
+    model: str
+    dataset: str
+    partition: str
+    num_clients: int
+    seed: int
+    alpha: float = 0.5
+    min_size: int = 10
+    classes_per_client: int = 2
+    local_test_fraction: float = 0.2
+    dataset_root: str = ""
+    download: bool = False
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    device: str = "auto"
+    threads: int = 1
+    clients_per_node: int = 1
+    server_round: int = 0
+    client_ids: tuple[int, ...] = ()
+    params: dict[str, ConfigScalar] = field(default_factory=dict)
+
+    def data_spec(self) -> DataSpec:
+        """The data set and partition this job's clients belong to."""
+        return DataSpec(
+            dataset=self.dataset,
+            partition=self.partition,
+            num_clients=self.num_clients,
+            seed=self.seed,
+            alpha=self.alpha,
+            min_size=self.min_size,
+            classes_per_client=self.classes_per_client,
+            local_test_fraction=self.local_test_fraction,
+            root=self.dataset_root or None,
+            download=self.download,
+        )
+
+    def for_round(self, server_round: int, client_ids: list[int]) -> ClientJob:
+        """The same job addressed to ``client_ids`` in ``server_round``."""
+        return replace(self, server_round=server_round, client_ids=tuple(client_ids))
+
+    def to_record(self) -> ConfigRecord:
+        """Flatten into a ConfigRecord (the wire form)."""
+        flat: dict[str, ConfigScalar | list[int]] = {}
+        for key, value in asdict(self).items():
+            if key == "params":
+                flat.update({STRATEGY_PREFIX + k: v for k, v in value.items()})
+            elif key == "client_ids":
+                flat[key] = list(value)
+            elif value != "":  # Flower cannot count the bytes of an empty string; "" is the default
+                flat[key] = value
+        return ConfigRecord(flat)
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> ClientJob:
+        """Rebuild a job from its wire form; unknown or missing keys raise ValueError."""
+        known = {f.name for f in fields(cls)} - {"params"}
+        values: dict[str, object] = {}
+        params: dict[str, ConfigScalar] = {}
+        for key, value in record.items():
+            if key.startswith(STRATEGY_PREFIX):
+                params[key[len(STRATEGY_PREFIX) :]] = value
+            elif key in known:
+                values[key] = tuple(value) if key == "client_ids" else value
+            else:
+                raise ValueError(
+                    f"client job has unknown key {key!r}; expected one of {sorted(known)}"
+                )
+        try:
+            return cls(**values, params=params)
+        except TypeError as err:
+            raise ValueError(f"incomplete client job: {err}") from err

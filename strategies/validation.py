@@ -1,0 +1,69 @@
+"""Checks applied to every client reply before it can touch the global model."""
+
+from __future__ import annotations
+
+import math
+from typing import TypeVar
+
+import numpy as np
+from flwr.app import ArrayRecord, MetricRecord
+
+from strategies.wire import Record
+
+R = TypeVar("R", bound=Record)
+
+
+class ReplyError(ValueError):
+    """A client reply that must be dropped; ``reason`` is the counter it is reported under."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def require_record(records: dict[str, Record], name: str, kind: type[R]) -> R:
+    """The record ``name`` of type ``kind``, or a ReplyError."""
+    record = records.get(name)
+    if not isinstance(record, kind):
+        found = type(record).__name__ if record is not None else "nothing"
+        raise ReplyError("missing-record", f"expected {kind.__name__} {name!r}, got {found}")
+    return record
+
+
+def check_num_examples(metrics: MetricRecord) -> int:
+    """The reply's ``num-examples`` as a positive int."""
+    value = metrics.get("num-examples")
+    if not isinstance(value, int | float) or isinstance(value, bool) or value != int(value):
+        raise ReplyError("num-examples", f"num-examples must be an integer, got {value!r}")
+    if value <= 0:
+        raise ReplyError("num-examples", f"num-examples must be positive, got {value}")
+    return int(value)
+
+
+def check_finite_metric(metrics: MetricRecord, key: str) -> float:
+    """A finite float metric, or a ReplyError."""
+    value = metrics.get(key)
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise ReplyError("metrics", f"{key} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def arrays_like(received: ArrayRecord, template: ArrayRecord) -> dict[str, np.ndarray]:
+    """Decode ``received`` after checking it has exactly the template's names, shapes and dtypes
+    and only finite values."""
+    if list(received.keys()) != list(template.keys()):
+        missing = sorted(set(template.keys()) - set(received.keys()))
+        extra = sorted(set(received.keys()) - set(template.keys()))
+        raise ReplyError("names", f"array names differ (missing {missing}, unexpected {extra})")
+    decoded: dict[str, np.ndarray] = {}
+    for name, expected in template.items():
+        array = received[name]
+        if tuple(array.shape) != tuple(expected.shape):
+            raise ReplyError("shape", f"{name}: shape {array.shape} != {expected.shape}")
+        if array.dtype != expected.dtype:
+            raise ReplyError("dtype", f"{name}: dtype {array.dtype} != {expected.dtype}")
+        values = array.numpy()
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise ReplyError("non-finite", f"{name} holds NaN or Inf")
+        decoded[name] = values
+    return decoded

@@ -1,0 +1,77 @@
+"""Cohort wire format and byte accounting.
+
+A node may host several clients, so one reply carries one update per client. Each client's
+records live under the key ``"<client_id>/<name>"`` in the reply's RecordDict; records without
+a slash are shared by the whole message (e.g. the global ``arrays`` and the ``config``).
+Bytes are counted per client payload, as if every client had its own link.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+Record = ArrayRecord | ConfigRecord | MetricRecord
+SEPARATOR = "/"
+CLIENT_IDS_KEY = "client_ids"
+
+
+def client_key(client_id: int, name: str) -> str:
+    """Key of a client's record ``name`` inside a cohort message."""
+    return f"{client_id}{SEPARATOR}{name}"
+
+
+def pack_clients(per_client: Mapping[int, Mapping[str, Record]]) -> RecordDict:
+    """Put each client's records under its own key prefix."""
+    content = RecordDict()
+    for client_id, records in per_client.items():
+        for name, record in records.items():
+            content[client_key(client_id, name)] = record
+    return content
+
+
+def unpack_clients(content: RecordDict) -> dict[int, dict[str, Record]]:
+    """Inverse of :func:`pack_clients`; keys without a client prefix are ignored."""
+    per_client: dict[int, dict[str, Record]] = {}
+    for key, record in content.items():
+        prefix, sep, name = key.partition(SEPARATOR)
+        if not sep:
+            continue
+        if not prefix.isdigit():
+            raise ValueError(f"malformed client record key {key!r}: expected '<client_id>/<name>'")
+        per_client.setdefault(int(prefix), {})[name] = record
+    return per_client
+
+
+def record_bytes(records: Iterable[Record]) -> int:
+    """Bytes of the serialised payload of ``records`` (array data, keys and scalar values)."""
+    return sum(record.count_bytes() for record in records)
+
+
+def shared_payload_bytes(content: RecordDict) -> int:
+    """Bytes every client of a cohort message receives: shared records minus the routing list."""
+    total = 0
+    for key, record in content.items():
+        if SEPARATOR in key:
+            continue
+        if isinstance(record, ConfigRecord) and CLIENT_IDS_KEY in record:
+            routing = ConfigRecord({CLIENT_IDS_KEY: record[CLIENT_IDS_KEY]})
+            total += record.count_bytes() - routing.count_bytes()
+        else:
+            total += record.count_bytes()
+    return total
+
+
+class ClientState:
+    """One client's slice of a node's ``context.state`` (records persist across rounds)."""
+
+    def __init__(self, node_state: RecordDict, client_id: int) -> None:
+        self._node_state = node_state
+        self._client_id = client_id
+
+    def get(self, name: str) -> Record | None:
+        return self._node_state.get(client_key(self._client_id, name))
+
+    def set(self, name: str, record: Record) -> None:
+        self._node_state[client_key(self._client_id, name)] = record

@@ -1,0 +1,157 @@
+"""Tests for data.datasets: offline loaders, error messages, caching. Nothing is downloaded."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data.datasets import (
+    DATASETS,
+    DEFAULT_ROOT,
+    DataNotFoundError,
+    _load_cached,
+    load_dataset,
+)
+
+TORCHVISION_FOLDERS = {
+    "mnist": "MNIST/raw",
+    "fashion_mnist": "FashionMNIST/raw",
+    "emnist": "EMNIST/raw",
+    "cifar10": "cifar-10-batches-py",
+    "cifar100": "cifar-100-python",
+}
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` (uint8) in the idx format that torchvision's MNIST readers parse."""
+    type_code, ndim = 0x08, array.ndim
+    header = bytes([0, 0, type_code, ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.parametrize(
+    ("name", "train_size", "test_size", "shape"),
+    [("digits", 1438, 359, (1, 8, 8)), ("mnist5k", 4000, 1000, (1, 28, 28))],
+)
+def test_offline_datasets(name: str, train_size: int, test_size: int, shape: tuple) -> None:
+    splits = load_dataset(name)
+    assert splits.name == name
+    assert splits.num_classes == 10
+    assert splits.input_shape == shape
+    assert (len(splits.train), len(splits.test)) == (train_size, test_size)
+    for part in (splits.train, splits.test):
+        assert part.x.dtype == np.uint8 and part.x.shape[1:] == shape
+        assert part.y.dtype == np.int64
+        assert set(np.unique(part.y).tolist()) == set(range(10))
+        assert part.x.max() > 200  # scaled to 0-255, not left at 0-16
+    # Stratified: every class contributes its 20 % share (to within one) to the test set.
+    counts_all = np.bincount(np.concatenate([splits.train.y, splits.test.y]))
+    assert np.all(np.abs(np.bincount(splits.test.y) - 0.2 * counts_all) <= 1)
+    assert len(splits.mean) == len(splits.std) == 1
+    assert 0.0 < splits.mean[0] < 1.0 and 0.0 < splits.std[0] < 1.0
+
+
+def test_mnist5k_matches_known_statistics() -> None:
+    splits = load_dataset("mnist5k")
+    np.testing.assert_array_equal(np.bincount(splits.test.y), np.full(10, 100))
+    assert splits.mean[0] == pytest.approx(0.1307, abs=0.01)
+    assert splits.std[0] == pytest.approx(0.3081, abs=0.01)
+
+
+def test_split_is_fixed_across_loads() -> None:
+    first = load_dataset("digits")
+    _load_cached.cache_clear()
+    second = load_dataset("digits")
+    assert first is not second
+    np.testing.assert_array_equal(first.test.x, second.test.x)
+    np.testing.assert_array_equal(first.test.y, second.test.y)
+    np.testing.assert_array_equal(first.train.y, second.train.y)
+
+
+def test_loads_are_cached_and_read_only() -> None:
+    splits = load_dataset("digits")
+    assert load_dataset("digits") is splits
+    assert load_dataset("digits", root=DEFAULT_ROOT) is splits
+    assert not splits.train.x.flags.writeable
+    with pytest.raises(ValueError):
+        splits.test.y[0] = 3
+
+
+def test_unknown_name_lists_choices() -> None:
+    with pytest.raises(ValueError, match="'imagenet'") as info:
+        load_dataset("imagenet")
+    assert all(name in str(info.value) for name in DATASETS)
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_FOLDERS))
+def test_missing_torchvision_files_raise_actionable_error(name: str, tmp_path: Path) -> None:
+    with pytest.raises(DataNotFoundError) as info:
+        load_dataset(name, root=str(tmp_path), download=False)
+    message = str(info.value)
+    assert str(tmp_path / TORCHVISION_FOLDERS[name]) in message
+    assert "dataset.download" in message and "dataset.root" in message
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_emnist_is_loaded_upright(tmp_path: Path) -> None:
+    raw = tmp_path / "EMNIST" / "raw"
+    raw.mkdir(parents=True)
+    upright = np.zeros((3, 28, 28), dtype=np.uint8)
+    upright[:, 0, :] = 255  # a bar along the top row
+    for split, labels in (("train", [0, 5, 46]), ("test", [1, 2, 3])):
+        # The EMNIST files store every image transposed.
+        _write_idx(raw / f"emnist-balanced-{split}-images-idx3-ubyte", upright.transpose(0, 2, 1))
+        _write_idx(raw / f"emnist-balanced-{split}-labels-idx1-ubyte", np.array(labels))
+    splits = load_dataset("emnist", root=str(tmp_path))
+    assert splits.input_shape == (1, 28, 28)
+    assert splits.num_classes == 47
+    np.testing.assert_array_equal(splits.train.x[:, 0], upright)
+    np.testing.assert_array_equal(splits.test.y, [1, 2, 3])
+
+
+def test_missing_tiny_imagenet_explains_where_to_get_it(tmp_path: Path) -> None:
+    with pytest.raises(DataNotFoundError) as info:
+        load_dataset("tiny_imagenet", root=str(tmp_path))
+    message = str(info.value)
+    assert str(tmp_path / "tiny-imagenet-200") in message
+    assert "tiny-imagenet-200.zip" in message and "dataset.root" in message
+
+
+def _make_tiny_imagenet(root: Path, wnids: list[str], per_class: int) -> None:
+    """A miniature Tiny ImageNet folder with the real layout (one grayscale image included)."""
+    folder = root / "tiny-imagenet-200"
+    (folder / "val" / "images").mkdir(parents=True)
+    (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    annotations = []
+    for c, wnid in enumerate(wnids):
+        images = folder / "train" / wnid / "images"
+        images.mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (64, 64), (c * 40, i * 10, 0)).save(images / f"{wnid}_{i}.JPEG")
+        Image.new("L", (64, 64), c * 40).save(folder / "val" / "images" / f"val_{c}.JPEG")
+        annotations.append(f"val_{c}.JPEG\t{wnid}\t0\t0\t63\t63")
+    (folder / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
+
+
+def test_tiny_imagenet_from_folder_then_from_cache(tmp_path: Path) -> None:
+    wnids = ["n02", "n01", "n03"]
+    _make_tiny_imagenet(tmp_path, wnids, per_class=2)
+    splits = load_dataset("tiny_imagenet", root=str(tmp_path))
+    assert splits.input_shape == (3, 64, 64)
+    assert (len(splits.train), len(splits.test)) == (6, 3)
+    assert splits.num_classes == 3
+    # Classes are numbered in sorted wnid order: val_0 belongs to n02, i.e. class 1.
+    np.testing.assert_array_equal(splits.test.y, [1, 0, 2])
+    assert len(splits.mean) == 3
+    assert (tmp_path / "tiny-imagenet-200.npz").is_file()
+
+    # A fresh process (cleared cache) reads the .npz, even without the folder.
+    shutil.rmtree(tmp_path / "tiny-imagenet-200")
+    _load_cached.cache_clear()
+    again = load_dataset("tiny_imagenet", root=str(tmp_path))
+    np.testing.assert_array_equal(again.train.x, splits.train.x)
+    np.testing.assert_array_equal(again.test.y, splits.test.y)

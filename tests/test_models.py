@@ -1,0 +1,77 @@
+"""Tests for the model registry and the built-in architectures."""
+
+import pytest
+import torch
+from torch import nn
+
+import models
+
+DATASET_SHAPES = {
+    "digits": ((1, 8, 8), 10),
+    "mnist": ((1, 28, 28), 10),
+    "emnist": ((1, 28, 28), 47),
+    "cifar10": ((3, 32, 32), 10),
+    "cifar100": ((3, 32, 32), 100),
+    "tiny_imagenet": ((3, 64, 64), 200),
+}
+
+
+def _num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_builtins_registered() -> None:
+    assert models.available_models() == ["cnn", "resnet18", "vgg11_bn"]
+
+
+@pytest.mark.parametrize("dataset", sorted(DATASET_SHAPES))
+@pytest.mark.parametrize("name", models.available_models())
+def test_forward_shape(name: str, dataset: str) -> None:
+    input_shape, num_classes = DATASET_SHAPES[dataset]
+    model = models.build_model(name, input_shape, num_classes).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, *input_shape))
+    assert out.shape == (2, num_classes)
+
+
+def test_unknown_name_lists_choices() -> None:
+    with pytest.raises(
+        ValueError, match="unknown model 'nope'; choose one of: cnn, resnet18, vgg11_bn"
+    ):
+        models.build_model("nope", (1, 28, 28), 10)
+
+
+def test_duplicate_registration_raises() -> None:
+    with pytest.raises(ValueError, match="'cnn' is already registered"):
+        models.register_model("cnn")(lambda shape, classes: nn.Identity())
+    assert models.available_models() == ["cnn", "resnet18", "vgg11_bn"]
+
+
+def test_invalid_num_classes_raises() -> None:
+    with pytest.raises(ValueError, match="num_classes must be at least 2, got 1"):
+        models.build_model("cnn", (1, 28, 28), 1)
+
+
+@pytest.mark.parametrize("name", models.available_models())
+def test_build_is_deterministic_under_seed(name: str) -> None:
+    def build(seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(seed)
+        return models.build_model(name, (3, 32, 32), 10).state_dict()
+
+    first, second, other = build(0), build(0), build(1)
+    assert first.keys() == second.keys() == other.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+def test_cnn_layer_names() -> None:
+    keys = models.build_model("cnn", (1, 28, 28), 10).state_dict().keys()
+    assert {k.split(".")[0] for k in keys} == {"conv1", "conv2", "fc1", "fc2"}
+
+
+def test_resnet18_cifar_stem_and_size() -> None:
+    model = models.build_model("resnet18", (3, 32, 32), 10)
+    assert model.conv1.kernel_size == (3, 3)
+    assert model.conv1.stride == (1, 1)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+    assert _num_params(model) == pytest.approx(11.17e6, rel=0.005)
