@@ -8,6 +8,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -36,6 +37,7 @@ def plot_run(rows: list[dict[str, Any]], out_dir: Path, title: str) -> None:
     uplink_mb = np.cumsum([r["uplink_bytes"] for r in rows]) / 1e6
     ax.plot(uplink_mb, accuracy, marker="o", ms=3)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set(xlabel="cumulative uplink (MB, measured)", ylabel="central test accuracy", title=title)
     ax.grid(alpha=0.3, which="both")
     _save(fig, out_dir / PLOTS[1])

@@ -1,0 +1,130 @@
+"""``fedsparse-compare DIR``: turn a multirun directory into a table and one plot.
+
+Runs are grouped by the config values that differ between them, the seed excepted, so
+``fedsparse --multirun strategy=fedavg,lips seed=0,1,2`` yields one row per strategy with
+mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from server_app.results import SUMMARY_FILE, read_metrics
+
+IGNORED_KEYS = {"seed", "resume"}
+
+
+@dataclass
+class Group:
+    """Runs that differ only by seed."""
+
+    label: str
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    curves: list[list[float]] = field(default_factory=list)
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Every run directory (one holding summary.json) below ``root``."""
+    return sorted(path.parent for path in root.rglob(SUMMARY_FILE))
+
+
+def group_runs(runs: list[Path]) -> list[Group]:
+    """Group runs by the config keys that vary across them (seed excluded)."""
+    configs = {run: _flatten(OmegaConf.to_container(OmegaConf.load(run / "config.yaml")))
+               for run in runs}
+    keys = sorted({k for c in configs.values() for k in c} - IGNORED_KEYS)
+    varying = [k for k in keys if len({json.dumps(c.get(k)) for c in configs.values()}) > 1]
+    groups: dict[str, Group] = {}
+    for run, config in configs.items():
+        label = " ".join(f"{k}={config.get(k)}" for k in varying) or "all runs"
+        group = groups.setdefault(label, Group(label))
+        group.summaries.append(json.loads((run / SUMMARY_FILE).read_text()))
+        group.curves.append([row["accuracy"] for row in read_metrics(run)])
+    return list(groups.values())
+
+
+def _mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.4f} ± {std:.4f}"
+
+
+def table(groups: list[Group]) -> str:
+    """A Markdown table: final/best accuracy mean ± std, uplink and downlink totals."""
+    lines = [
+        "| runs | config | seeds | final accuracy | best accuracy | uplink MB | downlink MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for group in groups:
+        s = group.summaries
+        lines.append(
+            f"| {len(s)} | {group.label} | {','.join(str(x['seed']) for x in s)} "
+            f"| {_mean_std([x['final_accuracy'] for x in s])} "
+            f"| {_mean_std([x['best_accuracy'] for x in s])} "
+            f"| {statistics.fmean(x['uplink_bytes_total'] for x in s) / 1e6:.2f} "
+            f"| {statistics.fmean(x['downlink_bytes_total'] for x in s) / 1e6:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(groups: list[Group], path: Path) -> None:
+    """Mean accuracy vs round per group, with a min–max band over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for group in groups:
+        length = min(len(c) for c in group.curves)
+        curves = np.array([c[:length] for c in group.curves], dtype=float)
+        rounds = np.arange(1, length + 1)
+        ax.plot(rounds, curves.mean(axis=0), label=group.label)
+        ax.fill_between(rounds, curves.min(axis=0), curves.max(axis=0), alpha=0.2)
+    ax.set(xlabel="round", ylabel="central test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def compare(root: Path) -> str:
+    """Write ``compare.md`` and ``compare.png`` into ``root``; return the table."""
+    runs = find_runs(root)
+    if not runs:
+        raise SystemExit(f"fedsparse-compare: no finished runs (no {SUMMARY_FILE}) under {root}")
+    groups = group_runs(runs)
+    text = table(groups)
+    (root / "compare.md").write_text(text)
+    plot(groups, root / "compare.png")
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("directory", type=Path, help="a multirun directory (or any folder of runs)")
+    args = parser.parse_args()
+    print(compare(args.directory), end="")
+    print(f"wrote {args.directory / 'compare.md'} and {args.directory / 'compare.png'}")
+
+
+if __name__ == "__main__":
+    main()
