@@ -8,8 +8,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 
 PLOTS = ("accuracy_vs_round.png", "accuracy_vs_uplink.png", "layer_updates.png")
