@@ -64,6 +64,7 @@ def train_epochs(
 ) -> float:
     """Mini-batch training with a seeded shuffle; returns the mean training loss."""
     model.train()
+    has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     generator = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
     total, seen = 0.0, 0
@@ -71,6 +72,8 @@ def train_epochs(
         order = torch.randperm(len(data), generator=generator).to(data.x.device)
         for start in range(0, len(data), batch_size):
             batch = order[start : start + batch_size]
+            if has_batch_norm and len(batch) == 1:
+                continue  # BatchNorm cannot normalise a single sample in training mode
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(data.x[batch]), data.y[batch])
             loss.backward()

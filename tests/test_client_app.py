@@ -1,0 +1,92 @@
+"""The generic ClientApp runtime, called directly (no Ray): cohorts, determinism, replies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client_app.app import directory, evaluate_global, train
+from data.federated import client_data
+from server_app.experiment import initial_arrays
+from server_app.settings import client_job, compose_config
+from strategies.cohort import QUERY_CONFIG
+from strategies.wire import unpack_clients
+
+
+@pytest.fixture(autouse=True)
+def task_identity() -> None:
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
+
+def _setup(clients_per_node: int):
+    cfg = compose_config([
+        "dataset=digits", "num_clients=4", "clients_per_round=4", "partition=iid",
+        f"engine.clients_per_node={clients_per_node}",
+    ])
+    return cfg, client_job(cfg), initial_arrays(cfg)
+
+
+def _context(partition_id: int) -> Context:
+    return Context(run_id=1, node_id=7, node_config={"partition-id": partition_id},
+                   state=RecordDict(), run_config={})
+
+
+def _message(job, arrays, client_ids, message_type=MessageType.TRAIN) -> Message:
+    content = RecordDict({"arrays": arrays, "config": job.for_round(3, client_ids).to_record()})
+    return Message(content, dst_node_id=7, message_type=message_type)
+
+
+def test_cohort_reply_has_one_update_per_client() -> None:
+    cfg, job, arrays = _setup(clients_per_node=2)
+    reply = train(_message(job, arrays, [2, 3]), _context(partition_id=1))
+    per_client = unpack_clients(reply.content)
+    assert sorted(per_client) == [2, 3]
+    for client_id, records in per_client.items():
+        train_split, _ = client_data(job.data_spec(), client_id)
+        assert records["metrics"]["num-examples"] == len(train_split)
+        assert np.isfinite(records["metrics"]["train-loss"])
+        assert list(records["arrays"].keys()) == list(arrays.keys())
+
+
+def test_cohort_training_equals_training_alone() -> None:
+    """Hosting clients in cohorts changes the number of messages, not the numbers."""
+    _, cohort_job, arrays = _setup(clients_per_node=2)
+    cohort = unpack_clients(train(_message(cohort_job, arrays, [2, 3]), _context(1)).content)
+    _, solo_job, _ = _setup(clients_per_node=1)
+    alone = unpack_clients(train(_message(solo_job, arrays, [3]), _context(3)).content)
+    for name, array in alone[3]["arrays"].items():
+        assert np.array_equal(array.numpy(), cohort[3]["arrays"][name].numpy()), name
+    assert alone[3]["metrics"]["train-loss"] == cohort[3]["metrics"]["train-loss"]
+
+
+def test_training_moves_weights_and_differs_per_client() -> None:
+    _, job, arrays = _setup(clients_per_node=2)
+    per_client = unpack_clients(train(_message(job, arrays, [0, 1]), _context(0)).content)
+    first = per_client[0]["arrays"]["fc2.weight"].numpy()
+    assert not np.array_equal(first, arrays["fc2.weight"].numpy())
+    assert not np.array_equal(first, per_client[1]["arrays"]["fc2.weight"].numpy())
+
+
+def test_node_refuses_clients_it_does_not_host() -> None:
+    _, job, arrays = _setup(clients_per_node=2)
+    with pytest.raises(ValueError, match="not all hosted"):
+        train(_message(job, arrays, [0, 3]), _context(partition_id=0))
+
+
+def test_directory_query_reports_hosted_clients() -> None:
+    query = RecordDict({QUERY_CONFIG: ConfigRecord({"num-clients": 5, "clients-per-node": 2})})
+    reply = directory(Message(query, dst_node_id=7, message_type=MessageType.QUERY), _context(2))
+    assert list(reply.content[QUERY_CONFIG]["client_ids"]) == [4]
+
+
+def test_evaluate_reports_local_test_metrics() -> None:
+    _, job, arrays = _setup(clients_per_node=2)
+    message = _message(job, arrays, [0, 1], MessageType.EVALUATE)
+    per_client = unpack_clients(evaluate_global(message, _context(0)).content)
+    for client_id in (0, 1):
+        metrics = per_client[client_id]["metrics"]
+        _, test_split = client_data(job.data_spec(), client_id)
+        assert metrics["num-examples"] == len(test_split)
+        assert 0.0 <= metrics["accuracy"] <= 1.0
