@@ -39,7 +39,7 @@ def _message(job, arrays, client_ids, message_type=MessageType.TRAIN) -> Message
 
 
 def test_cohort_reply_has_one_update_per_client() -> None:
-    cfg, job, arrays = _setup(clients_per_node=2)
+    _, job, arrays = _setup(clients_per_node=2)
     reply = train(_message(job, arrays, [2, 3]), _context(partition_id=1))
     per_client = unpack_clients(reply.content)
     assert sorted(per_client) == [2, 3]
