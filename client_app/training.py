@@ -48,7 +48,7 @@ class TensorData:
         mean_t = torch.tensor(mean, device=device).view(shape)
         std_t = torch.tensor(std, device=device).view(shape)
         x = (x / 255.0 - mean_t) / std_t
-        return cls(x, torch.from_numpy(np.asarray(data.y, dtype=np.int64)).to(device))
+        return cls(x, torch.from_numpy(data.y.astype(np.int64)).to(device))
 
     def __len__(self) -> int:
         return int(self.y.shape[0])

@@ -59,6 +59,9 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {GLOBAL + name: array.numpy() for name, array in checkpoint.arrays.items()}
     arrays.update({STRATEGY + name: value for name, value in checkpoint.strategy_state.items()})
+    pickled = sorted(name for name, value in arrays.items() if value.dtype.hasobject)
+    if pickled:
+        raise TypeError(f"checkpoint arrays must be plain numeric arrays, not objects: {pickled}")
     path = directory / f"round-{checkpoint.round:05d}.npz"
     _write_atomic(path, lambda handle: np.savez(handle, **arrays))
     previous = _read_meta(directory)
@@ -92,9 +95,14 @@ def _load(directory: Path, meta: dict) -> Checkpoint:
     path = directory / meta["file"]
     if not path.exists() or _sha256(path) != meta["sha256"]:
         raise CheckpointError(f"checkpoint {path} is missing or its checksum does not match")
-    with np.load(path, allow_pickle=False) as stored:
-        global_arrays = {k[len(GLOBAL) :]: stored[k] for k in stored.files if k.startswith(GLOBAL)}
-        state = {k[len(STRATEGY) :]: stored[k] for k in stored.files if k.startswith(STRATEGY)}
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            global_arrays = {
+                k[len(GLOBAL) :]: stored[k] for k in stored.files if k.startswith(GLOBAL)
+            }
+            state = {k[len(STRATEGY) :]: stored[k] for k in stored.files if k.startswith(STRATEGY)}
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint {path} cannot be read safely: {err}") from err
     arrays = ArrayRecord({name: Array(value) for name, value in global_arrays.items()})
     return Checkpoint(meta["round"], arrays, state, meta["wall_s"])
 

@@ -14,6 +14,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from server_app.checkpoint import CheckpointError
+from server_app.experiment import starting_point
 from server_app.settings import ConfigError, validate
 from strategies.cohort import expected_nodes
 
@@ -37,15 +39,23 @@ def run_simulation(cfg: DictConfig, run_dir: Path) -> None:
     )
 
 
+def _drop_run_simulation_deprecation(record: logging.LogRecord) -> bool:
+    """fedsparse chooses the in-process engine on purpose; Flower's notice about it is noise."""
+    return "`run_simulation` function is deprecated" not in record.getMessage()
+
+
 @hydra.main(config_path="pkg://conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     """Validate the composed config, then run it; config errors exit with a one-line message."""
-    logging.getLogger("flwr").propagate = False  # flwr logs once, through its own handler
+    flwr_log = logging.getLogger("flwr")
+    flwr_log.propagate = False  # flwr logs once, through its own handler
+    flwr_log.addFilter(_drop_run_simulation_deprecation)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         validate(cfg)
-    except ConfigError as err:
+        starting_point(run_dir, cfg)
+    except (ConfigError, CheckpointError) as err:
         raise SystemExit(f"fedsparse: {err}") from None
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     run_simulation(cfg, run_dir)
     log.info("results in %s", run_dir)
 

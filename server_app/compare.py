@@ -47,8 +47,9 @@ def find_runs(root: Path) -> list[Path]:
 
 def group_runs(runs: list[Path]) -> list[Group]:
     """Group runs by the config keys that vary across them (seed excluded)."""
-    configs = {run: _flatten(OmegaConf.to_container(OmegaConf.load(run / "config.yaml")))
-               for run in runs}
+    configs = {
+        run: _flatten(OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))) for run in runs
+    }
     keys = sorted({k for c in configs.values() for k in c} - IGNORED_KEYS)
     varying = [k for k in keys if len({json.dumps(c.get(k)) for c in configs.values()}) > 1]
     groups: dict[str, Group] = {}

@@ -18,16 +18,17 @@ from omegaconf import DictConfig, OmegaConf
 import models
 from client_app.training import TensorData, evaluate, resolve_device
 from data.federated import central_test, dataset_info
-from server_app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from server_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from server_app.monitor import relative_layer_update
 from server_app.plots import plot_run
-from server_app.results import MetricsLog, summarize, write_summary
+from server_app.results import METRICS_FILE, MetricsLog, summarize, write_summary
 from server_app.settings import ConfigError, build_strategy, client_job
 from strategies.cohort import ClientDirectory
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
+CHECKPOINT_DIR = "checkpoint"
 RESUMABLE_KEYS = ("num_rounds", "resume")
 
 
@@ -40,8 +41,24 @@ def initial_arrays(cfg: DictConfig) -> ArrayRecord:
     )
 
 
-def _check_same_experiment(run_dir: Path, cfg: DictConfig) -> None:
-    """Resuming with a different experiment would mix two runs in one directory."""
+def starting_point(run_dir: Path, cfg: DictConfig) -> Checkpoint | None:
+    """The checkpoint to resume from (None for a fresh run), checked before anything starts.
+
+    A fresh run never overwrites an earlier run's results, and a resumed run must be the same
+    experiment: either would mix two runs in one directory.
+    """
+    if not cfg.resume:
+        if (run_dir / METRICS_FILE).exists() or (run_dir / CHECKPOINT_DIR).exists():
+            raise ConfigError(
+                f"{run_dir} already holds a run; continue it with resume=true or choose another "
+                "hydra.run.dir"
+            )
+        return None
+    if not (run_dir / CONFIG_FILE).exists():
+        raise CheckpointError(
+            f"resume=true but {run_dir} holds no run; pass the directory of the run to continue "
+            "with hydra.run.dir=<that directory>, or drop resume=true"
+        )
     stored = OmegaConf.load(run_dir / CONFIG_FILE)
     current = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     for key in RESUMABLE_KEYS:
@@ -54,6 +71,7 @@ def _check_same_experiment(run_dir: Path, cfg: DictConfig) -> None:
             f"resume=true but the config differs from the run in {run_dir} in {changed}; only "
             f"{list(RESUMABLE_KEYS)} may change when resuming"
         )
+    return load_checkpoint(run_dir / CHECKPOINT_DIR)
 
 
 class CentralEvaluator:
@@ -76,13 +94,12 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
     """Run (or resume) the configured experiment on ``grid``; returns the summary."""
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_dir = run_dir / "checkpoint"
+    checkpoint_dir = run_dir / CHECKPOINT_DIR
     directory = ClientDirectory(cfg.num_clients, cfg.engine.clients_per_node)
     strategy = build_strategy(cfg, directory)
     arrays, first_round, wall_before = initial_arrays(cfg), 1, 0.0
-    if cfg.resume:
-        _check_same_experiment(run_dir, cfg)
-        checkpoint = load_checkpoint(checkpoint_dir)
+    checkpoint = starting_point(run_dir, cfg)
+    if checkpoint is not None:
         arrays, first_round, wall_before = (
             checkpoint.arrays,
             checkpoint.round + 1,
@@ -94,6 +111,12 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
     metrics = MetricsLog(run_dir, keep_through_round=first_round - 1)
     evaluator = CentralEvaluator(cfg)
     directory.wait_for_nodes(grid)
+    print(
+        f"[fedsparse] {cfg.strategy.name} on {cfg.dataset.name} ({cfg.partition.name}), "
+        f"{cfg.num_clients} clients, {cfg.clients_per_round} per round, rounds "
+        f"{first_round}..{cfg.num_rounds} -> {run_dir}",
+        flush=True,
+    )
 
     for server_round in range(first_round, cfg.num_rounds + 1):
         round_start = time.perf_counter()

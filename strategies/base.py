@@ -211,7 +211,8 @@ class FedSparseStrategy(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        updates = self._collect(replies, self.evaluate_stats, self._decode_evaluate)
+        updates = self._collect(replies, self.evaluate_stats, self._decode_evaluate, min_examples=0)
+        updates = [u for u in updates if u.num_examples > 0]  # clients without a local test split
         if not updates:
             return None
         weights = [u.num_examples for u in updates]
@@ -233,7 +234,9 @@ class FedSparseStrategy(Strategy):
         return update
 
     # ------------------------------------------------------------------------ plumbing
-    def _collect(self, replies: Iterable[Message], stats: RoundStats, decode) -> list[ClientUpdate]:
+    def _collect(
+        self, replies: Iterable[Message], stats: RoundStats, decode, min_examples: int = 1
+    ) -> list[ClientUpdate]:
         """Validate every client's reply; count failures and rejections; never raise."""
         updates: list[ClientUpdate] = []
         for reply in replies:
@@ -248,7 +251,9 @@ class FedSparseStrategy(Strategy):
                 stats.uplink_bytes += record_bytes(records.values())
                 try:
                     metrics = require_record(records, METRICS, MetricRecord)
-                    update = ClientUpdate(client_id, check_num_examples(metrics), metrics, records)
+                    update = ClientUpdate(
+                        client_id, check_num_examples(metrics, min_examples), metrics, records
+                    )
                     updates.append(decode(update))
                 except ReplyError as err:
                     log.warning("client %d reply dropped: %s", client_id, err)

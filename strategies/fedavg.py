@@ -25,7 +25,9 @@ def weighted_average(
         acc = np.zeros(first.shape, dtype=np.float64)
         for values, weight in zip(arrays, weights, strict=True):
             acc += values[name] * (weight / total)
-        averaged[name] = (np.rint(acc) if first.dtype.kind in "iu" else acc).astype(first.dtype)
+        if first.dtype.kind in "iu":
+            np.rint(acc, out=acc)
+        averaged[name] = acc.astype(first.dtype)
     return averaged
 
 

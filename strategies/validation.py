@@ -30,13 +30,18 @@ def require_record(records: dict[str, Record], name: str, kind: type[R]) -> R:
     return record
 
 
-def check_num_examples(metrics: MetricRecord) -> int:
-    """The reply's ``num-examples`` as a positive int."""
+def check_num_examples(metrics: MetricRecord, minimum: int = 1) -> int:
+    """The reply's ``num-examples`` as an int >= ``minimum``."""
     value = metrics.get("num-examples")
-    if not isinstance(value, int | float) or isinstance(value, bool) or value != int(value):
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value != int(value)
+    ):
         raise ReplyError("num-examples", f"num-examples must be an integer, got {value!r}")
-    if value <= 0:
-        raise ReplyError("num-examples", f"num-examples must be positive, got {value}")
+    if value < minimum:
+        raise ReplyError("num-examples", f"num-examples must be >= {minimum}, got {value}")
     return int(value)
 
 

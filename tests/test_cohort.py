@@ -24,7 +24,9 @@ def test_hosted_clients_accepts_string_partition_id() -> None:
     assert hosted_clients({"partition-id": "2"}, 9, 3) == [6, 7, 8]
 
 
-@pytest.mark.parametrize(("partition_id", "num_clients", "per_node"), [(4, 10, 3), (5, 5, 1), (-1, 5, 1)])
+@pytest.mark.parametrize(
+    ("partition_id", "num_clients", "per_node"), [(4, 10, 3), (5, 5, 1), (-1, 5, 1)]
+)
 def test_hosted_clients_out_of_range(partition_id: int, num_clients: int, per_node: int) -> None:
     with pytest.raises(ValueError, match="hosts no client") as info:
         hosted_clients({"partition-id": partition_id}, num_clients, per_node)
@@ -88,7 +90,12 @@ def test_refresh_queries_each_node_only_once(directory_for) -> None:
 def test_group_by_node_groups_and_sorts(directory_for) -> None:
     directory, _ = directory_for(10, 3)
     groups = directory.group_by_node([9, 5, 0, 4, 2, 7])
-    assert groups == {NODE_BASE: [0, 2], NODE_BASE + 1: [4, 5], NODE_BASE + 2: [7], NODE_BASE + 3: [9]}
+    assert groups == {
+        NODE_BASE: [0, 2],
+        NODE_BASE + 1: [4, 5],
+        NODE_BASE + 2: [7],
+        NODE_BASE + 3: [9],
+    }
     assert directory.group_by_node([]) == {}
 
 

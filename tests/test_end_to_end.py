@@ -71,6 +71,7 @@ def test_output_contract(uninterrupted: tuple[Path, str]) -> None:
         assert (run_dir / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((run_dir / "checkpoint" / "latest.json").read_text())["round"] == 4
     assert output.count("[fedsparse] round ") == 4
+    assert "[fedsparse] fedavg on digits" in output
 
 
 def test_learns_beyond_chance(uninterrupted: tuple[Path, str]) -> None:
@@ -117,3 +118,21 @@ def test_unknown_group_option_lists_choices(tmp_path: Path) -> None:
                           f"hydra.run.dir={tmp_path}"], REPO, timeout=60)
     assert result.returncode != 0
     assert "dirichlet" in result.stdout and "pathological" in result.stdout
+
+
+def test_fresh_run_never_overwrites_a_finished_one(uninterrupted: tuple[Path, str]) -> None:
+    run_dir, _ = uninterrupted
+    before = (run_dir / "metrics.jsonl").read_bytes()
+    result = run_command([sys.executable, "-m", "server_app.cli", *SMALL_RUN, "num_rounds=4",
+                          f"hydra.run.dir={run_dir}"], REPO, timeout=60)
+    assert result.returncode != 0
+    assert "already holds a run" in result.stdout and "resume=true" in result.stdout
+    assert (run_dir / "metrics.jsonl").read_bytes() == before
+
+
+def test_resume_refuses_a_different_experiment(uninterrupted: tuple[Path, str]) -> None:
+    run_dir, _ = uninterrupted
+    result = run_command([sys.executable, "-m", "server_app.cli", *SMALL_RUN, "num_rounds=6",
+                          "lr=0.2", "resume=true", f"hydra.run.dir={run_dir}"], REPO, timeout=60)
+    assert result.returncode != 0
+    assert "['lr']" in result.stdout

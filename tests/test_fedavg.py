@@ -63,14 +63,6 @@ def test_weighted_average_keeps_zero_dim_float_arrays() -> None:
     assert float(result["t"]) == 2.0
 
 
-BUG_ZERO_DIM_INT = (
-    "BUG: weighted_average returns a NumPy scalar, not a 0-d ndarray, for 0-d integer arrays "
-    "(np.rint of a 0-d array yields a scalar), so FedAvg.aggregate's Array(values) raises "
-    "TypeError for BatchNorm's num_batches_tracked (resnet18, vgg11_bn)"
-)
-
-
-@pytest.mark.xfail(reason=BUG_ZERO_DIM_INT, strict=True)
 def test_weighted_average_keeps_zero_dim_integer_arrays() -> None:
     a, b = {"count": np.array(1, dtype=np.int64)}, {"count": np.array(2, dtype=np.int64)}
     result = weighted_average([a, b], [1, 3])
@@ -114,7 +106,9 @@ def _good_records(template: ArrayRecord, client_id: int) -> dict:
     arrays = _client_arrays(template, client_id)
     return {
         "arrays": ArrayRecord({n: Array(v) for n, v in arrays.items()}),
-        "metrics": MetricRecord({"num-examples": 10 * (client_id + 1), "train-loss": 0.1 * client_id}),
+        "metrics": MetricRecord(
+            {"num-examples": 10 * (client_id + 1), "train-loss": 0.1 * client_id}
+        ),
     }
 
 
@@ -122,7 +116,9 @@ def _cohort(msg: Message) -> list[int]:
     return list(ClientJob.from_record(msg.content["config"]).client_ids)
 
 
-def _replies(messages: list[Message], template: ArrayRecord, records=_good_records) -> list[Message]:
+def _replies(
+    messages: list[Message], template: ArrayRecord, records=_good_records
+) -> list[Message]:
     return [_reply(m, {c: records(template, c) for c in _cohort(m)}) for m in messages]
 
 
@@ -142,7 +138,9 @@ def _assert_record_equals(record: ArrayRecord, expected: dict[str, np.ndarray]) 
 
 
 # ------------------------------------------------------------------------------- configure_train
-@pytest.mark.parametrize(("num_clients", "per_node", "per_round"), [(6, 1, 4), (10, 3, 7), (5, 2, 5)])
+@pytest.mark.parametrize(
+    ("num_clients", "per_node", "per_round"), [(6, 1, 4), (10, 3, 7), (5, 2, 5)]
+)
 def test_configure_train_one_message_per_node(
     make_grid, make_job, model_arrays, num_clients: int, per_node: int, per_round: int
 ) -> None:
@@ -370,11 +368,6 @@ def test_bad_reply_is_dropped_and_counted(round_setup, corrupt, reason: str) -> 
     assert np.isfinite(strategy.stats.train_loss)
 
 
-@pytest.mark.xfail(
-    reason="BUG: check_num_examples calls int(value) on NaN/Inf, which raises ValueError/"
-    "OverflowError instead of ReplyError, so one bad client crashes aggregate_train",
-    strict=True,
-)
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_num_examples_is_dropped(round_setup, value: float) -> None:
     strategy, template, messages = round_setup()
@@ -429,7 +422,10 @@ def test_unsolicited_records_are_ignored(round_setup) -> None:
     strategy, template, messages = round_setup()
     replies = _replies(messages, template)
     # A node also answers for a client it was not asked about (and a duplicate reply comes in).
-    stray = {99: _good_records(template, 99), **{c: _good_records(template, c) for c in _cohort(messages[0])}}
+    stray = {
+        99: _good_records(template, 99),
+        **{c: _good_records(template, c) for c in _cohort(messages[0])},
+    }
     replies[0] = _reply(messages[0], stray)
     replies.append(_reply(messages[0], stray))
     arrays, metrics = strategy.aggregate_train(1, replies)
@@ -461,7 +457,6 @@ def test_reply_order_does_not_change_the_aggregate(round_setup) -> None:
             assert values.tobytes() == other[name].tobytes()
 
 
-@pytest.mark.xfail(reason=BUG_ZERO_DIM_INT, strict=True)
 def test_fedavg_aggregates_a_batchnorm_counter(make_grid, make_job) -> None:
     strategy = _strategy(make_job(2, 1), 2)
     template = ArrayRecord(
@@ -483,10 +478,16 @@ def test_aggregate_before_configure_has_no_template(make_job) -> None:
 
 def test_aggregate_evaluate_weighted(make_grid, make_job, model_arrays) -> None:
     strategy = _strategy(make_job(4, 2), 4)
-    messages = list(strategy.configure_evaluate(2, model_arrays(0), ConfigRecord(), make_grid(4, 2)))
+    messages = list(
+        strategy.configure_evaluate(2, model_arrays(0), ConfigRecord(), make_grid(4, 2))
+    )
 
     def metrics(cid: int) -> dict:
-        return {"metrics": MetricRecord({"num-examples": cid + 1, "loss": float(cid), "accuracy": 0.25 * cid})}
+        return {
+            "metrics": MetricRecord(
+                {"num-examples": cid + 1, "loss": float(cid), "accuracy": 0.25 * cid}
+            )
+        }
 
     replies = [_reply(m, {c: metrics(c) for c in _cohort(m)}) for m in messages]
     result = strategy.aggregate_evaluate(2, replies)

@@ -1,0 +1,138 @@
+"""Tests for server_app.monitor (per-layer updates) and server_app.results (the run record)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord
+
+from server_app.monitor import is_layer_weight, relative_layer_update
+from server_app.results import (
+    METRICS_FILE,
+    SUMMARY_FILE,
+    MetricsLog,
+    read_metrics,
+    summarize,
+    write_summary,
+)
+
+
+def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({name: Array(values) for name, values in arrays.items()})
+
+
+# ------------------------------------------------------------------------------------- monitor
+def test_relative_layer_update_by_hand() -> None:
+    previous = _record(
+        {
+            "conv.weight": np.array([[[[3.0, 0.0]], [[0.0, 4.0]]]], dtype=np.float32),  # 4-D
+            "conv.bias": np.array([1.0, 1.0], dtype=np.float32),
+            "fc.weight": np.ones((2, 2), dtype=np.float32),
+            "bn.weight": np.ones(3, dtype=np.float32),  # 1-D: not a layer weight
+            "bn.num_batches_tracked": np.array(5, dtype=np.int64),
+            "dead.weight": np.zeros((2, 2), dtype=np.float32),
+        }
+    )
+    current = _record(
+        {
+            "conv.weight": np.array([[[[3.0, 3.0]], [[4.0, 4.0]]]], dtype=np.float32),
+            "conv.bias": np.array([9.0, 9.0], dtype=np.float32),
+            "fc.weight": np.array([[1.0, 1.0], [1.0, 2.0]], dtype=np.float32),
+            "bn.weight": np.full(3, 7.0, dtype=np.float32),
+            "bn.num_batches_tracked": np.array(6, dtype=np.int64),
+            "dead.weight": np.ones((2, 2), dtype=np.float32),
+        }
+    )
+    updates = relative_layer_update(previous, current)
+    assert list(updates) == ["conv.weight", "fc.weight", "dead.weight"]
+    assert updates["conv.weight"] == pytest.approx(1.0)  # ‖(0,3,4,0)‖ / ‖(3,0,0,4)‖ = 5/5
+    assert updates["fc.weight"] == pytest.approx(0.5)  # ‖(0,0,0,1)‖ / ‖ones(2,2)‖ = 1/2
+    assert math.isnan(updates["dead.weight"])  # zero previous norm
+
+
+def test_relative_layer_update_of_unchanged_model_is_zero() -> None:
+    arrays = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3) + 1}
+    assert relative_layer_update(_record(arrays), _record(arrays)) == {"a.weight": 0.0}
+
+
+def test_is_layer_weight() -> None:
+    assert is_layer_weight("features.0.weight", np.zeros((2, 3, 3, 3)))
+    assert is_layer_weight("fc.weight", np.zeros((2, 3)))
+    assert not is_layer_weight("bn.weight", np.zeros(3))
+    assert not is_layer_weight("fc.bias", np.zeros((2, 3)))
+
+
+# ------------------------------------------------------------------------------------- results
+def _row(round_: int, **extra) -> dict:
+    row = {
+        "round": round_,
+        "accuracy": 0.1 * round_,
+        "loss": 2.0 / round_,
+        "uplink_bytes": 100 * round_,
+        "downlink_bytes": 1000,
+        "failures": round_ % 2,
+    }
+    row.update(extra)
+    return row
+
+
+def test_metrics_log_appends_strict_json_with_nan_as_null(tmp_path: Path) -> None:
+    log = MetricsLog(tmp_path)
+    log.append(_row(1, train_loss=float("nan"), nested={"x": float("inf"), "ok": 1.5}))
+    log.append(_row(2, series=[1.0, float("-inf")]))
+    lines = (tmp_path / METRICS_FILE).read_text().splitlines()
+    assert len(lines) == 2
+    first = json.loads(lines[0], parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
+    assert first["train_loss"] is None
+    assert first["nested"] == {"x": None, "ok": 1.5}
+    assert json.loads(lines[1])["series"] == [1.0, None]
+    assert log.rows == read_metrics(tmp_path)
+
+
+def test_metrics_log_keeps_rows_through_checkpoint_round(tmp_path: Path) -> None:
+    log = MetricsLog(tmp_path)
+    for round_ in range(1, 6):
+        log.append(_row(round_))
+    resumed = MetricsLog(tmp_path, keep_through_round=3)
+    assert [r["round"] for r in resumed.rows] == [1, 2, 3]
+    assert [r["round"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+    resumed.append(_row(4))
+    assert [r["round"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4]
+    assert MetricsLog(tmp_path).rows == []  # a fresh run starts an empty log
+    assert (tmp_path / METRICS_FILE).read_text() == ""
+
+
+def test_read_metrics_without_file(tmp_path: Path) -> None:
+    assert read_metrics(tmp_path) == []
+
+
+def test_summarize_numbers() -> None:
+    rows = [_row(1), _row(2, accuracy=None), _row(3, accuracy=0.25), _row(4, accuracy=0.2)]
+    summary = summarize(rows, strategy="fedavg", seed=3)
+    assert summary == {
+        "final_accuracy": 0.2,
+        "best_accuracy": 0.25,
+        "final_loss": 0.5,
+        "uplink_bytes_total": 1000,
+        "downlink_bytes_total": 4000,
+        "rounds": 4,
+        "failures_total": 2,
+        "strategy": "fedavg",
+        "seed": 3,
+    }
+
+
+def test_summarize_empty_run() -> None:
+    summary = summarize([])
+    assert summary["rounds"] == 0 and summary["final_accuracy"] is None
+    assert summary["best_accuracy"] is None and summary["final_loss"] is None
+    assert summary["uplink_bytes_total"] == summary["failures_total"] == 0
+
+
+def test_write_summary_is_strict_json(tmp_path: Path) -> None:
+    write_summary(tmp_path, {"final_loss": float("nan"), "rounds": 2})
+    assert json.loads((tmp_path / SUMMARY_FILE).read_text()) == {"final_loss": None, "rounds": 2}

@@ -1,0 +1,220 @@
+"""Tests for server_app.settings: composing conf/, validation, the client job and the strategy."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from server_app.settings import (
+    ConfigError,
+    build_strategy,
+    client_job,
+    compose_config,
+    strategy_params,
+    validate,
+)
+from strategies.cohort import ClientDirectory
+from strategies.fedavg import FedAvg
+
+
+def test_default_config_validates(base_cfg: DictConfig) -> None:
+    cfg = base_cfg
+    validate(cfg)
+    assert cfg.strategy.name == "fedavg"
+    assert cfg.dataset.name == "mnist5k"
+    assert cfg.partition.name == "dirichlet"
+    assert (cfg.num_clients, cfg.clients_per_round, cfg.min_replies) == (20, 20, 1)
+
+
+def test_overrides_as_one_shell_string() -> None:
+    cfg = compose_config("dataset=digits 'lr=0.5' partition=iid num_clients=4 clients_per_round=2")
+    validate(cfg)
+    assert (cfg.dataset.name, cfg.lr, cfg.partition.name) == ("digits", 0.5, "iid")
+    assert cfg == compose_config(
+        ["dataset=digits", "lr=0.5", "partition=iid", "num_clients=4", "clients_per_round=2"]
+    )
+
+
+@pytest.fixture(scope="module")
+def base_cfg() -> DictConfig:
+    """The default config, composed once (composing costs ~0.2 s); tests change copies."""
+    return compose_config([])
+
+
+@pytest.fixture(scope="module")
+def pathological_cfg() -> DictConfig:
+    return compose_config(["partition=pathological"])
+
+
+def _changed(cfg: DictConfig, **values: Any) -> DictConfig:
+    """A copy of ``cfg`` with dotted keys (``__`` stands for ``.``) set, like CLI overrides."""
+    changed = copy.deepcopy(cfg)
+    with open_dict(changed):
+        for key, value in values.items():
+            OmegaConf.update(changed, key.replace("__", "."), value, merge=True)
+    return changed
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["num_rounds=-1"], "num_rounds"),
+        (["clients_per_round=30", "num_clients=20"], "clients_per_round"),
+        (["partition=dirichlet", "partition.alpha=0"], "partition.alpha"),
+        (["clients_per_round=5", "min_replies=6"], "min_replies"),
+    ],
+)
+def test_invalid_override_names_the_key(overrides: list[str], key: str) -> None:
+    """End to end through Hydra's override parser."""
+    with pytest.raises(ConfigError, match=r"invalid config: ") as info:
+        validate(compose_config(overrides))
+    assert f"{key}=" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"num_rounds": -1}, "num_rounds"),
+        ({"num_rounds": 1.5}, "num_rounds"),
+        ({"num_rounds": True}, "num_rounds"),
+        ({"num_clients": 0}, "num_clients"),
+        ({"clients_per_round": 30, "num_clients": 20}, "clients_per_round"),
+        ({"clients_per_round": 0}, "clients_per_round"),
+        ({"partition__alpha": 0}, "partition.alpha"),
+        ({"partition__alpha": -1}, "partition.alpha"),
+        ({"partition__alpha": 0.0}, "partition.alpha"),
+        ({"partition__min_size": 0}, "partition.min_size"),
+        ({"lr": 0}, "lr"),
+        ({"lr": -0.1}, "lr"),
+        ({"lr": "abc"}, "lr"),
+        ({"momentum": 1}, "momentum"),
+        ({"seed": -1}, "seed"),
+        ({"device": "tpu"}, "device"),
+        ({"engine__client_cpus": 0}, "engine.client_cpus"),
+        ({"engine__client_gpus": 2}, "engine.client_gpus"),
+        ({"engine__client_gpus": -0.5}, "engine.client_gpus"),
+        ({"engine__clients_per_node": 0}, "engine.clients_per_node"),
+        ({"clients_per_round": 5, "min_replies": 6}, "min_replies"),
+        ({"min_replies": 0}, "min_replies"),
+        ({"local_test_fraction": 1.0}, "local_test_fraction"),
+        ({"round_timeout_s": 0}, "round_timeout_s"),
+        ({"resume": "yes"}, "resume"),
+        ({"model__name": "nope"}, "model.name"),
+        ({"dataset__name": "nope"}, "dataset.name"),
+        ({"strategy__name": "nope"}, "strategy.name"),
+    ],
+)
+def test_invalid_value_names_the_key(base_cfg: DictConfig, values: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=r"invalid config: ") as info:
+        validate(_changed(base_cfg, **values))
+    assert f"{key}=" in str(info.value)
+
+
+def test_classes_per_client_checked_for_pathological(pathological_cfg: DictConfig) -> None:
+    validate(pathological_cfg)
+    with pytest.raises(ConfigError, match=r"partition\.classes_per_client=0"):
+        validate(_changed(pathological_cfg, partition__classes_per_client=0))
+
+
+def test_invalid_device_lists_choices(base_cfg: DictConfig) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate(_changed(base_cfg, device="tpu"))
+    assert "'tpu'" in str(info.value)
+    assert all(choice in str(info.value) for choice in ("auto", "cpu", "cuda"))
+
+
+def test_alpha_is_only_checked_for_dirichlet(pathological_cfg: DictConfig) -> None:
+    validate(_changed(pathological_cfg, partition__alpha=0))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_fraction_without_gpu(base_cfg: DictConfig) -> None:
+    with pytest.raises(ConfigError, match=r"engine\.client_gpus") as info:
+        validate(_changed(base_cfg, engine__client_gpus=0.5))
+    assert "engine.client_gpus=0" in str(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_device_without_gpu(base_cfg: DictConfig) -> None:
+    with pytest.raises(ConfigError, match="device='cuda'"):
+        validate(_changed(base_cfg, device="cuda"))
+
+
+def test_unknown_strategy_parameter() -> None:
+    cfg = compose_config(["+strategy.bogus=1"])
+    with pytest.raises(ConfigError, match="bogus") as info:
+        validate(cfg)
+    assert "strategy=fedavg" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "options"),
+    [("strategy=nope", ["fedavg"]), ("dataset=nope", ["mnist5k", "digits", "cifar10"])],
+)
+def test_unknown_group_option_lists_available(override: str, options: list[str]) -> None:
+    with pytest.raises(HydraException) as info:
+        compose_config([override])
+    message = str(info.value)
+    assert "nope" in message and "Available options" in message
+    assert all(option in message for option in options)
+
+
+def test_client_job_carries_config_values() -> None:
+    cfg = compose_config(
+        [
+            "dataset=digits",
+            "partition=pathological",
+            "partition.classes_per_client=3",
+            "num_clients=8",
+            "clients_per_round=4",
+            "seed=11",
+            "lr=0.2",
+            "momentum=0.5",
+            "weight_decay=0.001",
+            "batch_size=8",
+            "local_epochs=3",
+            "local_test_fraction=0.25",
+            "device=cpu",
+            "engine.client_cpus=2",
+            "engine.clients_per_node=4",
+            "dataset.root=/tmp/data",
+            "+strategy.beta=0.5",
+            "+strategy.skip=null",
+        ]
+    )
+    job = client_job(cfg)
+    assert job.algorithm == "fedavg" and job.model == "cnn" and job.dataset == "digits"
+    assert job.partition == "pathological" and job.classes_per_client == 3
+    assert (job.num_clients, job.seed) == (8, 11)
+    assert (job.lr, job.momentum, job.weight_decay) == (0.2, 0.5, 0.001)
+    assert (job.batch_size, job.local_epochs, job.local_test_fraction) == (8, 3, 0.25)
+    assert (job.device, job.threads, job.clients_per_node) == ("cpu", 2, 4)
+    assert job.dataset_root == "/tmp/data" and job.download is False
+    assert (job.alpha, job.min_size) == (0.5, 10)  # defaults: not a dirichlet partition
+    assert job.params == {"beta": 0.5}  # None-valued parameters are not sent
+    assert (job.server_round, job.client_ids) == (0, ())
+    assert strategy_params(cfg) == {"beta": 0.5, "skip": None}
+
+
+def test_client_job_default_root_is_empty_and_dirichlet_values(base_cfg: DictConfig) -> None:
+    cfg = _changed(base_cfg, partition__alpha=0.1, partition__min_size=3)
+    job = client_job(cfg)
+    assert job.dataset_root == "" and job.data_spec().root is None
+    assert (job.alpha, job.min_size) == (0.1, 3)
+    assert isinstance(job.alpha, float) and isinstance(job.lr, float)
+    assert job.params == {}
+
+
+def test_build_strategy(base_cfg: DictConfig) -> None:
+    cfg = _changed(base_cfg, num_clients=6, clients_per_round=4, min_replies=2)
+    directory = ClientDirectory(6, 1)
+    strategy = build_strategy(cfg, directory)
+    assert isinstance(strategy, FedAvg)
+    assert (strategy.clients_per_round, strategy.min_replies) == (4, 2)
+    assert strategy.directory is directory
+    assert strategy.job == client_job(cfg)
