@@ -46,7 +46,11 @@ def kill_tree(proc: subprocess.Popen) -> None:
 def run_command(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
     """Run ``args`` to completion (output captured); whatever is left running is killed."""
     proc = subprocess.Popen(
-        args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        args,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
     try:

@@ -21,16 +21,26 @@ def task_identity() -> None:
 
 
 def _setup(clients_per_node: int):
-    cfg = compose_config([
-        "dataset=digits", "num_clients=4", "clients_per_round=4", "partition=iid",
-        f"engine.clients_per_node={clients_per_node}",
-    ])
+    cfg = compose_config(
+        [
+            "dataset=digits",
+            "num_clients=4",
+            "clients_per_round=4",
+            "partition=iid",
+            f"engine.clients_per_node={clients_per_node}",
+        ]
+    )
     return cfg, client_job(cfg), initial_arrays(cfg)
 
 
 def _context(partition_id: int) -> Context:
-    return Context(run_id=1, node_id=7, node_config={"partition-id": partition_id},
-                   state=RecordDict(), run_config={})
+    return Context(
+        run_id=1,
+        node_id=7,
+        node_config={"partition-id": partition_id},
+        state=RecordDict(),
+        run_config={},
+    )
 
 
 def _message(job, arrays, client_ids, message_type=MessageType.TRAIN) -> Message:

@@ -16,12 +16,37 @@ import pytest
 from tests.processes import run_command
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL_RUN = ["dataset=digits", "num_clients=5", "clients_per_round=5", "local_epochs=2",
-             "partition.min_size=20"]
-ROW_KEYS = {"round", "accuracy", "loss", "uplink_bytes", "downlink_bytes", "clients", "failures",
-            "round_s", "train_loss", "fed_accuracy", "fed_loss", "layer_rel_update"}
-SUMMARY_KEYS = {"final_accuracy", "best_accuracy", "uplink_bytes_total", "downlink_bytes_total",
-                "wall_s", "strategy", "seed", "rounds"}
+SMALL_RUN = [
+    "dataset=digits",
+    "num_clients=5",
+    "clients_per_round=5",
+    "local_epochs=2",
+    "partition.min_size=20",
+]
+ROW_KEYS = {
+    "round",
+    "accuracy",
+    "loss",
+    "uplink_bytes",
+    "downlink_bytes",
+    "clients",
+    "failures",
+    "round_s",
+    "train_loss",
+    "fed_accuracy",
+    "fed_loss",
+    "layer_rel_update",
+}
+SUMMARY_KEYS = {
+    "final_accuracy",
+    "best_accuracy",
+    "uplink_bytes_total",
+    "downlink_bytes_total",
+    "wall_s",
+    "strategy",
+    "seed",
+    "rounds",
+}
 
 
 def fedsparse(*overrides: str, timeout: float = 300) -> str:
@@ -59,8 +84,12 @@ def test_output_contract(uninterrupted: tuple[Path, str]) -> None:
         assert ROW_KEYS <= row.keys()
         assert 0.0 <= row["accuracy"] <= 1.0
         assert row["clients"] == 5 and row["failures"] == 0
-        assert set(row["layer_rel_update"]) == {"conv1.weight", "conv2.weight", "fc1.weight",
-                                                "fc2.weight"}
+        assert set(row["layer_rel_update"]) == {
+            "conv1.weight",
+            "conv2.weight",
+            "fc1.weight",
+            "fc2.weight",
+        }
     summary = json.loads((run_dir / "summary.json").read_text())
     assert SUMMARY_KEYS <= summary.keys()
     assert summary["rounds"] == 4 and summary["strategy"] == "fedavg" and summary["seed"] == 0
@@ -106,16 +135,22 @@ def test_resume_equals_uninterrupted_run(uninterrupted: tuple[Path, str], resume
 
 
 def test_bad_config_fails_before_starting(tmp_path: Path) -> None:
-    result = run_command([sys.executable, "-m", "server_app.cli", "num_rounds=-1",
-                          f"hydra.run.dir={tmp_path}"], REPO, timeout=60)
+    result = run_command(
+        [sys.executable, "-m", "server_app.cli", "num_rounds=-1", f"hydra.run.dir={tmp_path}"],
+        REPO,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "num_rounds=-1" in result.stdout
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
 def test_unknown_group_option_lists_choices(tmp_path: Path) -> None:
-    result = run_command([sys.executable, "-m", "server_app.cli", "partition=nope",
-                          f"hydra.run.dir={tmp_path}"], REPO, timeout=60)
+    result = run_command(
+        [sys.executable, "-m", "server_app.cli", "partition=nope", f"hydra.run.dir={tmp_path}"],
+        REPO,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "dirichlet" in result.stdout and "pathological" in result.stdout
 
@@ -123,8 +158,18 @@ def test_unknown_group_option_lists_choices(tmp_path: Path) -> None:
 def test_fresh_run_never_overwrites_a_finished_one(uninterrupted: tuple[Path, str]) -> None:
     run_dir, _ = uninterrupted
     before = (run_dir / "metrics.jsonl").read_bytes()
-    result = run_command([sys.executable, "-m", "server_app.cli", *SMALL_RUN, "num_rounds=4",
-                          f"hydra.run.dir={run_dir}"], REPO, timeout=60)
+    result = run_command(
+        [
+            sys.executable,
+            "-m",
+            "server_app.cli",
+            *SMALL_RUN,
+            "num_rounds=4",
+            f"hydra.run.dir={run_dir}",
+        ],
+        REPO,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "already holds a run" in result.stdout and "resume=true" in result.stdout
     assert (run_dir / "metrics.jsonl").read_bytes() == before
@@ -132,7 +177,19 @@ def test_fresh_run_never_overwrites_a_finished_one(uninterrupted: tuple[Path, st
 
 def test_resume_refuses_a_different_experiment(uninterrupted: tuple[Path, str]) -> None:
     run_dir, _ = uninterrupted
-    result = run_command([sys.executable, "-m", "server_app.cli", *SMALL_RUN, "num_rounds=6",
-                          "lr=0.2", "resume=true", f"hydra.run.dir={run_dir}"], REPO, timeout=60)
+    result = run_command(
+        [
+            sys.executable,
+            "-m",
+            "server_app.cli",
+            *SMALL_RUN,
+            "num_rounds=6",
+            "lr=0.2",
+            "resume=true",
+            f"hydra.run.dir={run_dir}",
+        ],
+        REPO,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "['lr']" in result.stdout

@@ -25,8 +25,9 @@ def _model() -> nn.Module:
 
 def test_normalisation_uses_mean_and_std() -> None:
     x = np.full((1, 1, 2, 2), 255, dtype=np.uint8)
-    data = TensorData.from_arrays(ArrayDataset(x, np.zeros(1, np.int64)), (0.5,), (0.25,),
-                                  torch.device("cpu"))
+    data = TensorData.from_arrays(
+        ArrayDataset(x, np.zeros(1, np.int64)), (0.5,), (0.25,), torch.device("cpu")
+    )
     assert torch.allclose(data.x, torch.full((1, 1, 2, 2), 2.0))
 
 
