@@ -17,9 +17,10 @@ from torch import nn
 
 import models
 import strategies
+from client_app.batchnorm import keep_local_batchnorm, restore_local_batchnorm
 from client_app.training import TensorData, evaluate, resolve_device, round_seed, train_epochs
 from data.federated import DataSpec, client_data, dataset_info
-from strategies.base import CONFIG, METRICS
+from strategies.base import CONFIG, METRICS, ClientAlgorithm
 from strategies.cohort import QUERY_CONFIG, hosted_clients
 from strategies.job import ClientJob
 from strategies.wire import CLIENT_IDS_KEY, ClientState, Record, pack_clients
@@ -52,6 +53,22 @@ def _prepare(msg: Message, context: Context) -> tuple[ClientJob, torch.device]:
     return job, resolve_device(job.device)
 
 
+def _receive(
+    algorithm: ClientAlgorithm,
+    msg: Message,
+    job: ClientJob,
+    client_id: int,
+    state: ClientState,
+    device: torch.device,
+) -> nn.Module:
+    """The client's starting model: the received payload, then its own BN under bn_policy=local."""
+    model = _build_model(job, device)
+    algorithm.receive(model, msg.content, client_id, job, state)
+    if job.bn_policy == "local":
+        restore_local_batchnorm(model, state)
+    return model
+
+
 def _train_one(
     msg: Message, context: Context, job: ClientJob, client_id: int, device: torch.device
 ) -> dict[str, Record]:
@@ -59,13 +76,15 @@ def _train_one(
     state = ClientState(context.state, client_id)
     seed = round_seed(job.seed, job.server_round, client_id)
     torch.manual_seed(seed)
-    model = _build_model(job, device)
-    algorithm.receive(model, msg.content, client_id, job, state)
+    model = _receive(algorithm, msg, job, client_id, state, device)
     train, _ = _client_tensors(job.data_spec(), client_id, str(device))
     started = time.perf_counter()
+    algorithm.prepare(model, train, client_id, job, state)
     loss = train_epochs(
         model, train, algorithm.optimizer(model, job), job.local_epochs, job.batch_size, seed
     )
+    if job.bn_policy == "local":
+        keep_local_batchnorm(model, state)
     records = algorithm.reply(model, client_id, job, state)
     metrics = MetricRecord(
         {
@@ -108,8 +127,8 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     algorithm = strategies.get_algorithm(job.algorithm).client()
     per_client: dict[int, dict[str, Record]] = {}
     for client_id in job.client_ids:
-        model = _build_model(job, device)
-        algorithm.receive(model, msg.content, client_id, job, ClientState(context.state, client_id))
+        state = ClientState(context.state, client_id)
+        model = _receive(algorithm, msg, job, client_id, state, device)
         _, test = _client_tensors(job.data_spec(), client_id, str(device))
         loss, accuracy = evaluate(model, test) if len(test) else (0.0, 0.0)
         per_client[client_id] = {

@@ -1,8 +1,9 @@
 """Crash-safe checkpoints: written atomically, checksummed, the previous one kept.
 
 A checkpoint is one ``.npz`` (global arrays under ``global/``, strategy state under
-``strategy/``; no pickles) plus ``latest.json`` naming it with its SHA-256, the round and the
-wall time spent so far. A checkpoint whose checksum does not match falls back to the previous one.
+``strategy/``, layer-monitor state under ``monitor/``; no pickles) plus ``latest.json``
+naming it with its SHA-256, the round and the wall time spent so far. A checkpoint whose
+checksum does not match falls back to the previous one.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from flwr.app import Array, ArrayRecord
 log = logging.getLogger(__name__)
 
 LATEST = "latest.json"
-GLOBAL, STRATEGY = "global/", "strategy/"
+GLOBAL, STRATEGY, MONITOR = "global/", "strategy/", "monitor/"
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Checkpoint:
     arrays: ArrayRecord
     strategy_state: dict[str, np.ndarray]
     wall_s: float
+    monitor_state: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class CheckpointError(RuntimeError):
@@ -59,6 +61,7 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {GLOBAL + name: array.numpy() for name, array in checkpoint.arrays.items()}
     arrays.update({STRATEGY + name: value for name, value in checkpoint.strategy_state.items()})
+    arrays.update({MONITOR + name: value for name, value in checkpoint.monitor_state.items()})
     pickled = sorted(name for name, value in arrays.items() if value.dtype.hasobject)
     if pickled:
         raise TypeError(f"checkpoint arrays must be plain numeric arrays, not objects: {pickled}")
@@ -97,14 +100,14 @@ def _load(directory: Path, meta: dict) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path} is missing or its checksum does not match")
     try:
         with np.load(path, allow_pickle=False) as stored:
-            global_arrays = {
-                k[len(GLOBAL) :]: stored[k] for k in stored.files if k.startswith(GLOBAL)
+            parts = {
+                prefix: {k[len(prefix) :]: stored[k] for k in stored.files if k.startswith(prefix)}
+                for prefix in (GLOBAL, STRATEGY, MONITOR)
             }
-            state = {k[len(STRATEGY) :]: stored[k] for k in stored.files if k.startswith(STRATEGY)}
     except ValueError as err:
         raise CheckpointError(f"checkpoint {path} cannot be read safely: {err}") from err
-    arrays = ArrayRecord({name: Array(value) for name, value in global_arrays.items()})
-    return Checkpoint(meta["round"], arrays, state, meta["wall_s"])
+    arrays = ArrayRecord({name: Array(value) for name, value in parts[GLOBAL].items()})
+    return Checkpoint(meta["round"], arrays, parts[STRATEGY], meta["wall_s"], parts[MONITOR])
 
 
 def load_checkpoint(directory: Path) -> Checkpoint:

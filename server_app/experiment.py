@@ -19,7 +19,7 @@ import models
 from client_app.training import TensorData, evaluate, resolve_device
 from data.federated import central_test, dataset_info
 from server_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from server_app.monitor import relative_layer_update
+from server_app.monitor import LayerMonitor
 from server_app.plots import plot_run
 from server_app.results import METRICS_FILE, MetricsLog, summarize, write_summary
 from server_app.settings import ConfigError, build_strategy, client_job
@@ -97,6 +97,7 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
     checkpoint_dir = run_dir / CHECKPOINT_DIR
     directory = ClientDirectory(cfg.num_clients, cfg.engine.clients_per_node)
     strategy = build_strategy(cfg, directory)
+    monitor = LayerMonitor(cfg.monitor.ref_round)
     arrays, first_round, wall_before = initial_arrays(cfg), 1, 0.0
     checkpoint = starting_point(run_dir, cfg)
     if checkpoint is not None:
@@ -106,6 +107,7 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
             checkpoint.wall_s,
         )
         strategy.load_state_dict(checkpoint.strategy_state)
+        monitor.load_state_dict(checkpoint.monitor_state)
         log.info("resuming %s after round %d", run_dir, checkpoint.round)
     (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     metrics = MetricsLog(run_dir, keep_through_round=first_round - 1)
@@ -130,7 +132,15 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
                 f"{dict(strategy.stats.rejected)}); the last checkpoint is in {checkpoint_dir}"
             )
         row = {"round": server_round, **strategy.stats.to_metrics()}
-        row["layer_rel_update"] = relative_layer_update(arrays, new_arrays)
+        row.update(
+            monitor.observe(
+                server_round,
+                arrays,
+                new_arrays,
+                strategy.client_deltas(strategy.last_updates),
+                [u.num_examples for u in strategy.last_updates],
+            )
+        )
         arrays = new_arrays
         if cfg.federated_eval:
             eval_messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
@@ -139,12 +149,13 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
             )
             row.update(dict(fed) if fed else {"fed_loss": None, "fed_accuracy": None})
         row["loss"], row["accuracy"] = evaluator(arrays)
-        row.update(strategy.round_metrics())
+        row.update(strategy.round_metrics(server_round))
         row["round_s"] = time.perf_counter() - round_start
         metrics.append(row)
         wall_s = wall_before + time.perf_counter() - started
         save_checkpoint(
-            checkpoint_dir, Checkpoint(server_round, arrays, strategy.state_dict(), wall_s)
+            checkpoint_dir,
+            Checkpoint(server_round, arrays, strategy.state_dict(), wall_s, monitor.state_dict()),
         )
         if cfg.plots:
             plot_run(metrics.rows, run_dir / "plots", f"{cfg.strategy.name} on {cfg.dataset.name}")

@@ -1,24 +1,102 @@
-"""Per-layer view of how the global model moves from round to round."""
+"""Layer-wise view of how the global model moves: how a user *sees* layer-wise inertia.
+
+Per conv/linear weight and per round:
+- ``layer_rel_update``: ‖W_t − W_{t−1}‖ / ‖W_{t−1}‖;
+- ``layer_cos_ref`` and ``layer_l2_ref``: cosine similarity and L2 distance of W_t to the
+  weights right after round ``ref_round`` (reported from that round on);
+- ``layer_agg_eff``: aggregation effectiveness ‖Σ_c w_c Δ_c‖ / Σ_c w_c ‖Δ_c‖ over the round's
+  client updates Δ_c = θ_c − W_{t−1} (w_c = the aggregation weights). 1 means clients agree;
+  near 0, their updates cancel out.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from flwr.app import ArrayRecord
 
 
 def is_layer_weight(name: str, values: np.ndarray) -> bool:
-    """Conv and linear weight tensors (what the per-layer heatmap shows)."""
+    """Conv and linear weight tensors (the layers the monitor reports)."""
     return name.endswith("weight") and values.ndim >= 2
+
+
+def _layers(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    layers = {}
+    for name, array in arrays.items():
+        values = array.numpy()
+        if is_layer_weight(name, values):
+            layers[name] = values.astype(np.float64)
+    return layers
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator > 0 else float("nan")
 
 
 def relative_layer_update(previous: ArrayRecord, current: ArrayRecord) -> dict[str, float]:
     """‖W_t − W_{t−1}‖ / ‖W_{t−1}‖ for every conv/linear weight."""
-    updates: dict[str, float] = {}
-    for name, array in current.items():
-        new = array.numpy()
-        if not is_layer_weight(name, new):
+    old = _layers(previous)
+    return {
+        name: _ratio(float(np.linalg.norm(new - old[name])), float(np.linalg.norm(old[name])))
+        for name, new in _layers(current).items()
+    }
+
+
+def aggregation_effectiveness(
+    deltas: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]
+) -> dict[str, float]:
+    """‖Σ w_c Δ_c‖ / Σ w_c ‖Δ_c‖ per layer weight (weights normalised to sum to 1)."""
+    share = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+    effectiveness = {}
+    for name, first in deltas[0].items():
+        if not is_layer_weight(name, first):
             continue
-        old = previous[name].numpy().astype(np.float64)
-        norm = float(np.linalg.norm(old))
-        updates[name] = float(np.linalg.norm(new - old)) / norm if norm > 0 else float("nan")
-    return updates
+        mean = sum(s * d[name].astype(np.float64) for s, d in zip(share, deltas, strict=True))
+        spread = sum(s * float(np.linalg.norm(d[name])) for s, d in zip(share, deltas, strict=True))
+        effectiveness[name] = _ratio(float(np.linalg.norm(mean)), spread)
+    return effectiveness
+
+
+class LayerMonitor:
+    """Computes the per-layer monitor values round by round; keeps the reference snapshot."""
+
+    def __init__(self, ref_round: int) -> None:
+        self.ref_round = ref_round
+        self.reference: dict[str, np.ndarray] = {}
+
+    def observe(
+        self,
+        server_round: int,
+        previous: ArrayRecord,
+        current: ArrayRecord,
+        deltas: Sequence[Mapping[str, np.ndarray]] | None = None,
+        weights: Sequence[float] | None = None,
+    ) -> dict[str, dict[str, float]]:
+        """The monitor keys for this round's metrics line."""
+        values = {"layer_rel_update": relative_layer_update(previous, current)}
+        layers = _layers(current)
+        if server_round == self.ref_round:
+            self.reference = layers
+        if self.reference and server_round >= self.ref_round:
+            values["layer_cos_ref"] = {
+                name: _ratio(
+                    float(np.vdot(ref, layers[name])),
+                    float(np.linalg.norm(ref) * np.linalg.norm(layers[name])),
+                )
+                for name, ref in self.reference.items()
+            }
+            values["layer_l2_ref"] = {
+                name: float(np.linalg.norm(layers[name] - ref))
+                for name, ref in self.reference.items()
+            }
+        if deltas:
+            values["layer_agg_eff"] = aggregation_effectiveness(deltas, weights)
+        return values
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return dict(self.reference)
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        self.reference = {name: np.asarray(v, dtype=np.float64) for name, v in state.items()}

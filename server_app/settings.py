@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import models
 import strategies
+from client_app.batchnorm import BN_POLICIES
 from data.datasets import DATASETS
 from data.partition import PARTITIONS
 from strategies.base import FedSparseStrategy
@@ -71,6 +72,8 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, "weight_decay", lambda v: _is_number(v) and v >= 0, "must be a number >= 0")
     _check(cfg, "local_test_fraction", lambda v: _is_number(v) and 0 <= v < 1, "must be in [0, 1)")
     _check(cfg, "round_timeout_s", lambda v: _is_number(v) and v > 0, "must be a number > 0")
+    _check(cfg, "bn_policy", lambda v: v in BN_POLICIES, f"choose one of: {', '.join(BN_POLICIES)}")
+    _check(cfg, "monitor.ref_round", lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
     _check(cfg, "device", lambda v: v in DEVICES, f"choose one of: {', '.join(DEVICES)}")
     _check(cfg, "resume", lambda v: isinstance(v, bool), "must be true or false")
     _check(
@@ -152,6 +155,7 @@ def client_job(cfg: DictConfig) -> ClientJob:
         momentum=float(cfg.momentum),
         weight_decay=float(cfg.weight_decay),
         device=cfg.device,
+        bn_policy=cfg.bn_policy,
         threads=cfg.engine.client_cpus,
         clients_per_node=cfg.engine.clients_per_node,
         params={k: v for k, v in strategy_params(cfg).items() if v is not None},
@@ -166,6 +170,7 @@ def build_strategy(cfg: DictConfig, directory: ClientDirectory) -> FedSparseStra
             job=client_job(cfg),
             directory=directory,
             clients_per_round=cfg.clients_per_round,
+            num_rounds=cfg.num_rounds,
             min_replies=cfg.min_replies,
             **strategy_params(cfg),
         )

@@ -13,7 +13,7 @@ import logging
 from abc import abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,8 +23,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
+from client_app.training import TensorData
 from strategies.cohort import ClientDirectory
-from strategies.job import ClientJob
+from strategies.job import ClientJob, ConfigScalar
 from strategies.validation import (
     ReplyError,
     check_finite_metric,
@@ -92,6 +93,7 @@ class FedSparseStrategy(Strategy):
         job: ClientJob,
         directory: ClientDirectory,
         clients_per_round: int,
+        num_rounds: int,
         min_replies: int = 1,
         **params: Any,
     ) -> None:
@@ -100,9 +102,11 @@ class FedSparseStrategy(Strategy):
         self.job = job
         self.directory = directory
         self.clients_per_round = clients_per_round
+        self.num_rounds = num_rounds
         self.min_replies = min_replies
         self.stats = RoundStats()
         self.evaluate_stats = RoundStats()
+        self.last_updates: list[ClientUpdate] = []
         self._sent: dict[int, list[int]] = {}
         self._global: ArrayRecord | None = None
 
@@ -146,8 +150,15 @@ class FedSparseStrategy(Strategy):
             else {}
         )
         content[ARRAYS] = self.downlink(server_round, arrays, message_type)
-        content[CONFIG] = self.job.for_round(server_round, cohort).to_record()
+        job = self.job.for_round(server_round, cohort)
+        if message_type == MessageType.TRAIN:
+            job = replace(job, params={**job.params, **self.round_params(server_round)})
+        content[CONFIG] = job.to_record()
         return content
+
+    def round_params(self, server_round: int) -> dict[str, ConfigScalar]:
+        """Per-round algorithm parameters for the train job (default: none)."""
+        return {}
 
     def downlink(self, server_round: int, arrays: ArrayRecord, message_type: str) -> ArrayRecord:
         """What the global model looks like on the wire (default: the dense arrays)."""
@@ -167,6 +178,7 @@ class FedSparseStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         updates = self._collect(replies, self.stats, self._decode_train)
+        self.last_updates = updates
         if updates:
             losses = [u.metrics["train-loss"] for u in updates]
             weights = [u.num_examples for u in updates]
@@ -266,6 +278,10 @@ class FedSparseStrategy(Strategy):
         stats.clients = len(updates)
         return sorted(updates, key=lambda u: u.client_id)
 
+    def client_deltas(self, updates: list[ClientUpdate]) -> list[dict[str, np.ndarray]] | None:
+        """Each client's change to the global weights, for the layer monitor (None: unknown)."""
+        return None
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """Server-side algorithm state to checkpoint (default: none)."""
         return {}
@@ -273,7 +289,7 @@ class FedSparseStrategy(Strategy):
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore what :meth:`state_dict` saved."""
 
-    def round_metrics(self) -> dict[str, Any]:
+    def round_metrics(self, server_round: int) -> dict[str, Any]:
         """Algorithm-specific keys for this round's metrics line (default: none)."""
         return {}
 
@@ -298,6 +314,16 @@ class ClientAlgorithm:
     ) -> None:
         """Load the downlink payload into ``model`` before local training."""
         model.load_state_dict(content[ARRAYS].to_torch_state_dict(), strict=True)
+
+    def prepare(
+        self,
+        model: nn.Module,
+        train: TensorData,
+        client_id: int,
+        job: ClientJob,
+        state: ClientState,
+    ) -> None:
+        """Last change to the received model before local training (default: none)."""
 
     def optimizer(self, model: nn.Module, job: ClientJob) -> torch.optim.Optimizer:
         """The local optimizer (fresh every round)."""

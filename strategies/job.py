@@ -40,6 +40,7 @@ class ClientJob:
     device: str = "auto"
     threads: int = 1
     clients_per_node: int = 1
+    bn_policy: str = "global"
     server_round: int = 0
     client_ids: tuple[int, ...] = ()
     params: dict[str, ConfigScalar] = field(default_factory=dict)

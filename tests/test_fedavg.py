@@ -82,7 +82,7 @@ def test_weighted_average_keeps_float32() -> None:
 # ------------------------------------------------------------------------------ strategy helpers
 def _strategy(job: ClientJob, clients_per_round: int, min_replies: int = 1) -> FedAvg:
     directory = ClientDirectory(job.num_clients, job.clients_per_node, timeout_s=5)
-    return FedAvg(job, directory, clients_per_round, min_replies=min_replies)
+    return FedAvg(job, directory, clients_per_round, num_rounds=3, min_replies=min_replies)
 
 
 def _client_arrays(template: ArrayRecord, client_id: int) -> dict[str, np.ndarray]:
@@ -499,7 +499,7 @@ def test_aggregate_evaluate_weighted(make_grid, make_job, model_arrays) -> None:
 
 def test_unknown_strategy_parameter_is_rejected(make_job) -> None:
     with pytest.raises(TypeError, match="bogus"):
-        FedAvg(make_job(), ClientDirectory(6, 1), 2, bogus=1)
+        FedAvg(make_job(), ClientDirectory(6, 1), 2, num_rounds=3, bogus=1)
 
 
 def test_replies_are_built_from_real_content_types() -> None:

@@ -1,0 +1,56 @@
+"""A Grid that runs the ClientApp handlers in this process, one node after another.
+
+No Ray, no serialisation: it is for tests and debugging of strategies, where a Ray start
+(~20 s) would dominate. Node ``p`` gets ``partition-id = p`` and keeps its own ``context.state``
+across rounds, as a simulated SuperNode does. A handler that raises becomes an error reply,
+as in Flower.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import Context, Error, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client_app.app import directory, evaluate_global, train
+
+HANDLERS = {
+    MessageType.QUERY: directory,
+    MessageType.TRAIN: train,
+    MessageType.EVALUATE: evaluate_global,
+}
+FIRST_NODE_ID = 1000
+CLIENT_APP_EXCEPTION = 1
+
+
+class InProcessGrid:
+    """The two Grid calls fedsparse uses, served by in-process ClientApp calls."""
+
+    def __init__(self, num_nodes: int, run_id: int = 1) -> None:
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 0, run_id
+        self.contexts = {
+            FIRST_NODE_ID + p: Context(
+                run_id=run_id,
+                node_id=FIRST_NODE_ID + p,
+                node_config={"partition-id": p, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for p in range(num_nodes)
+        }
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        replies = []
+        for message in messages:
+            context = self.contexts[message.metadata.dst_node_id]
+            try:
+                replies.append(HANDLERS[message.metadata.message_type](message, context))
+            except Exception as err:  # a failing client is an error reply, not a crash
+                replies.append(Message(Error(CLIENT_APP_EXCEPTION, repr(err)), reply_to=message))
+        return replies
