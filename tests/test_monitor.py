@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord
 
-from server_app.monitor import is_layer_weight, relative_layer_update
+from server_app.monitor import (
+    LayerMonitor,
+    aggregation_effectiveness,
+    is_layer_weight,
+    relative_layer_update,
+)
 from server_app.results import (
     METRICS_FILE,
     SUMMARY_FILE,
@@ -136,3 +141,45 @@ def test_summarize_empty_run() -> None:
 def test_write_summary_is_strict_json(tmp_path: Path) -> None:
     write_summary(tmp_path, {"final_loss": float("nan"), "rounds": 2})
     assert json.loads((tmp_path / SUMMARY_FILE).read_text()) == {"final_loss": None, "rounds": 2}
+
+
+# ----------------------------------------------------------------------------- LayerMonitor
+def _layers(**layers: list[list[float]]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.array(v, dtype=np.float32)) for k, v in layers.items()})
+
+
+def test_layer_monitor_two_round_toy_run_by_hand() -> None:
+    """Round 1 moves W0 -> W1, round 2 moves W1 -> W2; reference round is 1."""
+    w0 = _layers(**{"a.weight": [[1.0, 0.0], [0.0, 0.0]], "a.bias": [[9.0]]})
+    w1 = _layers(**{"a.weight": [[1.0, 1.0], [0.0, 0.0]], "a.bias": [[9.0]]})
+    w2 = _layers(**{"a.weight": [[0.0, 2.0], [0.0, 0.0]], "a.bias": [[9.0]]})
+    monitor = LayerMonitor(ref_round=1)
+    deltas = [{"a.weight": np.array([[0.0, 2.0], [0.0, 0.0]])},
+              {"a.weight": np.array([[0.0, -1.0], [0.0, 0.0]])}]
+    first = monitor.observe(1, w0, w1, deltas, [1, 1])
+    assert first["layer_rel_update"] == {"a.weight": pytest.approx(1.0)}  # |(0,1)| / |(1,0)|
+    assert first["layer_cos_ref"] == {"a.weight": pytest.approx(1.0)}
+    assert first["layer_l2_ref"] == {"a.weight": 0.0}
+    # ‖(2 - 1)/2‖ / ((2 + 1)/2) = 0.5 / 1.5
+    assert first["layer_agg_eff"] == {"a.weight": pytest.approx(1 / 3)}
+    second = monitor.observe(2, w1, w2)
+    assert second["layer_rel_update"] == {"a.weight": pytest.approx(np.sqrt(2) / np.sqrt(2))}
+    # cos((1,1), (0,2)) = 2 / (√2 · 2); ‖(0,2) − (1,1)‖ = √2
+    assert second["layer_cos_ref"] == {"a.weight": pytest.approx(1 / np.sqrt(2))}
+    assert second["layer_l2_ref"] == {"a.weight": pytest.approx(np.sqrt(2))}
+    assert "layer_agg_eff" not in second
+
+
+def test_layer_monitor_reports_reference_values_from_the_reference_round_on() -> None:
+    w = _layers(**{"a.weight": [[1.0, 2.0]]})
+    monitor = LayerMonitor(ref_round=2)
+    assert "layer_cos_ref" not in monitor.observe(1, w, w)
+    assert "layer_cos_ref" in monitor.observe(2, w, w)
+    restored = LayerMonitor(ref_round=2)
+    restored.load_state_dict(monitor.state_dict())
+    assert restored.observe(3, w, w)["layer_cos_ref"] == {"a.weight": pytest.approx(1.0)}
+
+
+def test_agg_eff_weights_clients_by_their_aggregation_weight() -> None:
+    deltas = [{"w.weight": np.array([[1.0, 0.0]])}, {"w.weight": np.array([[-1.0, 0.0]])}]
+    assert aggregation_effectiveness(deltas, [3, 1]) == {"w.weight": pytest.approx(0.5)}
