@@ -15,8 +15,13 @@ def _model() -> nn.Module:
 
 
 def test_batchnorm_keys_cover_parameters_and_buffers() -> None:
-    assert batchnorm_keys(_model()) == ["1.weight", "1.bias", "1.running_mean", "1.running_var",
-                                        "1.num_batches_tracked"]
+    assert batchnorm_keys(_model()) == [
+        "1.weight",
+        "1.bias",
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
+    ]
 
 
 def test_local_batchnorm_survives_a_new_global_model_and_stays_per_client() -> None:

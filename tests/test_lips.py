@@ -26,8 +26,14 @@ from strategies.lips import (
     sparse_round,
 )
 
-TOY_RUN = ["dataset=digits", "num_clients=4", "clients_per_round=4", "num_rounds=3", "plots=false",
-           "federated_eval=false"]
+TOY_RUN = [
+    "dataset=digits",
+    "num_clients=4",
+    "clients_per_round=4",
+    "num_rounds=3",
+    "plots=false",
+    "federated_eval=false",
+]
 
 
 def test_schedule_fires_on_rounds_two_plus_multiples_of_the_period() -> None:
@@ -57,16 +63,25 @@ def test_middle_layers_by_position() -> None:
 
 
 def _job(density: float, score: str = "sensitivity", **params) -> ClientJob:
-    return ClientJob(algorithm="lips", model="cnn", dataset="digits", partition="iid",
-                     num_clients=2, seed=0, batch_size=16, server_round=2,
-                     params={"density": density, "score": score, "include_shortcuts": True,
-                             **params})
+    return ClientJob(
+        algorithm="lips",
+        model="cnn",
+        dataset="digits",
+        partition="iid",
+        num_clients=2,
+        seed=0,
+        batch_size=16,
+        server_round=2,
+        params={"density": density, "score": score, "include_shortcuts": True, **params},
+    )
 
 
 def _train_data(n: int = 64) -> TensorData:
     generator = torch.Generator().manual_seed(0)
-    return TensorData(torch.randn(n, 1, 8, 8, generator=generator),
-                      torch.randint(0, 10, (n,), generator=generator))
+    return TensorData(
+        torch.randn(n, 1, 8, 8, generator=generator),
+        torch.randint(0, 10, (n,), generator=generator),
+    )
 
 
 @pytest.mark.parametrize("score", ["sensitivity", "magnitude", "random"])
@@ -82,8 +97,9 @@ def test_pruned_layers_hold_exactly_floor_d_numel_nonzeros(score: str, density: 
         assert int((after[name] != 0).sum()) == math.floor(density * after[name].numel())
         kept = after[name] != 0
         assert torch.equal(after[name][kept], before[name][kept])  # survivors are untouched
-        assert client.pruned[name] == pytest.approx(1 - math.floor(density * kept.numel())
-                                                    / kept.numel())
+        assert client.pruned[name] == pytest.approx(
+            1 - math.floor(density * kept.numel()) / kept.numel()
+        )
     for name in ("conv1.weight", "conv1.bias", "conv2.bias", "fc2.weight", "fc2.bias"):
         assert torch.equal(after[name], before[name]), name
 
@@ -96,8 +112,9 @@ def test_dense_round_leaves_the_model_alone() -> None:
 
 
 def _tiny() -> nn.Module:
-    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False),
-                          nn.Linear(2, 2, bias=False))
+    model = nn.Sequential(
+        nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False)
+    )
     with torch.no_grad():
         model[0].weight.copy_(torch.eye(2))
         model[1].weight.copy_(torch.tensor([[4.0, -1.0], [0.5, -3.0]]))
@@ -136,13 +153,16 @@ def test_random_scores_are_seeded() -> None:
     assert not torch.equal(first["1.weight"], other["1.weight"])
 
 
-@pytest.mark.parametrize(("override", "key"), [
-    ("strategy.period=0", "strategy.period"),
-    ("strategy.d0=0", "strategy.d0"),
-    ("strategy.d0=1.5", "strategy.d0"),
-    ("strategy.score=lowk", "strategy.score"),
-    ("strategy.horizon=0", "strategy.horizon"),
-])
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("strategy.period=0", "strategy.period"),
+        ("strategy.d0=0", "strategy.d0"),
+        ("strategy.d0=1.5", "strategy.d0"),
+        ("strategy.score=lowk", "strategy.score"),
+        ("strategy.horizon=0", "strategy.horizon"),
+    ],
+)
 def test_bad_lips_parameters_name_the_key(override: str, key: str) -> None:
     cfg = compose_config(["strategy=lips", override])
     with pytest.raises(ConfigError, match=key):
@@ -176,7 +196,9 @@ def test_sparse_rounds_change_the_run_and_are_reported(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (lips / "metrics.jsonl").open()]
     assert [r["lips_sparse"] for r in rows] == [False, True, True]
     assert rows[1]["lips_density"] == pytest.approx(0.3)
-    assert rows[1]["lips_pruned"] == {"conv2.weight": pytest.approx(0.7, abs=1e-3),
-                                      "fc1.weight": pytest.approx(0.7, abs=1e-3)}
+    assert rows[1]["lips_pruned"] == {
+        "conv2.weight": pytest.approx(0.7, abs=1e-3),
+        "fc1.weight": pytest.approx(0.7, abs=1e-3),
+    }
     assert _accuracies(lips)[0] == _accuracies(fedavg)[0]  # round 1 is dense
     assert _accuracies(lips)[1:] != _accuracies(fedavg)[1:]

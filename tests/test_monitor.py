@@ -154,8 +154,10 @@ def test_layer_monitor_two_round_toy_run_by_hand() -> None:
     w1 = _layers(**{"a.weight": [[1.0, 1.0], [0.0, 0.0]], "a.bias": [[9.0]]})
     w2 = _layers(**{"a.weight": [[0.0, 2.0], [0.0, 0.0]], "a.bias": [[9.0]]})
     monitor = LayerMonitor(ref_round=1)
-    deltas = [{"a.weight": np.array([[0.0, 2.0], [0.0, 0.0]])},
-              {"a.weight": np.array([[0.0, -1.0], [0.0, 0.0]])}]
+    deltas = [
+        {"a.weight": np.array([[0.0, 2.0], [0.0, 0.0]])},
+        {"a.weight": np.array([[0.0, -1.0], [0.0, 0.0]])},
+    ]
     first = monitor.observe(1, w0, w1, deltas, [1, 1])
     assert first["layer_rel_update"] == {"a.weight": pytest.approx(1.0)}  # |(0,1)| / |(1,0)|
     assert first["layer_cos_ref"] == {"a.weight": pytest.approx(1.0)}

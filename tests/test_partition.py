@@ -104,7 +104,7 @@ def test_pathological_gives_exactly_k_classes(num_clients: int, k: int) -> None:
         ({"kind": "shards"}, "iid, dirichlet, pathological"),
         ({"kind": "dirichlet", "alpha": 0.0}, "alpha"),
         ({"kind": "dirichlet", "alpha": -1.0}, "alpha"),
-        ({"kind": "dirichlet", "min_size": 200}, "min_size"),
+        ({"kind": "dirichlet", "min_size": 201}, "min_size"),
         ({"kind": "pathological", "classes_per_client": 11}, "classes_per_client"),
         ({"kind": "pathological", "classes_per_client": 0}, "classes_per_client"),
         ({"kind": "pathological", "num_clients": 4, "classes_per_client": 2}, "num_clients"),
@@ -117,12 +117,22 @@ def test_invalid_arguments_raise_value_error(kwargs: dict, key: str) -> None:
         partition_indices(SORTED_LABELS, **arguments)
 
 
-def test_dirichlet_gives_up_when_min_size_is_unreachable() -> None:
-    # With alpha this small each class lands on one client, so at most 10 of the
-    # 20 clients can get any sample at all.
-    with pytest.raises(ValueError, match="min_size=1") as info:
-        partition_indices(SORTED_LABELS, 20, "dirichlet", 0, alpha=1e-3, min_size=1)
-    assert "alpha" in str(info.value)
+def test_dirichlet_tops_up_when_no_draw_reaches_min_size() -> None:
+    # With alpha this small each class lands on one client, so no draw gives all
+    # 20 clients a sample: the partition is topped up instead of failing.
+    parts = partition_indices(SORTED_LABELS, 20, "dirichlet", 0, alpha=1e-3, min_size=3)
+    assert min(len(p) for p in parts) >= 3
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(SORTED_LABELS)))
+
+
+def test_dirichlet_many_clients_little_data_low_alpha() -> None:
+    """The low-data regime LIPS targets: 100 clients, 40 samples each on average, alpha=0.1."""
+    labels = np.repeat(np.arange(10), 400)
+    parts = partition_indices(labels, 100, "dirichlet", 0, alpha=0.1, min_size=10)
+    assert min(len(p) for p in parts) >= 10
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(labels)))
+    top_share = np.mean([np.bincount(labels[p]).max() / len(p) for p in parts])
+    assert top_share > 0.5  # still strongly skewed
 
 
 def test_labels_must_be_integer_vector() -> None:
