@@ -45,6 +45,14 @@ def find_runs(root: Path) -> list[Path]:
     return sorted(path.parent for path in root.rglob(SUMMARY_FILE))
 
 
+def _varies_within_strategy(key: str, strategy: str, configs) -> bool:
+    """Strategy parameters label a group only when they vary among runs of that strategy."""
+    if not key.startswith("strategy.") or key == "strategy.name":
+        return True
+    same = [c.get(key) for c in configs if c["strategy.name"] == strategy]
+    return len({json.dumps(v) for v in same}) > 1
+
+
 def group_runs(runs: list[Path]) -> list[Group]:
     """Group runs by the config keys that vary across them (seed excluded)."""
     configs = {
@@ -54,7 +62,15 @@ def group_runs(runs: list[Path]) -> list[Group]:
     varying = [k for k in keys if len({json.dumps(c.get(k)) for c in configs.values()}) > 1]
     groups: dict[str, Group] = {}
     for run, config in configs.items():
-        label = " ".join(f"{k}={config.get(k)}" for k in varying) or "all runs"
+        label = (
+            " ".join(
+                f"{k}={config[k]}"
+                for k in varying
+                if k in config
+                and _varies_within_strategy(k, config["strategy.name"], configs.values())
+            )
+            or "all runs"
+        )
         group = groups.setdefault(label, Group(label))
         group.summaries.append(json.loads((run / SUMMARY_FILE).read_text()))
         group.curves.append([row["accuracy"] for row in read_metrics(run)])
