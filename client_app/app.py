@@ -18,6 +18,7 @@ from torch import nn
 import models
 import strategies
 from client_app.batchnorm import keep_local_batchnorm, restore_local_batchnorm
+from client_app.faults import InjectedFault, corrupt_reply, plan_faults
 from client_app.training import TensorData, evaluate, resolve_device, round_seed, train_epochs
 from data.federated import DataSpec, client_data, dataset_info
 from strategies.base import CONFIG, METRICS, ClientAlgorithm
@@ -74,6 +75,10 @@ def _train_one(
 ) -> dict[str, Record]:
     algorithm = strategies.get_algorithm(job.algorithm).client()
     state = ClientState(context.state, client_id)
+    faults = plan_faults(job, client_id)
+    if faults.error:
+        raise InjectedFault(f"injected failure of client {client_id} (faults.error_rate)")
+    time.sleep(faults.slow_s)
     seed = round_seed(job.seed, job.server_round, client_id)
     torch.manual_seed(seed)
     model = _receive(algorithm, msg, job, client_id, state, device)
@@ -97,6 +102,8 @@ def _train_one(
     if isinstance(extra, MetricRecord):
         metrics.update(extra)
     records[METRICS] = metrics
+    if faults.corrupt:
+        corrupt_reply(records, faults.corrupt)
     return records
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -23,11 +24,19 @@ def _json_safe(value: Any) -> Any:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """All rows of a run's ``metrics.jsonl`` (empty when there is none yet)."""
+    """All rows of a run's ``metrics.jsonl`` (empty when there is none yet).
+
+    A last line cut short by a crash mid-write is ignored; any other bad line is an error.
+    """
     path = run_dir / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in lines[:-1]]
+    if lines:
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(lines[-1]))
+    return rows
 
 
 class MetricsLog:

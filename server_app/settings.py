@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 import models
 import strategies
 from client_app.batchnorm import BN_POLICIES
+from client_app.faults import CORRUPT_KINDS
 from data.datasets import DATASETS
 from data.partition import PARTITIONS
 from strategies.base import FedSparseStrategy
@@ -74,6 +75,21 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, "round_timeout_s", lambda v: _is_number(v) and v > 0, "must be a number > 0")
     _check(cfg, "bn_policy", lambda v: v in BN_POLICIES, f"choose one of: {', '.join(BN_POLICIES)}")
     _check(cfg, "monitor.ref_round", lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
+    _check(
+        cfg,
+        "max_client_weight",
+        lambda v: v is None or (_is_number(v) and v >= 1),
+        "must be null (no cap) or a multiple of the median num-examples >= 1, e.g. 20",
+    )
+    for key in ("faults.error_rate", "faults.corrupt_rate", "faults.slow_rate"):
+        _check(cfg, key, lambda v: _is_number(v) and 0 <= v <= 1, "must be a rate in [0, 1]")
+    _check(cfg, "faults.slow_s", lambda v: _is_number(v) and v >= 0, "must be seconds >= 0")
+    _check(
+        cfg,
+        "faults.corrupt_kind",
+        lambda v: v in CORRUPT_KINDS,
+        f"choose one of: {', '.join(CORRUPT_KINDS)}",
+    )
     _check(cfg, "device", lambda v: v in DEVICES, f"choose one of: {', '.join(DEVICES)}")
     _check(cfg, "resume", lambda v: isinstance(v, bool), "must be true or false")
     _check(
@@ -156,6 +172,11 @@ def client_job(cfg: DictConfig) -> ClientJob:
         weight_decay=float(cfg.weight_decay),
         device=cfg.device,
         bn_policy=cfg.bn_policy,
+        fault_error_rate=float(cfg.faults.error_rate),
+        fault_corrupt_rate=float(cfg.faults.corrupt_rate),
+        fault_corrupt_kind=cfg.faults.corrupt_kind,
+        fault_slow_rate=float(cfg.faults.slow_rate),
+        fault_slow_s=float(cfg.faults.slow_s),
         threads=cfg.engine.client_cpus,
         clients_per_node=cfg.engine.clients_per_node,
         params={k: v for k, v in strategy_params(cfg).items() if v is not None},
@@ -172,6 +193,7 @@ def build_strategy(cfg: DictConfig, directory: ClientDirectory) -> FedSparseStra
             clients_per_round=cfg.clients_per_round,
             num_rounds=cfg.num_rounds,
             min_replies=cfg.min_replies,
+            max_client_weight=cfg.max_client_weight,
             **strategy_params(cfg),
         )
     except (TypeError, ValueError) as err:

@@ -47,6 +47,7 @@ ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
 SAMPLE_TRAIN, SAMPLE_EVALUATE = 0, 1
+REPLY_SLACK_BYTES = 1 << 16
 
 
 @dataclass
@@ -95,6 +96,7 @@ class FedSparseStrategy(Strategy):
         clients_per_round: int,
         num_rounds: int,
         min_replies: int = 1,
+        max_client_weight: float | None = None,
         **params: Any,
     ) -> None:
         if params:
@@ -104,6 +106,7 @@ class FedSparseStrategy(Strategy):
         self.clients_per_round = clients_per_round
         self.num_rounds = num_rounds
         self.min_replies = min_replies
+        self.max_client_weight = max_client_weight
         self.stats = RoundStats()
         self.evaluate_stats = RoundStats()
         self.last_updates: list[ClientUpdate] = []
@@ -177,7 +180,7 @@ class FedSparseStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        updates = self._collect(replies, self.stats, self._decode_train)
+        updates = self._drop_heavy(self._collect(replies, self.stats, self._decode_train))
         self.last_updates = updates
         if updates:
             losses = [u.metrics["train-loss"] for u in updates]
@@ -192,7 +195,46 @@ class FedSparseStrategy(Strategy):
             )
             return None, None
         arrays = self.aggregate(server_round, updates)
+        if not all(
+            np.isfinite(a.numpy()).all() for a in arrays.values() if a.dtype.startswith("float")
+        ):
+            log.error(
+                "round %d: the aggregate is not finite; the global model is kept", server_round
+            )
+            self.stats.rejected["non-finite-aggregate"] += 1
+            return self.global_arrays, MetricRecord({"clients": self.stats.clients})
         return arrays, MetricRecord({"clients": self.stats.clients})
+
+    def _drop_heavy(self, updates: list[ClientUpdate]) -> list[ClientUpdate]:
+        """Drop replies claiming more than ``max_client_weight`` times the median num-examples.
+
+        Judged against the median claim, not the total, so even several inflated replies in one
+        round cannot hide behind each other.
+        """
+        if self.max_client_weight is None or len(updates) < 2:
+            return updates
+        median = float(np.median([u.num_examples for u in updates]))
+        kept = []
+        for update in updates:
+            ratio = update.num_examples / median
+            if ratio > self.max_client_weight:
+                log.warning(
+                    "client %d reply dropped: weight: claims %.1f x the median num-examples"
+                    " > max_client_weight=%s",
+                    update.client_id,
+                    ratio,
+                    self.max_client_weight,
+                )
+                self.stats.rejected["weight"] += 1
+                self.stats.failures += 1
+            else:
+                kept.append(update)
+        self.stats.clients = len(kept)
+        return kept
+
+    def reply_limit(self) -> int:
+        """Most bytes one client's reply may carry: twice the dense model plus slack."""
+        return 2 * self.global_arrays.count_bytes() + REPLY_SLACK_BYTES
 
     def _decode_train(self, update: ClientUpdate) -> ClientUpdate:
         check_finite_metric(update.metrics, "train-loss")
@@ -260,8 +302,11 @@ class FedSparseStrategy(Strategy):
             per_client = unpack_clients(reply.content)
             for client_id in cohort:
                 records = per_client.get(client_id, {})
-                stats.uplink_bytes += record_bytes(records.values())
+                size = record_bytes(records.values())
+                stats.uplink_bytes += size
                 try:
+                    if size > self.reply_limit():
+                        raise ReplyError("oversize", f"{size} bytes > limit {self.reply_limit()}")
                     metrics = require_record(records, METRICS, MetricRecord)
                     update = ClientUpdate(
                         client_id, check_num_examples(metrics, min_examples), metrics, records

@@ -41,6 +41,11 @@ class ClientJob:
     threads: int = 1
     clients_per_node: int = 1
     bn_policy: str = "global"
+    fault_error_rate: float = 0.0
+    fault_corrupt_rate: float = 0.0
+    fault_corrupt_kind: str = "non-finite"
+    fault_slow_rate: float = 0.0
+    fault_slow_s: float = 0.0
     server_round: int = 0
     client_ids: tuple[int, ...] = ()
     params: dict[str, ConfigScalar] = field(default_factory=dict)
