@@ -16,12 +16,18 @@ def _run(root: Path, name: str, strategy: dict, seed: int, accuracies: list[floa
     run.mkdir(parents=True)
     config = {"seed": seed, "num_rounds": len(accuracies), "strategy": strategy, "lr": 0.05}
     (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
-    rows = [{"round": i + 1, "accuracy": a, "uplink_bytes": 1_000_000, "downlink_bytes": 2_000_000}
-            for i, a in enumerate(accuracies)]
+    rows = [
+        {"round": i + 1, "accuracy": a, "uplink_bytes": 1_000_000, "downlink_bytes": 2_000_000}
+        for i, a in enumerate(accuracies)
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = {"final_accuracy": accuracies[-1], "best_accuracy": max(accuracies), "seed": seed,
-               "uplink_bytes_total": 1_000_000 * len(rows),
-               "downlink_bytes_total": 2_000_000 * len(rows)}
+    summary = {
+        "final_accuracy": accuracies[-1],
+        "best_accuracy": max(accuracies),
+        "seed": seed,
+        "uplink_bytes_total": 1_000_000 * len(rows),
+        "downlink_bytes_total": 2_000_000 * len(rows),
+    }
     (run / "summary.json").write_text(json.dumps(summary))
 
 
