@@ -8,12 +8,14 @@ config that is then resumed to round 4. Together they pin the output contract, d
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.processes import run_command
+from tests.processes import kill_tree, run_command
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_RUN = [
@@ -193,3 +195,30 @@ def test_resume_refuses_a_different_experiment(uninterrupted: tuple[Path, str]) 
     )
     assert result.returncode != 0
     assert "['lr']" in result.stdout
+
+
+def test_sigkill_mid_round_then_resume_equals_uninterrupted(
+    uninterrupted: tuple[Path, str], tmp_path: Path
+) -> None:
+    """kill -9 of the whole run during round 3, then resume=true: same numbers as never killed."""
+    run_dir = tmp_path / "crashed"
+    stall = ["faults.slow_rate=1.0", "faults.slow_s=0.5"]  # slows rounds, changes no number
+    args = [sys.executable, "-m", "server_app.cli", *SMALL_RUN, *stall, "num_rounds=4",
+            f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run_dir / "metrics.jsonl").exists() or len(rows(run_dir)) < 2:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the run did not reach round 2 in time"
+            time.sleep(0.1)
+    finally:
+        kill_tree(proc)
+    assert proc.returncode == -9
+    assert len(rows(run_dir)) < 4
+    fedsparse(*SMALL_RUN, *stall, "num_rounds=4", "resume=true", f"hydra.run.dir={run_dir}")
+    full, resumed = rows(uninterrupted[0]), rows(run_dir)
+    assert [r["round"] for r in resumed] == [1, 2, 3, 4]
+    for key in ("accuracy", "loss", "train_loss", "uplink_bytes", "fed_accuracy"):
+        assert [r[key] for r in resumed] == [r[key] for r in full], key
