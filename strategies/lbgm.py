@@ -1,0 +1,508 @@
+"""LBGM: look-back gradient multiplier (Azam et al., ICLR 2022), plus top-k and signSGD.
+
+Every client sends its pseudo-gradient g = θ_start − θ_end, optionally compressed per layer
+(top-k or scaled sign, with error feedback). Under LBGM each *unit* (a parameter tensor, or
+the whole model with ``granularity=model``) is compared with the client's look-back gradient
+(LBG), the last vector of that unit it sent in full: ρ = ⟨g, LBG⟩/‖LBG‖² and the phase error
+e = 1 − cos²(g, LBG) = ‖g − ρ·LBG‖²/‖g‖². If e ≤ δ only ρ travels, else the unit goes in full
+and becomes the new LBG. Stacked on a compressor, LBGM works on the compressed (sparse)
+vector, never on the dense one. Non-parameter buffers (BatchNorm statistics) go in full and
+are averaged like FedAvg does.
+
+The server keeps each client's LBGs (``lbg_store``), rebuilds ρ·LBG, averages the
+pseudo-gradients weighted by ``num-examples`` over the replies received, and steps
+θ ← θ − server_lr·v with v ← server_momentum·v + ḡ (server_lr=1, momentum 0 is FedAvg).
+
+Version protocol (so a lost reply never causes a wrong reconstruction): an LBG's version is
+the round it was sent in. Each round the server tells every sampled client the version it
+holds per unit (−1: none). A client reuses only an LBG whose version equals the server's; a
+unit it sends in full is kept as a *candidate* and promoted only once the server advertises
+that version, otherwise discarded. The server rejects a ρ against a version it does not hold.
+
+Deviations from the public code (see the project's LBGM spec): multi-step local training
+(pseudo-gradient, not one full-batch gradient); weights renormalised over the replies; no
+LBGM residual (only the compressor keeps one); top-k + LBGM stores the sparse vector.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from torch import nn
+
+import models
+from data.federated import DataSpec, dataset_info
+from strategies.base import ARRAYS, METRICS, ClientAlgorithm, ClientUpdate, FedSparseStrategy
+from strategies.compression import COMPRESSORS, Codec, CodecError, make_codec
+from strategies.fedavg import weighted_average
+from strategies.job import ClientJob, ConfigScalar
+from strategies.lbg_store import STORE_DTYPES, STORES, make_store
+from strategies.registry import Algorithm, register_algorithm
+from strategies.validation import ReplyError, check_finite_metric, require_record
+from strategies.wire import ClientState, Record, client_key
+
+GRANULARITIES = ("layer", "model")
+MODEL_UNIT = "model"
+VERSIONS = "lbgm-versions"  # downlink, per client: ConfigRecord {"versions": [int per unit]}
+LBGM = "lbgm"  # uplink: MetricRecord {"rho:<unit>": float, "version:<unit>": int} (reused units)
+RESIDUAL = "compress-residual"  # client state: error-feedback residual per layer
+LBG, LBG_META = "lbgm-lbg", "lbgm-lbg-versions"  # client state: acknowledged LBGs
+CANDIDATE, CANDIDATE_META = "lbgm-candidate", "lbgm-candidate-versions"  # sent, not yet acked
+CLIENT_COUNTS = ("lbgm-reused", "lbgm-units", "lbgm-checked", "lbgm-phase-error-sum")
+
+
+@lru_cache(maxsize=16)
+def _parameter_shapes(model: str, spec: DataSpec) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    info = dataset_info(spec)
+    built = models.build_model(model, info.input_shape, info.num_classes)
+    return tuple((name, tuple(p.shape)) for name, p in built.named_parameters())
+
+
+def parameter_shapes(job: ClientJob) -> dict[str, tuple[int, ...]]:
+    """Trainable parameter tensors of the job's model (the layers LBGM works on), in order."""
+    return dict(_parameter_shapes(job.model, job.data_spec()))
+
+
+def units_of(layers: list[str], granularity: str) -> dict[str, list[str]]:
+    """Decision units: one per layer, or one (``"model"``) holding every layer in order."""
+    if granularity == "layer":
+        return {name: [name] for name in layers}
+    if granularity == "model":
+        return {MODEL_UNIT: list(layers)}
+    raise ValueError(f"unknown granularity {granularity!r}; choose one of: {GRANULARITIES}")
+
+
+def projection(g: np.ndarray, lbg: np.ndarray) -> tuple[float, float] | None:
+    """(ρ, e): least-squares multiplier of ``lbg`` for ``g`` and the phase error 1 − cos².
+
+    None when ``lbg`` is zero (no direction to reuse). A zero ``g`` gives (0, 0): ρ·LBG = g.
+    """
+    g64, b64 = g.astype(np.float64), lbg.astype(np.float64)
+    bb = float(b64 @ b64)
+    if not bb > 0 or not math.isfinite(bb):
+        return None
+    gb, gg = float(g64 @ b64), float(g64 @ g64)
+    if gg == 0:
+        return 0.0, 0.0
+    return gb / bb, min(max(1.0 - gb * gb / (gg * bb), 0.0), 1.0)
+
+
+def _check_number(key: str, value: Any, ok: bool, requirement: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not ok:
+        raise ValueError(f"strategy.{key}={value!r}: {requirement}")
+
+
+@dataclass
+class Decoded:
+    """One client's reply decoded: pseudo-gradient per layer, buffers, and LBGM bookkeeping."""
+
+    grads: dict[str, np.ndarray]
+    buffers: dict[str, np.ndarray]
+    units: int = 0
+    ages: list[int] = field(default_factory=list)
+
+
+class PseudoGradient(FedSparseStrategy):
+    """Clients send compressed pseudo-gradients; the server averages them and takes a step."""
+
+    name = "pseudo-gradient"
+    uses_lbgm = False
+
+    def __init__(
+        self,
+        *args: Any,
+        compressor: str = "none",
+        topk_ratio: float = 0.1,
+        error_feedback: bool = True,
+        server_lr: float = 1.0,
+        server_momentum: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if compressor not in COMPRESSORS:
+            raise ValueError(
+                f"strategy.compressor={compressor!r}: choose one of: {', '.join(COMPRESSORS)}"
+            )
+        _check_number("topk_ratio", topk_ratio, 0 < topk_ratio <= 1, "must be in (0, 1]")
+        _check_number("server_lr", server_lr, server_lr > 0, "must be a number > 0")
+        _check_number(
+            "server_momentum", server_momentum, 0 <= server_momentum < 1, "must be in [0, 1)"
+        )
+        if not isinstance(error_feedback, bool):
+            raise ValueError(f"strategy.error_feedback={error_feedback!r}: must be true or false")
+        self.codec: Codec = make_codec(compressor, float(topk_ratio))
+        self.server_lr, self.server_momentum = float(server_lr), float(server_momentum)
+        self.velocity: dict[str, np.ndarray] = {}
+        self.server_round = 0
+
+    @cached_property
+    def layers(self) -> dict[str, tuple[int, ...]]:
+        """Parameter tensors (pseudo-gradient layers); every other array is a buffer."""
+        return parameter_shapes(self.job)
+
+    def round_params(self, server_round: int) -> dict[str, ConfigScalar]:
+        return {"compressor": self.codec.name, "lbgm": self.uses_lbgm}
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.server_round = server_round  # the version of the LBGs sent in this round
+        return super().configure_train(server_round, arrays, config, grid)
+
+    # ------------------------------------------------------------------ decoding
+    def _wire(self, update: ClientUpdate, full_layers: list[str]) -> dict[str, np.ndarray]:
+        """The reply's arrays, checked to be exactly the buffers plus the full layers' codec keys,
+        with finite values and buffers shaped like the global ones."""
+        received = require_record(update.records, ARRAYS, ArrayRecord)
+        buffers = [name for name in self.global_arrays if name not in self.layers]
+        expected = set(buffers) | {k for name in full_layers for k in self.codec.keys(name)}
+        if set(received.keys()) != expected:
+            missing = sorted(expected - set(received.keys()))
+            extra = sorted(set(received.keys()) - expected)
+            raise ReplyError("names", f"array names differ (missing {missing}, unexpected {extra})")
+        wire = {name: array.numpy() for name, array in received.items()}
+        for name, values in wire.items():
+            if values.dtype.kind == "f" and not np.isfinite(values).all():
+                raise ReplyError("non-finite", f"{name} holds NaN or Inf")
+        for name in buffers:
+            template = self.global_arrays[name]
+            if wire[name].shape != tuple(template.shape) or wire[name].dtype != template.dtype:
+                raise ReplyError(
+                    "shape",
+                    f"{name}: {wire[name].dtype} {wire[name].shape}, expected {template.dtype} "
+                    f"{tuple(template.shape)}",
+                )
+        return wire
+
+    def _layer(self, wire: dict[str, np.ndarray], name: str) -> np.ndarray:
+        template = self.global_arrays[name]
+        try:
+            return self.codec.decode(name, wire, tuple(template.shape), np.dtype(template.dtype))
+        except CodecError as err:
+            raise ReplyError("codec", str(err)) from None
+
+    def decode(self, update: ClientUpdate) -> Decoded:
+        wire = self._wire(update, list(self.layers))
+        grads = {name: self._layer(wire, name) for name in self.layers}
+        buffers = {name: wire[name] for name in self.global_arrays if name not in self.layers}
+        return Decoded(grads, buffers, units=len(grads))
+
+    # --------------------------------------------------------------- aggregation
+    def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
+        total = float(sum(u.num_examples for u in updates))
+        buffers = (
+            weighted_average(
+                [u.payload.buffers for u in updates], [u.num_examples for u in updates]
+            )
+            if updates[0].payload.buffers
+            else {}
+        )
+        new: dict[str, Array] = {}
+        for name, array in self.global_arrays.items():
+            if name not in self.layers:
+                new[name] = Array(buffers[name])
+                continue
+            mean = np.zeros(array.shape, dtype=np.float64)
+            for u in updates:
+                mean += u.payload.grads[name] * (u.num_examples / total)
+            if self.server_momentum:
+                mean += self.server_momentum * self.velocity.get(name, 0.0)
+                self.velocity[name] = mean
+            theta = array.numpy()
+            new[name] = Array((theta - self.server_lr * mean).astype(theta.dtype))
+        return ArrayRecord(new)
+
+    def client_deltas(self, updates: list[ClientUpdate]) -> list[dict[str, np.ndarray]]:
+        return [{n: -g for n, g in u.payload.grads.items()} for u in updates]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {f"velocity/{name}": v for name, v in self.velocity.items()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.velocity = {
+            k.removeprefix("velocity/"): np.asarray(v)
+            for k, v in state.items()
+            if k.startswith("velocity/")
+        }
+
+
+class TopK(PseudoGradient):
+    """Top-k sparsified pseudo-gradients with error feedback (baseline)."""
+
+    name = "topk"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, compressor="topk", **kwargs)
+
+
+class SignSGD(PseudoGradient):
+    """Scaled-sign pseudo-gradients (1 bit per entry + one scale per layer), error feedback."""
+
+    name = "signsgd"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, compressor="sign", **kwargs)
+
+
+class Lbgm(PseudoGradient):
+    """LBGM: per unit, a scalar ρ instead of the full vector when the LBG still fits."""
+
+    name = "lbgm"
+    uses_lbgm = True
+
+    def __init__(
+        self,
+        *args: Any,
+        delta: float = 0.2,
+        granularity: str = "layer",
+        store: str = "memory",
+        store_dtype: str = "float32",
+        store_dir: str | None = None,
+        max_age: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        _check_number(
+            "delta", delta, delta < 1, "must be a number < 1 (at 1 round one would reuse nothing)"
+        )
+        if granularity not in GRANULARITIES:
+            raise ValueError(
+                f"strategy.granularity={granularity!r}: choose one of: {', '.join(GRANULARITIES)}"
+            )
+        if store not in STORES:
+            raise ValueError(f"strategy.store={store!r}: choose one of: {', '.join(STORES)}")
+        if store_dtype not in STORE_DTYPES:
+            raise ValueError(
+                f"strategy.store_dtype={store_dtype!r}: choose one of: {', '.join(STORE_DTYPES)}"
+            )
+        if max_age is not None and (
+            isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 1
+        ):
+            raise ValueError(f"strategy.max_age={max_age!r}: must be null (never) or >= 1")
+        self.delta, self.granularity, self.max_age = float(delta), granularity, max_age
+        self._store_args = (store, store_dtype, store_dir)
+
+    @cached_property
+    def units(self) -> dict[str, list[str]]:
+        return units_of(list(self.layers), self.granularity)
+
+    @cached_property
+    def store(self):
+        """The server's LBG store (built on first use: it needs the model's layer sizes)."""
+        kind, dtype, directory = self._store_args
+        sizes = {
+            unit: sum(math.prod(self.layers[name]) for name in names)
+            for unit, names in self.units.items()
+        }
+        return make_store(kind, sizes, dtype, directory)
+
+    def client_records(self, server_round: int, client_id: int) -> dict[str, Record]:
+        versions = []
+        for unit in self.units:
+            version = self.store.version(client_id, unit)
+            if self.max_age is not None and 0 <= version < server_round - self.max_age:
+                self.store.evict(client_id, unit)
+                version = -1
+            versions.append(version)
+        return {VERSIONS: ConfigRecord({"versions": versions})}
+
+    def decode(self, update: ClientUpdate) -> Decoded:
+        for key in CLIENT_COUNTS:
+            check_finite_metric(update.metrics, key)
+        record = require_record(update.records, LBGM, MetricRecord)
+        known = {f"{kind}:{unit}" for unit in self.units for kind in ("rho", "version")}
+        if set(record.keys()) - known:
+            raise ReplyError("lbgm", f"unknown lbgm keys {sorted(set(record.keys()) - known)}")
+        reused: dict[str, tuple[float, int]] = {}
+        for unit in self.units:
+            if f"rho:{unit}" not in record:
+                continue
+            rho, version = record[f"rho:{unit}"], record.get(f"version:{unit}")
+            if not isinstance(rho, float) or not math.isfinite(rho):
+                raise ReplyError("lbgm", f"{unit}: rho must be a finite float, got {rho!r}")
+            held = self.store.version(update.client_id, unit)
+            if not isinstance(version, int) or version < 0 or held != version:
+                raise ReplyError(
+                    "lbgm-version",
+                    f"{unit}: rho against version {version!r}, the server holds {held}",
+                )
+            reused[unit] = (rho, version)
+        full_layers = [n for unit, names in self.units.items() if unit not in reused for n in names]
+        wire = self._wire(update, full_layers)
+        grads: dict[str, np.ndarray] = {name: self._layer(wire, name) for name in full_layers}
+        ages = []
+        for unit, (rho, version) in reused.items():
+            vector = rho * self.store.get(update.client_id, unit, version)
+            offset = 0
+            for name in self.units[unit]:
+                shape = self.layers[name]
+                grads[name] = vector[offset : offset + math.prod(shape)].reshape(shape)
+                offset += math.prod(shape)
+            ages.append(self.server_round - version)
+        for unit, names in self.units.items():  # the reply is valid: commit its full units
+            if unit not in reused:
+                vector = np.concatenate([grads[n].reshape(-1) for n in names])
+                self.store.put(update.client_id, unit, self.server_round, vector)
+        buffers = {name: wire[name] for name in self.global_arrays if name not in self.layers}
+        return Decoded(grads, buffers, units=len(self.units), ages=ages)
+
+    def round_metrics(self, server_round: int) -> dict[str, Any]:
+        payloads = [u.payload for u in self.last_updates]
+        units = sum(p.units for p in payloads)
+        ages = [a for p in payloads for a in p.ages]
+        checked = sum(u.metrics["lbgm-checked"] for u in self.last_updates)
+        error_sum = sum(u.metrics["lbgm-phase-error-sum"] for u in self.last_updates)
+        return {
+            "lbgm_reuse_frac": len(ages) / units if units else None,
+            "lbgm_phase_error": error_sum / checked if checked else None,
+            "lbgm_lbg_age": float(np.mean(ages)) if ages else None,
+            "lbgm_store_bytes": self.store.nbytes,
+        }
+
+
+# ------------------------------------------------------------------------- client half
+def _read(state: ClientState, arrays: str, meta: str) -> dict[str, tuple[int, np.ndarray]]:
+    record, versions = state.get(arrays), state.get(meta)
+    if not isinstance(record, ArrayRecord) or not isinstance(versions, ConfigRecord):
+        return {}
+    return {unit: (int(versions[unit]), record[unit].numpy()) for unit in record}
+
+
+def _write(
+    state: ClientState, arrays: str, meta: str, entries: dict[str, tuple[int, np.ndarray]]
+) -> None:
+    state.set(arrays, ArrayRecord({u: Array(v) for u, (_, v) in entries.items()}))
+    state.set(meta, ConfigRecord({u: version for u, (version, _) in entries.items()}))
+
+
+def acknowledged_lbgs(
+    state: ClientState, server_versions: dict[str, int]
+) -> dict[str, tuple[int, np.ndarray]]:
+    """The LBGs the client may reuse: its own whose version the server advertises.
+
+    A candidate is promoted when its version is advertised; stale entries are dropped.
+    """
+    held = _read(state, LBG, LBG_META)
+    held.update(
+        (unit, entry)
+        for unit, entry in _read(state, CANDIDATE, CANDIDATE_META).items()
+        if server_versions.get(unit) == entry[0]
+    )
+    return {
+        unit: entry
+        for unit, entry in held.items()
+        if entry[0] >= 0 and server_versions.get(unit) == entry[0]
+    }
+
+
+class PseudoGradientClient(ClientAlgorithm):
+    """Trains like FedAvg, then sends the (compressed, LBGM-reduced) pseudo-gradient."""
+
+    def __init__(self) -> None:
+        self.start: dict[str, np.ndarray] = {}
+        self.server_versions: list[int] | None = None
+
+    def receive(
+        self,
+        model: nn.Module,
+        content: RecordDict,
+        client_id: int,
+        job: ClientJob,
+        state: ClientState,
+    ) -> None:
+        super().receive(model, content, client_id, job, state)
+        self.start = {n: p.detach().cpu().numpy().copy() for n, p in model.named_parameters()}
+        versions = content.get(client_key(client_id, VERSIONS))
+        if isinstance(versions, ConfigRecord):
+            self.server_versions = [int(v) for v in versions["versions"]]
+
+    def reply(
+        self, model: nn.Module, client_id: int, job: ClientJob, state: ClientState
+    ) -> dict[str, Record]:
+        codec = make_codec(str(job.params["compressor"]), float(job.params.get("topk_ratio", 0.1)))
+        params = {n: p.detach().cpu().numpy() for n, p in model.named_parameters()}
+        grads = {n: self.start[n] - params[n] for n in params}
+        wires, sent = self._compress(codec, grads, job, state)
+        arrays = {
+            n: Array(v.detach().cpu().numpy())
+            for n, v in model.state_dict().items()
+            if n not in params
+        }
+        records: dict[str, Record] = {}
+        counts = dict.fromkeys(CLIENT_COUNTS, 0)
+        full = list(params)
+        if job.params.get("lbgm"):
+            lbgm, full, counts = self._lbgm(sent, job, state)
+            records[LBGM] = lbgm
+        for name in full:
+            arrays.update({k: Array(v) for k, v in wires[name].items()})
+        records[ARRAYS] = ArrayRecord(arrays)
+        if job.params.get("lbgm"):
+            records[METRICS] = MetricRecord(counts)
+        return records
+
+    @staticmethod
+    def _compress(
+        codec: Codec, grads: dict[str, np.ndarray], job: ClientJob, state: ClientState
+    ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        """Per layer: the wire arrays and the dense vector the server will rebuild from them.
+
+        With error feedback the compressor's residual x − C(x) is added to the next round's g.
+        """
+        feedback = codec.name != "none" and bool(job.params.get("error_feedback", True))
+        residual = state.get(RESIDUAL) if feedback else None
+        wires, sent, left = {}, {}, {}
+        for name, g in grads.items():
+            x = g + residual[name].numpy() if isinstance(residual, ArrayRecord) else g
+            wires[name] = codec.encode(name, x)
+            sent[name] = codec.decode(name, wires[name], x.shape, x.dtype)
+            left[name] = Array(x - sent[name])
+        if feedback:
+            state.set(RESIDUAL, ArrayRecord(left))
+        return wires, sent
+
+    def _lbgm(
+        self, sent: dict[str, np.ndarray], job: ClientJob, state: ClientState
+    ) -> tuple[MetricRecord, list[str], dict[str, int | float]]:
+        """Decide per unit: ρ against an acknowledged LBG (e ≤ δ) or a full send (new candidate)."""
+        units = units_of(list(sent), str(job.params.get("granularity", "layer")))
+        if self.server_versions is None or len(self.server_versions) != len(units):
+            raise ValueError(
+                f"lbgm: expected {len(units)} LBG versions from the server, got "
+                f"{self.server_versions!r}"
+            )
+        lbgs = acknowledged_lbgs(state, dict(zip(units, self.server_versions, strict=True)))
+        delta = float(job.params["delta"])
+        lbgm: dict[str, int | float] = {}
+        full: list[str] = []
+        candidates: dict[str, tuple[int, np.ndarray]] = {}
+        counts: dict[str, int | float] = dict.fromkeys(CLIENT_COUNTS, 0)
+        counts["lbgm-units"] = len(units)
+        for unit, names in units.items():
+            vector = np.concatenate([sent[n].reshape(-1) for n in names])
+            fit = projection(vector, lbgs[unit][1]) if unit in lbgs else None
+            if fit is not None:
+                counts["lbgm-checked"] += 1
+                counts["lbgm-phase-error-sum"] += fit[1]
+            if fit is not None and fit[1] <= delta:
+                lbgm[f"rho:{unit}"] = fit[0]
+                lbgm[f"version:{unit}"] = lbgs[unit][0]
+                counts["lbgm-reused"] += 1
+            else:
+                full.extend(names)
+                candidates[unit] = (job.server_round, vector.astype(np.float32))
+        _write(state, LBG, LBG_META, lbgs)
+        _write(state, CANDIDATE, CANDIDATE_META, candidates)
+        return MetricRecord(lbgm), full, counts
+
+
+register_algorithm(Algorithm("lbgm", Lbgm, PseudoGradientClient))
+register_algorithm(Algorithm("topk", TopK, PseudoGradientClient))
+register_algorithm(Algorithm("signsgd", SignSGD, PseudoGradientClient))
