@@ -222,3 +222,14 @@ def test_sigkill_mid_round_then_resume_equals_uninterrupted(
     assert [r["round"] for r in resumed] == [1, 2, 3, 4]
     for key in ("accuracy", "loss", "train_loss", "uplink_bytes", "fed_accuracy"):
         assert [r[key] for r in resumed] == [r[key] for r in full], key
+
+
+def test_lbgm_client_state_persists_across_rounds_on_ray(tmp_path: Path) -> None:
+    """Look-back gradients live in the simulated SuperNodes' context.state between rounds."""
+    run_dir = tmp_path / "lbgm"
+    fedsparse(*SMALL_RUN, "strategy=lbgm", "strategy.delta=0.9", "num_rounds=3",
+              "federated_eval=false", f"hydra.run.dir={run_dir}")
+    metrics = rows(run_dir)
+    assert metrics[0]["lbgm_reuse_frac"] == 0.0  # nothing to look back on in round 1
+    assert all(r["lbgm_reuse_frac"] > 0.5 for r in metrics[1:])
+    assert all(r["uplink_bytes"] < metrics[0]["uplink_bytes"] / 2 for r in metrics[1:])
