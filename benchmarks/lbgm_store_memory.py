@@ -102,7 +102,8 @@ def main() -> None:
         f"# LBGM server store at {args.clients} clients (cnn on mnist5k, "
         f"{rows[0]['params_per_client']:,} parameters per client)",
         "",
-        "Worst case: every client holds a full LBG for every layer. One fresh process per row. "
+        "Worst case: every client holds a full LBG for every layer. One fresh process per row; "
+        "'before' is after importing torch/flwr and building the model. "
         "Written by `benchmarks/lbgm_store_memory.py`.",
         "",
         "| backend | dtype | store bytes | peak RSS before filling (MB) | peak RSS after (MB) "
@@ -112,7 +113,7 @@ def main() -> None:
     for r in rows:
         lines.append(
             f"| {r['backend']} | {r['dtype']} | {r['store_bytes'] / 1e6:,.0f} MB "
-            f"| {r['peak_rss_mb']:,.0f} | {r['put_ms_per_client']:.2f} "
+            f"| {r['rss_before_mb']:,.0f} | {r['peak_rss_mb']:,.0f} | {r['put_ms_per_client']:.2f} "
             f"| {r['get_ms_per_client']:.2f} |"
         )
     args.results.mkdir(parents=True, exist_ok=True)
