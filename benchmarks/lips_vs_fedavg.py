@@ -73,7 +73,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--runs", type=Path, default=REPO / "benchmarks/runs/lips_vs_fedavg")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild the report from the runs already in --runs",
+    )
     args = parser.parse_args()
+    if not args.report_only:
+        run_sweep(args)
+    report(args)
+
+
+def run_sweep(args: argparse.Namespace) -> None:
+    """Run both strategies over all seeds in one multirun sweep."""
     if args.runs.exists():
         shutil.rmtree(args.runs)
     subprocess.run(
@@ -92,6 +104,10 @@ def main() -> None:
         cwd=REPO,
         check=True,
     )
+
+
+def report(args: argparse.Namespace) -> None:
+    """Write the table, the inertia summary and the plots into --results."""
     table = compare(args.runs)
     runs = find_runs(args.runs)
     args.results.mkdir(parents=True, exist_ok=True)

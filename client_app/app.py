@@ -20,24 +20,47 @@ import strategies
 from client_app.batchnorm import keep_local_batchnorm, restore_local_batchnorm
 from client_app.faults import InjectedFault, corrupt_reply, plan_faults
 from client_app.training import TensorData, evaluate, resolve_device, round_seed, train_epochs
+from data.device import device_data
 from data.federated import DataSpec, client_data, dataset_info
 from strategies.base import CONFIG, METRICS, ClientAlgorithm
 from strategies.cohort import QUERY_CONFIG, hosted_clients
 from strategies.job import ClientJob
 from strategies.wire import CLIENT_IDS_KEY, ClientState, Record, pack_clients
 
+DATA_ROOT = "data-root"
+
 app = ClientApp()
 
 
 @lru_cache(maxsize=4096)
-def _client_tensors(spec: DataSpec, client_id: int, device: str) -> tuple[TensorData, TensorData]:
-    """A client's (train, test) tensors, loaded once per process."""
+def _client_tensors(
+    spec: DataSpec, client_id: int, device: str, data_root: str = ""
+) -> tuple[TensorData, TensorData]:
+    """A client's (train, test) tensors, loaded once per process.
+
+    ``data_root`` (the node config's ``data-root``) replaces the shipped partition with the
+    device's own data; it is normalised like the configured data set it must match.
+    """
     info = dataset_info(spec)
-    train, test = client_data(spec, client_id)
+    if data_root:
+        train, test = device_data(data_root, info, spec.local_test_fraction, spec.seed, client_id)
+    else:
+        train, test = client_data(spec, client_id)
     return (
         TensorData.from_arrays(train, info.mean, info.std, torch.device(device)),
         TensorData.from_arrays(test, info.mean, info.std, torch.device(device)),
     )
+
+
+def _data_root(context: Context) -> str:
+    """The node's own data folder or .npz (empty: use the shipped partition)."""
+    value = context.node_config.get(DATA_ROOT, "")
+    if not isinstance(value, str):
+        raise ValueError(
+            f"node config {DATA_ROOT}={value!r} must be a quoted path, e.g. "
+            "--node-config 'data-root=\"/srv/fedsparse/data\" partition-id=0 num-partitions=2'"
+        )
+    return value
 
 
 def _build_model(job: ClientJob, device: torch.device) -> nn.Module:
@@ -82,7 +105,7 @@ def _train_one(
     seed = round_seed(job.seed, job.server_round, client_id)
     torch.manual_seed(seed)
     model = _receive(algorithm, msg, job, client_id, state, device)
-    train, _ = _client_tensors(job.data_spec(), client_id, str(device))
+    train, _ = _client_tensors(job.data_spec(), client_id, str(device), _data_root(context))
     started = time.perf_counter()
     algorithm.prepare(model, train, client_id, job, state)
     loss = train_epochs(
@@ -136,7 +159,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     for client_id in job.client_ids:
         state = ClientState(context.state, client_id)
         model = _receive(algorithm, msg, job, client_id, state, device)
-        _, test = _client_tensors(job.data_spec(), client_id, str(device))
+        _, test = _client_tensors(job.data_spec(), client_id, str(device), _data_root(context))
         loss, accuracy = evaluate(model, test) if len(test) else (0.0, 0.0)
         per_client[client_id] = {
             METRICS: MetricRecord({"num-examples": len(test), "loss": loss, "accuracy": accuracy})

@@ -1,7 +1,6 @@
 """ResNet-18 with a CIFAR-style stem, suited to 8-64 pixel images."""
 
 from torch import nn
-from torchvision.models import resnet18 as tv_resnet18
 
 from models.registry import register_model
 
@@ -14,6 +13,8 @@ def resnet18(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     first stage; the CIFAR stem keeps full resolution. Global average pooling makes
     the network independent of H and W.
     """
+    from torchvision.models import resnet18 as tv_resnet18  # heavy: imported only when used
+
     model = tv_resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")

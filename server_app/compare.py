@@ -54,12 +54,14 @@ def _varies_within_strategy(key: str, strategy: str, configs) -> bool:
 
 
 def group_runs(runs: list[Path]) -> list[Group]:
-    """Group runs by the config keys that vary across them (seed excluded)."""
+    """Group runs by the config keys whose values differ across them (seed excluded)."""
     configs = {
         run: _flatten(OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))) for run in runs
     }
     keys = sorted({k for c in configs.values() for k in c} - IGNORED_KEYS)
-    varying = [k for k in keys if len({json.dumps(c.get(k)) for c in configs.values()}) > 1]
+    varying = [  # a key only some runs have (added by a later version) does not split groups
+        k for k in keys if len({json.dumps(c[k]) for c in configs.values() if k in c}) > 1
+    ]
     groups: dict[str, Group] = {}
     for run, config in configs.items():
         label = (

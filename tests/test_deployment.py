@@ -1,0 +1,269 @@
+"""A real deployment on loopback: SuperLink (TLS, node authentication) + two SuperNodes.
+
+Runs ``fedsparse-deploy`` against it the way README's Deployment section does, checks the output
+contract, then kills one SuperNode mid-run: the run must finish on the other node with the loss
+counted in ``failures``. Every process started here is killed by process group in ``finally``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import strategies
+from server_app import deploy
+from server_app.settings import ConfigError
+from tests.processes import kill_tree, run_command
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+CONNECTION = "test-tls"
+RUN = [
+    "dataset=digits",
+    "num_clients=2",
+    "clients_per_round=2",
+    "num_rounds=2",
+    "federated_eval=false",  # one ClientApp process per node and round: keeps the test short
+    "plots=false",
+]
+
+needs_tools = pytest.mark.skipif(
+    shutil.which("openssl") is None or shutil.which("ssh-keygen") is None,
+    reason="needs openssl (certificates) and ssh-keygen (node keys)",
+)
+
+
+def test_run_config_carries_overrides_and_an_absolute_run_dir(tmp_path: Path) -> None:
+    overrides = ["strategy=lips", "hydra.run.dir=rel/dir", 'model.name="cnn"', "seed=1"]
+    run_dir = deploy.resolve_run_dir(overrides, None)
+    assert run_dir == Path("rel/dir").absolute()
+    parsed = tomllib.loads(deploy.run_config_toml(overrides, run_dir))
+    assert parsed["run-dir"] == str(run_dir)
+    assert shlex.split(parsed["overrides"]) == ["strategy=lips", 'model.name="cnn"', "seed=1"]
+    assert deploy.resolve_run_dir(overrides, str(tmp_path)) == tmp_path
+
+
+def test_overrides_are_checked_like_the_server_app_does() -> None:
+    deploy.check_overrides(["dataset=digits", "num_clients=2", "clients_per_round=2"])
+    with pytest.raises(ConfigError, match="partition/nope"):
+        deploy.check_overrides(["partition=nope"])
+    with pytest.raises(ConfigError, match="num_rounds=0"):
+        deploy.check_overrides(["num_rounds=0"])
+
+
+@dataclass
+class Federation:
+    """What the fixture started; ``nodes[i]`` hosts client i."""
+
+    root: Path
+    env: dict[str, str]
+    superlink: subprocess.Popen
+    nodes: list[subprocess.Popen] = field(default_factory=list)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"SuperLink exited:\n{log.read_text()[-3000:]}"
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"SuperLink not listening on {port} after {timeout} s")
+
+
+def _start(args: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    with log.open("w") as out:
+        return subprocess.Popen(
+            args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _start_node(fed: Federation, partition: int, port: int) -> subprocess.Popen:
+    args = [
+        "flower-supernode",
+        "--superlink",
+        f"127.0.0.1:{port}",
+        "--root-certificates",
+        str(fed.root / "certs" / "ca.crt"),
+        "--auth-supernode-private-key",
+        str(fed.root / "keys" / f"node{partition}"),
+        "--port",
+        str(_free_port()),
+        "--node-config",
+        f"partition-id={partition} num-partitions=2",
+    ]
+    return _start(args, fed.root / f"node{partition}.log", fed.env, fed.root)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    root = tmp_path_factory.mktemp("deploy")
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(root / "flwr-home"),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    port = _free_port()
+    subprocess.run([DEPLOY / "make-certs.sh", "-o", root / "certs", "127.0.0.1"], check=True)
+    (root / "flwr-home").mkdir()
+    (root / "flwr-home" / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        f'address = "127.0.0.1:{port}"\nroot-certificates = "{root / "certs" / "ca.crt"}"\n'
+    )
+    certs = root / "certs"
+    superlink = _start(
+        [
+            "flower-superlink",
+            "--ssl-ca-certfile",
+            str(certs / "ca.crt"),
+            "--ssl-certfile",
+            str(certs / "server.pem"),
+            "--ssl-keyfile",
+            str(certs / "server.key"),
+            "--enable-supernode-auth",
+            "--disable-runtime-dependency-installation",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        root / "superlink.log",
+        env,
+        root,
+    )
+    fed = Federation(root, env, superlink)
+    try:
+        _wait_for_port(port, superlink, root / "superlink.log")
+        subprocess.run(
+            [DEPLOY / "node-keys.sh", "-o", root / "keys", "-c", CONNECTION, "node0", "node1"],
+            check=True,
+            env=env,
+            cwd=root,
+            capture_output=True,
+            timeout=120,
+        )
+        fed.nodes = [_start_node(fed, partition, port) for partition in (0, 1)]
+        yield fed
+    finally:
+        for proc in [*fed.nodes, superlink]:
+            kill_tree(proc)
+
+
+def _deploy_args(run_dir: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "server_app.deploy",
+        CONNECTION,
+        *RUN,
+        *overrides,
+        "--run-dir",
+        str(run_dir),
+    ]
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _deploy(fed: Federation, run_dir: Path, *overrides: str) -> str:
+    result = subprocess.run(
+        _deploy_args(run_dir, *overrides),
+        cwd=REPO,
+        env=fed.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+def _check_contract(run_dir: Path, strategy: str, failures: list[int]) -> None:
+    assert "num_rounds: 2" in (run_dir / "config.yaml").read_text()
+    rows = _rows(run_dir)
+    assert [r["round"] for r in rows] == [1, 2]
+    assert [r["failures"] for r in rows] == failures
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["strategy"] == strategy
+
+
+@needs_tools
+@pytest.mark.parametrize("strategy", ["fedavg", "lbgm"])
+def test_deployed_run_writes_the_output_contract(
+    federation: Federation, tmp_path: Path, strategy: str
+) -> None:
+    if strategy not in strategies.available_algorithms():
+        pytest.skip(f"strategy {strategy!r} is not registered in strategies/ yet")
+    run_dir = tmp_path / strategy
+    output = _deploy(federation, run_dir, f"strategy={strategy}")
+    _check_contract(run_dir, strategy, failures=[0, 0])
+    assert all(r["clients"] == 2 for r in _rows(run_dir))
+    assert f"[fedsparse] {strategy} on digits" in output
+
+
+@needs_tools
+def test_failed_run_gives_a_nonzero_exit(federation: Federation, tmp_path: Path) -> None:
+    """The ServerApp refuses a run dir that holds a run: ``fedsparse-deploy`` must say so."""
+    (tmp_path / "metrics.jsonl").write_text("")
+    result = subprocess.run(
+        _deploy_args(tmp_path),
+        cwd=REPO,
+        env=federation.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert "ended finished:failed" in result.stderr and "already holds a run" in result.stderr
+
+
+def test_bad_overrides_fail_before_anything_is_sent(tmp_path: Path) -> None:
+    result = run_command(_deploy_args(tmp_path / "bad", "num_rounds=-1"), REPO, timeout=120)
+    assert result.returncode != 0 and "num_rounds=-1" in result.stdout
+    assert "Successfully started run" not in result.stdout
+    assert not (tmp_path / "bad").exists()
+
+
+@needs_tools
+def test_run_survives_a_killed_supernode(federation: Federation, tmp_path: Path) -> None:
+    """SIGKILL node 1 after round 1: round 2 finishes on node 0 with one failure (runs last)."""
+    run_dir = tmp_path / "fault"
+    log = tmp_path / "deploy.log"
+    deploy = _start(_deploy_args(run_dir), log, federation.env, REPO)
+    try:
+        deadline = time.monotonic() + 240
+        while not _rows(run_dir):
+            assert deploy.poll() is None, log.read_text()[-4000:]
+            assert time.monotonic() < deadline, "round 1 did not finish in time"
+            time.sleep(0.2)
+        kill_tree(federation.nodes[1])
+        assert deploy.wait(timeout=240) == 0, log.read_text()[-4000:]
+    finally:
+        kill_tree(deploy)
+    _check_contract(run_dir, "fedavg", failures=[0, 1])
+    assert [r["clients"] for r in _rows(run_dir)] == [2, 1]
