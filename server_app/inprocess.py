@@ -40,6 +40,23 @@ class InProcessGrid:
             for p in range(num_nodes)
         }
 
+    def restart_node(self, partition_id: int) -> int:
+        """Replace a node by a fresh one hosting the same partition, as a restarted SuperNode
+        would be: a new node id and an empty ``context.state``. Returns the new node id."""
+        old = next(
+            n for n, c in self.contexts.items() if c.node_config["partition-id"] == partition_id
+        )
+        context = self.contexts.pop(old)
+        new = max(self.contexts, default=FIRST_NODE_ID) + 1 + len(self.contexts)
+        self.contexts[new] = Context(
+            run_id=context.run_id,
+            node_id=new,
+            node_config=dict(context.node_config),
+            state=RecordDict(),
+            run_config={},
+        )
+        return new
+
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
 

@@ -203,10 +203,18 @@ def test_sigkill_mid_round_then_resume_equals_uninterrupted(
     """kill -9 of the whole run during round 3, then resume=true: same numbers as never killed."""
     run_dir = tmp_path / "crashed"
     stall = ["faults.slow_rate=1.0", "faults.slow_s=0.5"]  # slows rounds, changes no number
-    args = [sys.executable, "-m", "server_app.cli", *SMALL_RUN, *stall, "num_rounds=4",
-            f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    args = [
+        sys.executable,
+        "-m",
+        "server_app.cli",
+        *SMALL_RUN,
+        *stall,
+        "num_rounds=4",
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 240
         while not (run_dir / "metrics.jsonl").exists() or len(rows(run_dir)) < 2:
@@ -227,8 +235,14 @@ def test_sigkill_mid_round_then_resume_equals_uninterrupted(
 def test_lbgm_client_state_persists_across_rounds_on_ray(tmp_path: Path) -> None:
     """Look-back gradients live in the simulated SuperNodes' context.state between rounds."""
     run_dir = tmp_path / "lbgm"
-    fedsparse(*SMALL_RUN, "strategy=lbgm", "strategy.delta=0.9", "num_rounds=3",
-              "federated_eval=false", f"hydra.run.dir={run_dir}")
+    fedsparse(
+        *SMALL_RUN,
+        "strategy=lbgm",
+        "strategy.delta=0.9",
+        "num_rounds=3",
+        "federated_eval=false",
+        f"hydra.run.dir={run_dir}",
+    )
     metrics = rows(run_dir)
     assert metrics[0]["lbgm_reuse_frac"] == 0.0  # nothing to look back on in round 1
     assert all(r["lbgm_reuse_frac"] > 0.5 for r in metrics[1:])

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 
 import models
 from data.federated import dataset_info
@@ -362,3 +362,45 @@ def test_downlink_versions_record_is_per_client(make_grid) -> None:
     assert versions[0] == [-1] * len(fed.direction) and versions[1] == [1] * len(fed.direction)
     assert isinstance(fed.replies[0][LBGM], MetricRecord)
     assert isinstance(messages[0].content["config"], ConfigRecord)
+
+
+class _RestartingGrid(InProcessGrid):
+    """Restarts the node of partition 1 (new node id, empty state) after the second train round."""
+
+    def __init__(self, num_nodes: int) -> None:
+        super().__init__(num_nodes)
+        self.train_rounds = 0
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        replies = super().send_and_receive(messages, timeout=timeout)
+        if any(m.metadata.message_type == MessageType.TRAIN for m in messages):
+            self.train_rounds += 1
+            if self.train_rounds == 2:
+                self.restart_node(1)
+        return replies
+
+
+def test_a_restarted_node_full_sends_and_nothing_is_rejected(tmp_path: Path) -> None:
+    """The node of client 1 restarts after round 2 with empty state: its next exchange is a full
+    send (more uplink than the uninterrupted run), never a wrong reconstruction (no rejection)."""
+    overrides = [
+        "dataset=digits",
+        "num_clients=3",
+        "clients_per_round=3",
+        "num_rounds=4",
+        "plots=false",
+        "federated_eval=false",
+        "strategy=lbgm",
+        "strategy.delta=0.9",
+    ]
+    cfg = compose_config(overrides)
+    run_experiment(InProcessGrid(3), cfg, tmp_path / "steady")
+    run_experiment(_RestartingGrid(3), cfg, tmp_path / "restarted")
+    steady, restarted = _rows(tmp_path / "steady"), _rows(tmp_path / "restarted")
+    assert [r["rejected"] for r in restarted] == [{}, {}, {}, {}]
+    assert [r["failures"] for r in restarted] == [0, 0, 0, 0]
+    assert [r["accuracy"] for r in restarted[:2]] == [r["accuracy"] for r in steady[:2]]
+    assert restarted[2]["uplink_bytes"] > steady[2]["uplink_bytes"]
+    assert restarted[2]["lbgm_reuse_frac"] < steady[2]["lbgm_reuse_frac"]
+    assert restarted[3]["lbgm_reuse_frac"] > 0
