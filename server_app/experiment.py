@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
-import models
+import strategies
 from client_app.training import TensorData, evaluate, resolve_device
 from data.federated import central_test, dataset_info
 from server_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
@@ -34,10 +34,11 @@ RESUMABLE_KEYS = ("num_rounds", "resume")
 
 def initial_arrays(cfg: DictConfig) -> ArrayRecord:
     """The round-0 global model, a pure function of the seed and the model/data choice."""
-    info = dataset_info(client_job(cfg).data_spec())
+    job = client_job(cfg)
+    info = dataset_info(job.data_spec())
     torch.manual_seed(cfg.seed)
     return ArrayRecord(
-        models.build_model(cfg.model.name, info.input_shape, info.num_classes).state_dict()
+        strategies.build_job_model(job, info.input_shape, info.num_classes).state_dict()
     )
 
 
@@ -78,10 +79,11 @@ class CentralEvaluator:
     """Evaluates global arrays on the server's central test set."""
 
     def __init__(self, cfg: DictConfig) -> None:
-        spec = client_job(cfg).data_spec()
+        job = client_job(cfg)
+        spec = job.data_spec()
         info = dataset_info(spec)
         self.device = resolve_device(cfg.device)
-        self.model = models.build_model(cfg.model.name, info.input_shape, info.num_classes)
+        self.model = strategies.build_job_model(job, info.input_shape, info.num_classes)
         self.model.to(self.device)
         self.data = TensorData.from_arrays(central_test(spec), info.mean, info.std, self.device)
 
@@ -95,7 +97,9 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = run_dir / CHECKPOINT_DIR
-    directory = ClientDirectory(cfg.num_clients, cfg.engine.clients_per_node)
+    directory = ClientDirectory(
+        cfg.num_clients, cfg.engine.clients_per_node, timeout_s=cfg.round_timeout_s
+    )
     strategy = build_strategy(cfg, directory)
     monitor = LayerMonitor(cfg.monitor.ref_round)
     arrays, first_round, wall_before = initial_arrays(cfg), 1, 0.0

@@ -8,6 +8,7 @@ by hosting node so that one message per node carries the whole cohort.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
@@ -16,6 +17,8 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from strategies.wire import CLIENT_IDS_KEY
+
+log = logging.getLogger(__name__)
 
 QUERY_CONFIG = "directory"
 NODE_POLL_S = 0.2
@@ -56,6 +59,7 @@ class ClientDirectory:
         self.num_clients = num_clients
         self.clients_per_node = clients_per_node
         self.timeout_s = timeout_s
+        self.query_errors: list[str] = []
         self._node_of: dict[int, int] = {}
         self._clients_of: dict[int, list[int]] = {}
 
@@ -71,6 +75,15 @@ class ClientDirectory:
                 )
             time.sleep(NODE_POLL_S)
         self.refresh(grid)
+        while len(self._node_of) < self.num_clients:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"only {len(self._node_of)} of {self.num_clients} clients answered the "
+                    f"directory query within {self.timeout_s:.0f} s; last node errors: "
+                    f"{self.query_errors[-3:] or 'none'}"
+                )
+            time.sleep(NODE_POLL_S)
+            self.refresh(grid)
 
     def refresh(self, grid: Grid) -> None:
         """Forget nodes that left and ask new nodes which clients they host."""
@@ -93,6 +106,12 @@ class ClientDirectory:
         ]
         for reply in grid.send_and_receive(messages, timeout=self.timeout_s):
             if reply.has_error():
+                log.warning(
+                    "node %d failed the directory query: %s",
+                    reply.metadata.src_node_id,
+                    reply.error.reason,
+                )
+                self.query_errors.append(reply.error.reason)
                 continue
             client_ids = reply.content[QUERY_CONFIG][CLIENT_IDS_KEY]
             self._assign(reply.metadata.src_node_id, [int(c) for c in client_ids])

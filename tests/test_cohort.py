@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from flwr.app import MessageType
+from flwr.app import Error, Message, MessageType
 
 from strategies import cohort
 from strategies.cohort import ClientDirectory, expected_nodes, hosted_clients
@@ -152,3 +152,24 @@ def test_wait_for_nodes_times_out(monkeypatch: pytest.MonkeyPatch, make_grid) ->
     directory = ClientDirectory(5, 1, timeout_s=0.01)
     with pytest.raises(TimeoutError, match="only 4 of 5 nodes"):
         directory.wait_for_nodes(grid)
+
+
+def test_wait_for_nodes_retries_failing_queries_then_names_the_error(make_grid) -> None:
+    grid = make_grid(3, 1)
+    real = grid.send_and_receive
+
+    def failing(messages, timeout=None):
+        replies = []
+        for reply, message in zip(real(messages, timeout=timeout), messages, strict=True):
+            if message.metadata.dst_node_id == NODE_BASE + 1:
+                reply = Message(Error(code=1, reason="ImportError('boom')"), reply_to=message)
+            replies.append(reply)
+        return replies
+
+    grid.send_and_receive = failing
+    directory = ClientDirectory(3, 1, timeout_s=0.5)
+    with pytest.raises(TimeoutError, match=r"only 2 of 3 clients.*ImportError\('boom'\)"):
+        directory.wait_for_nodes(grid)
+    grid.send_and_receive = real
+    directory.wait_for_nodes(grid)  # a node that recovers is picked up
+    assert directory.available_clients() == [0, 1, 2]
