@@ -15,7 +15,6 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
-import models
 import strategies
 from client_app.batchnorm import keep_local_batchnorm, restore_local_batchnorm
 from client_app.faults import InjectedFault, corrupt_reply, plan_faults
@@ -65,7 +64,7 @@ def _data_root(context: Context) -> str:
 
 def _build_model(job: ClientJob, device: torch.device) -> nn.Module:
     info = dataset_info(job.data_spec())
-    return models.build_model(job.model, info.input_shape, info.num_classes).to(device)
+    return strategies.build_job_model(job, info.input_shape, info.num_classes).to(device)
 
 
 def _prepare(msg: Message, context: Context) -> tuple[ClientJob, torch.device]:

@@ -3,28 +3,36 @@
 import torch
 from torch import nn
 
+from models.conv import ConvFactory, LinearFactory, dense_conv, dense_linear
 from models.registry import register_model
 
 
 class SmallCNN(nn.Module):
     """conv(32)-pool-conv(64)-pool-fc(128)-fc(classes).
 
-    No BatchNorm, so there are no running statistics to average across clients.
+    No BatchNorm, so there are no running statistics to average across clients. ``conv`` and
+    ``linear`` swap the layer types (models.masked builds its masked twin this way).
     """
 
-    def __init__(self, input_shape: tuple[int, int, int], num_classes: int) -> None:
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        conv: ConvFactory = dense_conv,
+        linear: LinearFactory = dense_linear,
+    ) -> None:
         super().__init__()
         channels, height, width = input_shape
-        self.conv1 = nn.Conv2d(channels, 32, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
+        self.conv1 = conv(channels, 32)
+        self.conv2 = conv(32, 64)
         self.pool = nn.MaxPool2d(2)
         self.relu = nn.ReLU(inplace=True)
         # Each pool floors the spatial size by 2; the flatten size follows from the input.
         flat_features = 64 * (height // 4) * (width // 4)
         if flat_features == 0:
             raise ValueError(f"cnn needs H and W of at least 4, got input_shape {input_shape!r}")
-        self.fc1 = nn.Linear(flat_features, 128)
-        self.fc2 = nn.Linear(128, num_classes)
+        self.fc1 = linear(flat_features, 128)
+        self.fc2 = linear(128, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.relu(self.conv1(x)))

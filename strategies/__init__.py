@@ -1,6 +1,18 @@
 """Federated algorithms: each module holds a server strategy, its client half and its codec."""
 
-from strategies import fedavg, lbgm, lips  # noqa: F401  (registers the built-in algorithms)
-from strategies.registry import Algorithm, available_algorithms, get_algorithm, register_algorithm
+from strategies import fedavg, fedpm, lbgm, lips  # noqa: F401  (registers the built-in algorithms)
+from strategies.registry import (
+    Algorithm,
+    available_algorithms,
+    build_job_model,
+    get_algorithm,
+    register_algorithm,
+)
 
-__all__ = ["Algorithm", "available_algorithms", "get_algorithm", "register_algorithm"]
+__all__ = [
+    "Algorithm",
+    "available_algorithms",
+    "build_job_model",
+    "get_algorithm",
+    "register_algorithm",
+]

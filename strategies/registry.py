@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from torch import nn
+
+import models
 from strategies.base import ClientAlgorithm, FedSparseStrategy
+from strategies.job import ClientJob
+
+JobModelBuilder = Callable[[ClientJob, tuple[int, int, int], int], nn.Module]
+"""Builds the model a job trains from ``(job, input_shape as (C, H, W), num_classes)``."""
 
 
 @dataclass(frozen=True)
@@ -14,6 +22,7 @@ class Algorithm:
     name: str
     server: type[FedSparseStrategy]
     client: type[ClientAlgorithm]
+    model_builder: JobModelBuilder | None = None  # None: models.build_model(job.model, ...)
 
 
 _ALGORITHMS: dict[str, Algorithm] = {}
@@ -40,3 +49,13 @@ def get_algorithm(name: str) -> Algorithm:
 def available_algorithms() -> list[str]:
     """Registered algorithm names, sorted."""
     return sorted(_ALGORITHMS)
+
+
+def build_job_model(
+    job: ClientJob, input_shape: tuple[int, int, int], num_classes: int
+) -> nn.Module:
+    """The model ``job`` trains: its algorithm's own builder if it has one, else ``job.model``."""
+    builder = get_algorithm(job.algorithm).model_builder
+    if builder is None:
+        return models.build_model(job.model, input_shape, num_classes)
+    return builder(job, input_shape, num_classes)

@@ -20,14 +20,34 @@ def _num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+BUILTINS = [
+    "cnn",
+    "conv10",
+    "conv4",
+    "conv6",
+    "masked_cnn",
+    "masked_conv10",
+    "masked_conv4",
+    "masked_conv6",
+    "resnet18",
+    "vgg11_bn",
+]
+POOLS = {"conv4": 2, "conv6": 3, "conv10": 5}  # ConvX pools once per conv pair
+
+
 def test_builtins_registered() -> None:
-    assert models.available_models() == ["cnn", "resnet18", "vgg11_bn"]
+    assert models.available_models() == BUILTINS
 
 
 @pytest.mark.parametrize("dataset", sorted(DATASET_SHAPES))
 @pytest.mark.parametrize("name", models.available_models())
 def test_forward_shape(name: str, dataset: str) -> None:
     input_shape, num_classes = DATASET_SHAPES[dataset]
+    pools = POOLS.get(name.removeprefix("masked_"), 0)
+    if input_shape[1] < 2**pools:
+        with pytest.raises(ValueError, match=f"needs H and W of at least {2**pools}"):
+            models.build_model(name, input_shape, num_classes)
+        return
     model = models.build_model(name, input_shape, num_classes).eval()
     with torch.no_grad():
         out = model(torch.randn(2, *input_shape))
@@ -36,7 +56,7 @@ def test_forward_shape(name: str, dataset: str) -> None:
 
 def test_unknown_name_lists_choices() -> None:
     with pytest.raises(
-        ValueError, match="unknown model 'nope'; choose one of: cnn, resnet18, vgg11_bn"
+        ValueError, match=f"unknown model 'nope'; choose one of: {', '.join(BUILTINS)}"
     ):
         models.build_model("nope", (1, 28, 28), 10)
 
@@ -44,7 +64,7 @@ def test_unknown_name_lists_choices() -> None:
 def test_duplicate_registration_raises() -> None:
     with pytest.raises(ValueError, match="'cnn' is already registered"):
         models.register_model("cnn")(lambda shape, classes: nn.Identity())
-    assert models.available_models() == ["cnn", "resnet18", "vgg11_bn"]
+    assert models.available_models() == BUILTINS
 
 
 def test_invalid_num_classes_raises() -> None:

@@ -1,0 +1,390 @@
+"""FedPM: federated probabilistic masks over frozen random weights (Isik et al., ICLR 2023).
+
+Server and clients rebuild the same frozen ±c weights from ``weight_seed``; only mask scores go
+down (logit θ, float32 or float16) and one sampled binary mask per client comes up, packed with
+``np.packbits`` (exactly 1 bit per parameter plus a small fixed record overhead). The server keeps
+a Beta(α, β) posterior per mask entry, reset to Beta(λ0, λ0) every ``reset_period`` rounds, adds
+the ε-clipped masks and sends the mode θ = (α−1)/(α+β−2) back as scores logit(θ).
+
+Local training: Adam on the scores with ``strategy.local_lr`` (default 0.1, the paper's); epochs
+and batch size are the top-level ``local_epochs`` / ``batch_size`` (paper: 3 and 128). Documented
+deviations from the authors' code: Adam state is fresh every round (as in the Flower port), the
+aggregation is an unweighted count (as in the authors' code, not the port's batch-count
+weighting), and the bpp entropy uses the true (unclipped) ones fraction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from torch import nn
+
+from client_app.training import TensorData, evaluate, resolve_device, round_seed
+from data.federated import central_test, dataset_info
+from models.masked import (
+    ESTIMATORS,
+    build_masked,
+    sampled_masks,
+    save_supermask,
+    set_estimator,
+    weight_hash,
+)
+from strategies.base import (
+    ARRAYS,
+    METRICS,
+    REPLY_SLACK_BYTES,
+    ClientAlgorithm,
+    ClientUpdate,
+    FedSparseStrategy,
+)
+from strategies.job import ClientJob
+from strategies.registry import Algorithm, register_algorithm
+from strategies.validation import ReplyError, require_record
+from strategies.wire import ClientState, Record, record_bytes
+
+MASKED_FORMS = {name: f"masked_{name}" for name in ("cnn", "conv4", "conv6", "conv10")}
+DOWNLINK_DTYPES = {"float32": np.float32, "float16": np.float16}
+WEIGHT_STREAM = 0x57E1  # keeps the weight seed apart from every other draw of the run seed
+MASK_STREAM = 0x3A5C  # the uplink mask draw, apart from the batch-order stream
+EVAL_STREAM = 0xE7A1  # the server's sampled-mask evaluation
+ONES_METRIC = "fedpm-ones-frac"
+EXPORT_FILE = "final_model.fedpm"
+
+
+# ------------------------------------------------------------------------------ model choice
+def masked_model_name(model: str) -> str:
+    """The masked twin of ``model=``; other architectures are a config error."""
+    try:
+        return MASKED_FORMS[model]
+    except KeyError:
+        raise ValueError(
+            f"model={model!r} has no masked form under strategy=fedpm; choose model= one of: "
+            f"{', '.join(MASKED_FORMS)}"
+        ) from None
+
+
+def derived_weight_seed(seed: int) -> int:
+    """The default weight seed: a fixed function of the run seed."""
+    return int(np.random.SeedSequence([seed, WEIGHT_STREAM]).generate_state(1, np.uint32)[0])
+
+
+def job_weight_seed(job: ClientJob) -> int:
+    """``strategy.weight_seed`` when set, else derived from the run seed."""
+    value = job.params.get("weight_seed")
+    return derived_weight_seed(job.seed) if value is None else int(value)
+
+
+def build_fedpm_model(
+    job: ClientJob, input_shape: tuple[int, int, int], num_classes: int
+) -> nn.Module:
+    """The masked network a FedPM job trains (registered as the algorithm's model builder)."""
+    return build_masked(
+        masked_model_name(job.model), input_shape, num_classes, job_weight_seed(job)
+    )
+
+
+# ----------------------------------------------------------------------------------- codec
+def pack_mask(mask: np.ndarray) -> np.ndarray:
+    """A binary mask as ⌈N/8⌉ uint8 bytes (row-major, zero padding bits)."""
+    return np.packbits(mask.astype(bool).ravel())
+
+
+def unpack_mask(packed: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """Inverse of :func:`pack_mask`; a wrong dtype or length is a ReplyError."""
+    size = math.prod(shape)
+    expected = (size + 7) // 8
+    if packed.dtype != np.uint8:
+        raise ReplyError("mask-dtype", f"{name}: dtype {packed.dtype}, expected uint8")
+    if packed.shape != (expected,):
+        raise ReplyError(
+            "mask-length", f"{name}: shape {packed.shape}, expected ({expected},) = ⌈{size}/8⌉"
+        )
+    return np.unpackbits(packed, count=size).reshape(shape)
+
+
+def binary_entropy(f: float) -> float:
+    """H₂(f) in bits (0 at f ∈ {0, 1})."""
+    if f <= 0.0 or f >= 1.0:
+        return 0.0
+    return -f * math.log2(f) - (1.0 - f) * math.log2(1.0 - f)
+
+
+def entropy_bpp(ones: int, total: int) -> float:
+    """Bits per parameter of an adaptive binary coder: H₂(ones/total) + log₂(N)/N."""
+    return binary_entropy(ones / total) + math.log2(total) / total
+
+
+def logit(theta: np.ndarray) -> np.ndarray:
+    return np.log(theta) - np.log1p(-theta)
+
+
+# ------------------------------------------------------------------------------ aggregation
+def _prefixed(state: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The entries of a checkpointed state under ``prefix``, with the prefix removed."""
+    return {k[len(prefix) :]: np.array(v) for k, v in state.items() if k.startswith(prefix)}
+
+
+class BetaPosterior:
+    """Beta(α, β) per mask entry; the prior Beta(λ0, λ0) returns every ``reset_period`` rounds."""
+
+    def __init__(self, lambda0: float, eps: float, reset_period: int) -> None:
+        self.lambda0, self.eps, self.reset_period = lambda0, eps, reset_period
+        self.alpha: dict[str, np.ndarray] = {}
+        self.beta: dict[str, np.ndarray] = {}
+
+    def resets(self, server_round: int) -> bool:
+        """Rounds 1, 1+ρ, 1+2ρ, … start from the prior."""
+        return (server_round - 1) % self.reset_period == 0
+
+    def update(
+        self, server_round: int, masks: list[dict[str, np.ndarray]]
+    ) -> dict[str, np.ndarray]:
+        """Add the ε-clipped masks (unweighted) and return the mode θ per entry."""
+        theta: dict[str, np.ndarray] = {}
+        for name in masks[0]:
+            if self.resets(server_round) or name not in self.alpha:
+                self.alpha[name] = np.full(masks[0][name].shape, self.lambda0)
+                self.beta[name] = np.full(masks[0][name].shape, self.lambda0)
+            ones = sum(np.clip(m[name], self.eps, 1.0 - self.eps) for m in masks)
+            self.alpha[name] = self.alpha[name] + ones
+            self.beta[name] = self.beta[name] + (len(masks) - ones)
+            mode_num = self.alpha[name] - 1.0
+            mode_den = self.alpha[name] + self.beta[name] - 2.0
+            # 0/0 only when nothing was added to a flat prior: no evidence, θ = 1/2.
+            theta[name] = np.divide(
+                mode_num, mode_den, out=np.full(mode_num.shape, 0.5), where=mode_den > 0
+            )
+        return theta
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {
+            **{f"alpha/{k}": v for k, v in self.alpha.items()},
+            **{f"beta/{k}": v for k, v in self.beta.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        self.alpha = _prefixed(state, "alpha/")
+        self.beta = _prefixed(state, "beta/")
+
+
+# ---------------------------------------------------------------------------------- server
+class FedPM(FedSparseStrategy):
+    """Bayesian aggregation of sampled binary masks over seed-shared frozen weights."""
+
+    name = "fedpm"
+
+    def __init__(
+        self,
+        *args: Any,
+        reset_period: int = 1,
+        lambda0: float = 1.0,
+        eps: float = 0.01,
+        estimator: str = "scaled",
+        eval_samples: int = 5,
+        weight_seed: int | None = None,
+        downlink_dtype: str = "float32",
+        local_lr: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(reset_period, int) or reset_period < 1:
+            raise ValueError(f"strategy.reset_period={reset_period!r}: must be an integer >= 1")
+        if not isinstance(lambda0, int | float) or not lambda0 >= 1:
+            raise ValueError(f"strategy.lambda0={lambda0!r}: must be >= 1 (Beta mode undefined)")
+        if not isinstance(eps, int | float) or not 0 < eps < 0.5:
+            raise ValueError(f"strategy.eps={eps!r}: must be in (0, 0.5)")
+        if estimator not in ESTIMATORS:
+            raise ValueError(
+                f"strategy.estimator={estimator!r}: choose one of: {', '.join(ESTIMATORS)}"
+            )
+        if not isinstance(eval_samples, int) or eval_samples < 0:
+            raise ValueError(f"strategy.eval_samples={eval_samples!r}: must be an integer >= 0")
+        if weight_seed is not None and (not isinstance(weight_seed, int) or weight_seed < 0):
+            raise ValueError(f"strategy.weight_seed={weight_seed!r}: must be null or >= 0")
+        if downlink_dtype not in DOWNLINK_DTYPES:
+            raise ValueError(
+                f"strategy.downlink_dtype={downlink_dtype!r}: choose one of: "
+                f"{', '.join(DOWNLINK_DTYPES)}"
+            )
+        if not isinstance(local_lr, int | float) or not local_lr > 0:
+            raise ValueError(f"strategy.local_lr={local_lr!r}: must be > 0")
+        self.masked_name = masked_model_name(self.job.model)
+        self.posterior = BetaPosterior(float(lambda0), float(eps), reset_period)
+        self.eval_samples = eval_samples
+        self.downlink_dtype = DOWNLINK_DTYPES[downlink_dtype]
+        self.weight_seed = job_weight_seed(self.job)
+        info = dataset_info(self.job.data_spec())
+        self.input_shape, self.num_classes = tuple(info.input_shape), info.num_classes
+        template = build_masked(
+            self.masked_name, self.input_shape, self.num_classes, self.weight_seed
+        )
+        self.weight_hash = weight_hash(template)
+        self.shapes = {k: tuple(v.shape) for k, v in template.state_dict().items()}
+        self.num_params = sum(math.prod(s) for s in self.shapes.values())
+        self.job = replace(
+            self.job,
+            params={
+                **self.job.params,
+                "weight_seed": self.weight_seed,
+                "weight_hash": self.weight_hash,
+            },
+        )
+        self._evaluator: MaskEvaluator | None = None
+        self._scores: dict[str, np.ndarray] = {}
+
+    def downlink(self, server_round: int, arrays: ArrayRecord, message_type: str) -> ArrayRecord:
+        """Only the scores travel, in ``downlink_dtype``; the weights come from the seed."""
+        return ArrayRecord(
+            {name: Array(a.numpy().astype(self.downlink_dtype)) for name, a in arrays.items()}
+        )
+
+    def reply_limit(self) -> int:
+        return sum((math.prod(s) + 7) // 8 for s in self.shapes.values()) + REPLY_SLACK_BYTES
+
+    def decode(self, update: ClientUpdate) -> dict[str, np.ndarray]:
+        record = require_record(update.records, ARRAYS, ArrayRecord)
+        if list(record.keys()) != list(self.shapes):
+            raise ReplyError(
+                "names", f"mask names {list(record.keys())} != score names {list(self.shapes)}"
+            )
+        return {name: unpack_mask(record[name].numpy(), self.shapes[name], name) for name in record}
+
+    def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
+        theta = self.posterior.update(server_round, [u.payload for u in updates])
+        self._scores = {k: logit(v).astype(np.float32) for k, v in theta.items()}
+        return ArrayRecord({k: Array(v) for k, v in self._scores.items()})
+
+    def round_metrics(self, server_round: int) -> dict[str, Any]:
+        ones = [sum(int(m.sum()) for m in u.payload.values()) for u in self.last_updates]
+        sent = [record_bytes(u.records.values()) for u in self.last_updates]
+        metrics: dict[str, Any] = {
+            "fedpm_bpp_wire": 8 * float(np.mean(sent)) / self.num_params,
+            "fedpm_bpp_entropy": float(np.mean([entropy_bpp(n, self.num_params) for n in ones])),
+            "fedpm_uplink_density": float(np.mean(ones)) / self.num_params,
+            "fedpm_density": sum(int((s > 0).sum()) for s in self._scores.values())
+            / self.num_params,
+            "fedpm_reset": self.posterior.resets(server_round),
+        }
+        model = self.model()
+        evaluator = self.evaluator()
+        metrics["fedpm_acc_threshold"] = evaluator.threshold_accuracy(model)
+        if self.eval_samples:
+            metrics["fedpm_acc_sampled"] = evaluator.sampled_accuracy(
+                model, self.eval_samples, round_seed(self.job.seed, server_round, EVAL_STREAM)
+            )
+        return metrics
+
+    def model(self) -> nn.Module:
+        """The current global masked network (weights from the seed, scores from the server)."""
+        model = build_masked(self.masked_name, self.input_shape, self.num_classes, self.weight_seed)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in self._scores.items()})
+        return model
+
+    def evaluator(self) -> MaskEvaluator:
+        if self._evaluator is None:
+            spec = self.job.data_spec()
+            info = dataset_info(spec)
+            device = resolve_device(self.job.device)
+            self._evaluator = MaskEvaluator(
+                TensorData.from_arrays(central_test(spec), info.mean, info.std, device)
+            )
+        return self._evaluator
+
+    def export_model(self, path: str | Path) -> int:
+        """Write the global model as seed + thresholded mask (see models.masked.save_supermask)."""
+        model = self.model()
+        return save_supermask(
+            path, self.masked_name, self.input_shape, self.num_classes, self.weight_seed, model
+        )
+
+    def finish(self, run_dir: Path) -> None:
+        """End-of-run hook: write ``final_model.fedpm`` into the run directory."""
+        self.export_model(run_dir / EXPORT_FILE)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {
+            **self.posterior.state_dict(),
+            **{f"scores/{k}": v for k, v in self._scores.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        self.posterior.load_state_dict(state)
+        self._scores = _prefixed(state, "scores/")
+
+
+class MaskEvaluator:
+    """Central test accuracy of a masked network, thresholded and with sampled masks."""
+
+    def __init__(self, data: TensorData) -> None:
+        self.data = data
+
+    def threshold_accuracy(self, model: nn.Module) -> float:
+        return evaluate(model.to(self.data.x.device), self.data)[1]
+
+    def sampled_accuracy(self, model: nn.Module, samples: int, seed: int) -> float:
+        """Mean accuracy over ``samples`` seeded draws (a fresh mask per evaluation batch)."""
+        model.to(self.data.x.device)
+        generator = torch.Generator(device=self.data.x.device).manual_seed(seed)
+        with sampled_masks(model, generator):
+            return float(np.mean([evaluate(model, self.data)[1] for _ in range(samples)]))
+
+
+# ---------------------------------------------------------------------------------- client
+class WeightMismatchError(RuntimeError):
+    """The client's rebuilt frozen weights differ from the server's."""
+
+
+class FedPMClient(ClientAlgorithm):
+    """Trains mask scores from logit(θ_global), then sends one sampled mask, bit-packed."""
+
+    def receive(
+        self,
+        model: nn.Module,
+        content: RecordDict,
+        client_id: int,
+        job: ClientJob,
+        state: ClientState,
+    ) -> None:
+        expected = job.params.get("weight_hash")
+        local = weight_hash(model)
+        if local != expected:
+            raise WeightMismatchError(
+                f"client {client_id}: frozen weights from weight_seed={job_weight_seed(job)} hash "
+                f"to {local}, the server's hash is {expected!r}; numpy/torch versions differ?"
+            )
+        scores = {
+            k: torch.from_numpy(a.numpy().astype(np.float32)) for k, a in content[ARRAYS].items()
+        }
+        model.load_state_dict(scores, strict=True)
+        set_estimator(model, str(job.params.get("estimator", "scaled")))
+
+    def optimizer(self, model: nn.Module, job: ClientJob) -> torch.optim.Optimizer:
+        """Adam on the scores only (the frozen weights are buffers)."""
+        return torch.optim.Adam(model.parameters(), lr=float(job.params.get("local_lr", 0.1)))
+
+    def reply(
+        self, model: nn.Module, client_id: int, job: ClientJob, state: ClientState
+    ) -> dict[str, Record]:
+        generator = torch.Generator().manual_seed(
+            round_seed(job.seed, job.server_round, client_id) ^ MASK_STREAM
+        )
+        packed, ones, total = {}, 0, 0
+        for name, score in model.state_dict().items():
+            mask = torch.bernoulli(torch.sigmoid(score.detach().cpu()), generator=generator)
+            values = mask.numpy().astype(bool)
+            packed[name] = Array(pack_mask(values))
+            ones, total = ones + int(values.sum()), total + values.size
+        return {
+            ARRAYS: ArrayRecord(packed),
+            METRICS: MetricRecord({ONES_METRIC: ones / total}),
+        }
+
+
+register_algorithm(Algorithm("fedpm", FedPM, FedPMClient, model_builder=build_fedpm_model))

@@ -1,0 +1,354 @@
+"""FedPM: seeded frozen weights, bit-packed masks, the Beta update, accounting and the export."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, RecordDict
+from torch import nn
+
+import strategies
+from client_app.training import TensorData, evaluate
+from data.federated import central_test, dataset_info
+from models.masked import (
+    MaskedConv2d,
+    MaskedLinear,
+    build_masked,
+    load_supermask,
+    set_estimator,
+    weight_hash,
+)
+from server_app.checkpoint import load_checkpoint
+from server_app.experiment import run_experiment
+from server_app.inprocess import InProcessGrid
+from server_app.settings import ConfigError, build_strategy, compose_config
+from strategies.base import ARRAYS, ClientUpdate
+from strategies.cohort import ClientDirectory
+from strategies.fedpm import (
+    EXPORT_FILE,
+    BetaPosterior,
+    FedPM,
+    FedPMClient,
+    WeightMismatchError,
+    build_fedpm_model,
+    pack_mask,
+    unpack_mask,
+)
+from strategies.job import ClientJob
+from strategies.registry import Algorithm, register_algorithm
+from strategies.validation import ReplyError
+
+REPO = Path(__file__).resolve().parents[1]
+TOY_RUN = [
+    "strategy=fedpm",
+    "dataset=digits",
+    "num_clients=4",
+    "clients_per_round=4",
+    "num_rounds=2",
+    "local_epochs=1",
+    "plots=false",
+    "federated_eval=false",
+    "strategy.eval_samples=2",
+]
+
+
+def _run(tmp_path: Path, name: str, *overrides: str) -> list[dict]:
+    cfg = compose_config([*TOY_RUN, *overrides])
+    run_experiment(InProcessGrid(cfg.num_clients), cfg, tmp_path / name)
+    return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
+
+
+def _strategy(*overrides: str) -> FedPM:
+    cfg = compose_config([*TOY_RUN, *overrides])
+    return build_strategy(cfg, ClientDirectory(cfg.num_clients, 1))
+
+
+def _job(model: str = "cnn", **params) -> ClientJob:
+    return ClientJob(
+        algorithm="fedpm",
+        model=model,
+        dataset="digits",
+        partition="iid",
+        num_clients=2,
+        seed=0,
+        params=params,
+    )
+
+
+# ------------------------------------------------------------------------- weights and layers
+def test_weights_rebuilt_in_another_process_match_bit_for_bit() -> None:
+    script = (
+        "import numpy as np, torch; from models.masked import build_masked, masked_layers, "
+        "weight_hash; m = build_masked('masked_conv4', (1, 28, 28), 10, 1234); "
+        "w = np.concatenate([t.numpy().ravel() for _, l in masked_layers(m) "
+        "for t in (l.weight, l.bias)]); "
+        "print(weight_hash(m), w.astype('<f4').tobytes().hex()[:4096], float(w.sum()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    torch.manual_seed(99)  # scores differ, frozen weights must not
+    model = build_masked("masked_conv4", (1, 28, 28), 10, 1234)
+    layers = [m for m in model.modules() if isinstance(m, MaskedConv2d | MaskedLinear)]
+    weights = np.concatenate([t.numpy().ravel() for m in layers for t in (m.weight, m.bias)])
+    assert out[0] == weight_hash(model)
+    assert out[1] == weights.astype("<f4").tobytes().hex()[:4096]
+    assert float(out[2]) == float(weights.sum())
+    assert weight_hash(build_masked("masked_conv4", (1, 28, 28), 10, 1235)) != out[0]
+
+
+def test_frozen_values_are_signed_constants_and_not_in_the_state_dict() -> None:
+    model = build_masked("masked_cnn", (1, 8, 8), 10, 0)
+    conv = model.conv2
+    c = math.e * math.sqrt(1 / (32 * 9))
+    np.testing.assert_allclose(np.unique(conv.weight.numpy()), [-c, c], rtol=1e-6)
+    np.testing.assert_allclose(np.abs(conv.bias.numpy()), c, rtol=1e-6)
+    assert all(k.endswith("_score") for k in model.state_dict())
+    assert all(p.requires_grad for p in model.parameters())
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        m.weight.numel() + m.bias.numel() for m in (model.conv1, model.conv2, model.fc1, model.fc2)
+    )
+
+
+def test_dense_and_masked_conv4_share_the_layout() -> None:
+    dense = strategies.build_job_model(
+        ClientJob("fedavg", "conv4", "digits", "iid", 2, 0), (1, 28, 28), 10
+    )
+    masked = build_fedpm_model(_job("conv4"), (1, 28, 28), 10)
+    dense_layers = [m for m in dense.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    masked_layers = [m for m in masked.modules() if isinstance(m, MaskedConv2d | MaskedLinear)]
+    assert [tuple(m.weight.shape) for m in dense_layers] == [
+        tuple(m.weight.shape) for m in masked_layers
+    ]
+    assert tuple(masked_layers[4].weight.shape) == (256, 6272)  # Conv4 on 28×28: FC 6272→256
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in masked.modules())
+
+
+@pytest.mark.parametrize("estimator", ["scaled", "ste"])
+def test_score_gradients_are_nonzero_and_finite(estimator: str) -> None:
+    torch.manual_seed(0)
+    model = build_masked("masked_cnn", (1, 8, 8), 10, 0)
+    set_estimator(model, estimator)
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    nn.functional.cross_entropy(model.train()(x), y).backward()
+    for name, param in model.named_parameters():
+        assert torch.isfinite(param.grad).all(), name
+        assert param.grad.abs().sum() > 0, name
+
+
+def test_scaled_estimator_is_p_times_the_straight_through_gradient() -> None:
+    torch.manual_seed(0)
+    model = build_masked("masked_cnn", (1, 8, 8), 10, 0).train()
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    grads = {}
+    for estimator in ("scaled", "ste"):
+        set_estimator(model, estimator)
+        model.zero_grad()
+        torch.manual_seed(7)  # the same masks in both passes
+        nn.functional.cross_entropy(model(x), y).backward()
+        grads[estimator] = model.fc2.weight_score.grad.clone()
+    p = torch.sigmoid(model.fc2.weight_score.detach())
+    torch.testing.assert_close(grads["scaled"], p * grads["ste"])
+
+
+def test_eval_mode_applies_the_thresholded_mask() -> None:
+    model = build_masked("masked_cnn", (1, 8, 8), 10, 0).eval()
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(model(x), model(x))  # deterministic
+    with torch.no_grad():
+        for layer in (model.conv1, model.conv2, model.fc1, model.fc2):
+            layer.weight_score.copy_(torch.where(layer.weight_score > 0, 50.0, -50.0))
+            layer.bias_score.copy_(torch.where(layer.bias_score > 0, 50.0, -50.0))
+    torch.testing.assert_close(model.train()(x), model.eval()(x))  # p ≈ 0/1: samples = threshold
+
+
+# ---------------------------------------------------------------------------------- codec
+@pytest.mark.parametrize("shape", [(1,), (7,), (9,), (13,), (3, 5, 7), (64, 1, 3, 3)])
+def test_packbits_round_trip(shape: tuple[int, ...]) -> None:
+    mask = np.random.default_rng(0).random(shape) < 0.3
+    packed = pack_mask(mask)
+    assert packed.dtype == np.uint8 and packed.shape == ((mask.size + 7) // 8,)
+    np.testing.assert_array_equal(unpack_mask(packed, shape, "x"), mask)
+
+
+def test_wrong_length_or_dtype_is_a_reply_error() -> None:
+    packed = pack_mask(np.ones(13, dtype=bool))
+    with pytest.raises(ReplyError) as err:
+        unpack_mask(packed[:-1], (13,), "fc.weight_score")
+    assert err.value.reason == "mask-length"
+    with pytest.raises(ReplyError) as err:
+        unpack_mask(packed.astype(np.int16), (13,), "fc.weight_score")
+    assert err.value.reason == "mask-dtype"
+
+
+# -------------------------------------------------------------------------------- the Beta
+def _closed_form_theta(rounds: list[list[np.ndarray]], reset: int, lam: float, eps: float):
+    """θ after the last round from the sums since the last reset (rounds are 1-indexed)."""
+    last_reset = (len(rounds) - 1) // reset * reset
+    since = [np.clip(m, eps, 1 - eps) for masks in rounds[last_reset:] for m in masks]
+    alpha = lam + sum(since)
+    beta = lam + sum(1 - m for m in since)
+    return (alpha - 1) / (alpha + beta - 2)
+
+
+@pytest.mark.parametrize("reset_period", [1, 2, 3, 5])
+@pytest.mark.parametrize("lambda0", [1.0, 2.5])
+def test_beta_update_matches_the_closed_form(reset_period: int, lambda0: float) -> None:
+    rng = np.random.default_rng(reset_period)
+    posterior = BetaPosterior(lambda0, 0.01, reset_period)
+    rounds: list[list[np.ndarray]] = []
+    for server_round in range(1, 8):
+        masks = [(rng.random((4, 3)) < 0.6).astype(np.uint8) for _ in range(rng.integers(1, 5))]
+        rounds.append(masks)
+        theta = posterior.update(server_round, [{"w": m} for m in masks])["w"]
+        np.testing.assert_allclose(
+            theta, _closed_form_theta(rounds, reset_period, lambda0, 0.01), rtol=1e-12
+        )
+        assert (theta > 0).all() and (theta < 1).all()
+
+
+def test_reset_every_round_with_a_flat_prior_is_the_mean_of_clipped_masks() -> None:
+    rng = np.random.default_rng(1)
+    posterior = BetaPosterior(1.0, 0.01, 1)
+    for server_round in (1, 2, 3):
+        masks = [(rng.random(50) < 0.5).astype(np.uint8) for _ in range(6)]
+        theta = posterior.update(server_round, [{"w": m} for m in masks])["w"]
+        np.testing.assert_allclose(
+            theta, np.mean([np.clip(m, 0.01, 0.99) for m in masks], axis=0), rtol=1e-12
+        )
+
+
+# ------------------------------------------------------------------------------- the client
+def test_hash_mismatch_fails_loudly() -> None:
+    job = _job(weight_hash="0123456789abcdef")
+    model = build_fedpm_model(job, (1, 8, 8), 10)
+    content = RecordDict({ARRAYS: ArrayRecord(model.state_dict())})
+    with pytest.raises(WeightMismatchError, match="0123456789abcdef"):
+        FedPMClient().receive(model, content, 3, job, None)
+
+
+def test_client_loads_float16_scores_and_replies_packed_bits() -> None:
+    model = build_fedpm_model(_job(), (1, 8, 8), 10)
+    job = _job(weight_hash=weight_hash(model), estimator="ste")
+    scores = {k: v.numpy().astype(np.float16) for k, v in model.state_dict().items()}
+    content = RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in scores.items()})})
+    client = FedPMClient()
+    client.receive(model, content, 0, job, None)
+    assert all(v.dtype == torch.float32 for v in model.state_dict().values())
+    reply = client.reply(model, 0, job, None)
+    for name, packed in reply[ARRAYS].items():
+        n = model.state_dict()[name].numel()
+        assert packed.dtype == "uint8" and tuple(packed.shape) == ((n + 7) // 8,)
+
+
+# ---------------------------------------------------------------------------- whole runs
+def test_run_accounting_uplink_is_one_bit_per_parameter(tmp_path: Path) -> None:
+    rows = _run(tmp_path, "fedpm")
+    model = build_masked("masked_cnn", (1, 8, 8), 10, 0)
+    sizes = [v.numel() for v in model.state_dict().values()]
+    n, mask_bytes = sum(sizes), sum((s + 7) // 8 for s in sizes)
+    for row in rows:
+        per_client = row["uplink_bytes"] / row["clients"]
+        assert mask_bytes <= per_client < mask_bytes + 2048  # masks + fixed metadata
+        assert row["downlink_bytes"] / row["clients"] < 4 * n + 4096  # float32 scores only
+        assert row["fedpm_bpp_wire"] == pytest.approx(8 * per_client / n)
+        assert 0.99 < row["fedpm_bpp_entropy"] <= 1 + math.log2(n) / n
+        assert row["fedpm_acc_threshold"] == row["accuracy"]
+        assert 0 <= row["fedpm_acc_sampled"] <= 1
+    half = _run(tmp_path, "fp16", "strategy.downlink_dtype=float16")
+    assert half[0]["downlink_bytes"] / half[0]["clients"] < 2 * n + 4096
+    assert half[0]["uplink_bytes"] == rows[0]["uplink_bytes"]
+
+
+def test_exported_model_reproduces_thresholded_accuracy(tmp_path: Path) -> None:
+    rows = _run(tmp_path, "run")
+    strategy = _strategy()
+    strategy.load_state_dict(load_checkpoint(tmp_path / "run" / "checkpoint").strategy_state)
+    strategy.finish(tmp_path)
+    size = (tmp_path / EXPORT_FILE).stat().st_size
+    assert size < strategy.num_params / 8 + 1024  # seed + 1 bit per parameter + header
+    model = load_supermask(tmp_path / EXPORT_FILE)
+    spec = strategy.job.data_spec()
+    info = dataset_info(spec)
+    data = TensorData.from_arrays(central_test(spec), info.mean, info.std, torch.device("cpu"))
+    assert evaluate(model, data)[1] == rows[-1]["accuracy"]
+
+
+def test_resume_continues_the_posterior_exactly(tmp_path: Path) -> None:
+    straight = _run(tmp_path, "straight", "strategy.reset_period=3")
+    _run(tmp_path, "split", "strategy.reset_period=3", "num_rounds=1")
+    resumed = _run(tmp_path, "split", "strategy.reset_period=3", "resume=true")
+    keys = ("accuracy", "fedpm_acc_sampled", "fedpm_density", "uplink_bytes")
+    assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
+
+
+class TruncatingClient(FedPMClient):
+    """Client 0 drops the last byte of its first mask."""
+
+    def reply(self, model, client_id, job, state):
+        records = super().reply(model, client_id, job, state)
+        if client_id == 0:
+            arrays = {k: a.numpy() for k, a in records[ARRAYS].items()}
+            first = next(iter(arrays))
+            arrays[first] = arrays[first][:-1]
+            records[ARRAYS] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+        return records
+
+
+register_algorithm(Algorithm("fedpm-truncating", FedPM, TruncatingClient, build_fedpm_model))
+
+
+def test_wrong_length_mask_is_rejected_and_counted(tmp_path: Path) -> None:
+    rows = _run(tmp_path, "bad", "strategy.name=fedpm-truncating")
+    assert [r["rejected"] for r in rows] == [{"mask-length": 1}] * 2
+    assert [(r["clients"], r["failures"]) for r in rows] == [(3, 1)] * 2
+
+
+def test_direct_decode_rejects_a_short_mask() -> None:
+    strategy = _strategy()
+    name = next(iter(strategy.shapes))
+    size = math.prod(strategy.shapes[name])
+    masks = {k: pack_mask(np.zeros(s, dtype=bool)) for k, s in strategy.shapes.items()}
+    masks[name] = np.zeros((size + 7) // 8 - 1, np.uint8)
+    update = ClientUpdate(
+        0, 1, None, {ARRAYS: ArrayRecord({k: Array(v) for k, v in masks.items()})}
+    )
+    with pytest.raises(ReplyError, match=name):
+        strategy.decode(update)
+
+
+# ---------------------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("strategy.reset_period=0", "strategy.reset_period"),
+        ("strategy.lambda0=0.5", "strategy.lambda0"),
+        ("strategy.eps=0.5", "strategy.eps"),
+        ("strategy.estimator=reinforce", "strategy.estimator"),
+        ("strategy.eval_samples=-1", "strategy.eval_samples"),
+        ("strategy.weight_seed=-3", "strategy.weight_seed"),
+        ("strategy.downlink_dtype=int8", "strategy.downlink_dtype"),
+        ("strategy.local_lr=0", "strategy.local_lr"),
+        ("model=resnet18", "model='resnet18'"),
+    ],
+)
+def test_bad_config_names_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        _strategy(override)
+
+
+def test_weight_seed_and_hash_travel_in_the_job() -> None:
+    derived = _strategy()
+    explicit = _strategy("strategy.weight_seed=5")
+    assert explicit.job.params["weight_seed"] == 5
+    assert derived.job.params["weight_seed"] != 5
+    assert derived.job.params["weight_hash"] != explicit.job.params["weight_hash"]
+    model = build_fedpm_model(explicit.job, (1, 8, 8), 10)
+    assert weight_hash(model) == explicit.job.params["weight_hash"]
