@@ -29,9 +29,6 @@ from omegaconf import OmegaConf  # noqa: E402
 from server_app.checkpoint import load_checkpoint  # noqa: E402
 from server_app.compare import find_runs  # noqa: E402
 from server_app.results import read_metrics  # noqa: E402
-from server_app.settings import build_strategy  # noqa: E402
-from strategies.cohort import ClientDirectory  # noqa: E402
-from strategies.fedpm import EXPORT_FILE  # noqa: E402
 
 SETTING = [
     "dataset=mnist5k",
@@ -98,14 +95,11 @@ def run_row(run: Path) -> dict:
         "uplink_mb": uplink / 1e6,
     }
     if cfg.strategy.name == "fedpm":
-        strategy = build_strategy(cfg, ClientDirectory(cfg.num_clients, 1))
-        strategy.load_state_dict(checkpoint.strategy_state)
-        strategy.finish(run)
         result.update(
             sampled=rows[-1].get("fedpm_acc_sampled"),
             bpp=statistics.fmean(r["fedpm_bpp_wire"] for r in rows),
             bpp_entropy=statistics.fmean(r["fedpm_bpp_entropy"] for r in rows),
-            model_kb=(run / EXPORT_FILE).stat().st_size / 1e3,
+            model_kb=json.loads((run / "summary.json").read_text())["exported_model_bytes"] / 1e3,
         )
     else:
         params = sum(a.numpy().size for a in checkpoint.arrays.values())

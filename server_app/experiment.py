@@ -180,6 +180,7 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
         model=cfg.model.name,
         partition=cfg.partition.name,
         num_clients=cfg.num_clients,
+        **strategy.finish(run_dir),
     )
     write_summary(run_dir, summary)
     return summary

@@ -14,6 +14,7 @@ from abc import abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -326,6 +327,10 @@ class FedSparseStrategy(Strategy):
     def client_deltas(self, updates: list[ClientUpdate]) -> list[dict[str, np.ndarray]] | None:
         """Each client's change to the global weights, for the layer monitor (None: unknown)."""
         return None
+
+    def finish(self, run_dir: Path) -> dict[str, Any]:
+        """End-of-run hook: write the algorithm's artefacts; returns extra summary fields."""
+        return {}
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Server-side algorithm state to checkpoint (default: none)."""

@@ -304,9 +304,12 @@ class FedPM(FedSparseStrategy):
             path, self.masked_name, self.input_shape, self.num_classes, self.weight_seed, model
         )
 
-    def finish(self, run_dir: Path) -> None:
-        """End-of-run hook: write ``final_model.fedpm`` into the run directory."""
-        self.export_model(run_dir / EXPORT_FILE)
+    def finish(self, run_dir: Path) -> dict[str, Any]:
+        """End-of-run hook: write ``final_model.fedpm``; its size goes into summary.json."""
+        return {
+            "exported_model": EXPORT_FILE,
+            "exported_model_bytes": self.export_model(run_dir / EXPORT_FILE),
+        }
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {

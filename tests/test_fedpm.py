@@ -25,7 +25,6 @@ from models.masked import (
     set_estimator,
     weight_hash,
 )
-from server_app.checkpoint import load_checkpoint
 from server_app.experiment import run_experiment
 from server_app.inprocess import InProcessGrid
 from server_app.settings import ConfigError, build_strategy, compose_config
@@ -268,13 +267,13 @@ def test_run_accounting_uplink_is_one_bit_per_parameter(tmp_path: Path) -> None:
 
 
 def test_exported_model_reproduces_thresholded_accuracy(tmp_path: Path) -> None:
-    rows = _run(tmp_path, "run")
+    rows = _run(tmp_path, "run")  # the run writes the export at its end
     strategy = _strategy()
-    strategy.load_state_dict(load_checkpoint(tmp_path / "run" / "checkpoint").strategy_state)
-    strategy.finish(tmp_path)
-    size = (tmp_path / EXPORT_FILE).stat().st_size
-    assert size < strategy.num_params / 8 + 1024  # seed + 1 bit per parameter + header
-    model = load_supermask(tmp_path / EXPORT_FILE)
+    exported = tmp_path / "run" / EXPORT_FILE
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["exported_model_bytes"] == exported.stat().st_size
+    assert exported.stat().st_size < strategy.num_params / 8 + 1024  # seed + 1 bit/param + header
+    model = load_supermask(exported)
     spec = strategy.job.data_spec()
     info = dataset_info(spec)
     data = TensorData.from_arrays(central_test(spec), info.mean, info.std, torch.device("cpu"))
