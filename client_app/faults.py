@@ -53,13 +53,18 @@ def corrupt_reply(records: dict[str, Record], kind: str) -> None:
         return
     name, arrays = next((k, r) for k, r in records.items() if isinstance(r, ArrayRecord))
     values = {key: array.numpy() for key, array in arrays.items()}
-    target = next(k for k, v in values.items() if v.dtype.kind == "f")
+    floats = [k for k, v in values.items() if v.dtype.kind == "f"]
+    target = floats[0] if floats else next(iter(values))  # e.g. FedPM's packed uint8 masks
+    if kind == "non-finite" and not floats:
+        metrics = records["metrics"]
+        records["metrics"] = MetricRecord({**metrics, "train-loss": float("nan")})
+        return
     if kind == "non-finite":
         values[target] = np.full_like(values[target], np.nan)
     elif kind == "shape":
         values[target] = values[target].reshape(-1)[:-1]
     elif kind == "dtype":
-        values[target] = values[target].astype(np.float64)
+        values[target] = values[target].astype(np.float64 if floats else np.float32)
     elif kind == "oversize":
         total = sum(v.size for v in values.values())
         values["padding"] = np.zeros(OVERSIZE_FACTOR * total, dtype=np.float32)
