@@ -17,7 +17,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from omegaconf import OmegaConf  # noqa: E402
 
+from benchmarks.sweep import multirun  # noqa: E402
 from server_app.checkpoint import load_checkpoint  # noqa: E402
 from server_app.compare import find_runs  # noqa: E402
 from server_app.results import read_metrics  # noqa: E402
@@ -61,23 +61,17 @@ def run_sweep(args: argparse.Namespace) -> None:
     """Both strategies × both partitions × all seeds in one multirun sweep."""
     if args.runs.exists():
         shutil.rmtree(args.runs)
-    subprocess.run(
+    multirun(
+        args.runs,
         [
-            sys.executable,
-            "-m",
-            "server_app.cli",
-            "--multirun",
             "strategy=fedavg,fedpm",
             "partition=iid,dirichlet",
             f"seed={args.seeds}",
             f"num_rounds={args.rounds}",
             f"model={args.model}",
             *SETTING,
-            f"hydra.sweep.dir={args.runs}",
-            "hydra.sweep.subdir=${strategy.name}_${partition.name}_seed${seed}",
         ],
-        cwd=REPO,
-        check=True,
+        "${strategy.name}_${partition.name}_seed${seed}",
     )
 
 

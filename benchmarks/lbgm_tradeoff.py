@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.sweep import multirun  # noqa: E402
 from server_app.compare import find_runs  # noqa: E402
 from server_app.results import read_metrics  # noqa: E402
 
@@ -128,22 +128,10 @@ def main() -> None:
         f"engine.clients_per_node={max(args.clients // 4, 1)}",
     ]
     for sweep, overrides in SWEEPS.items():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "server_app.cli",
-                "--multirun",
-                *overrides,
-                f"seed={args.seeds}",
-                f"num_rounds={args.rounds}",
-                *SETTING,
-                *scale,
-                f"hydra.sweep.dir={args.runs / sweep}",
-                "hydra.sweep.subdir=${hydra.job.num}_seed${seed}",
-            ],
-            cwd=REPO,
-            check=True,
+        multirun(
+            args.runs / sweep,
+            [*overrides, f"seed={args.seeds}", f"num_rounds={args.rounds}", *SETTING, *scale],
+            "${hydra.job.num}_seed${seed}",
         )
     runs = collect(args.runs)
     args.results.mkdir(parents=True, exist_ok=True)

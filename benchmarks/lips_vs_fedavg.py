@@ -15,13 +15,13 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.sweep import multirun  # noqa: E402
 from server_app.compare import compare, find_runs  # noqa: E402
 from server_app.results import read_metrics  # noqa: E402
 
@@ -88,21 +88,10 @@ def run_sweep(args: argparse.Namespace) -> None:
     """Run both strategies over all seeds in one multirun sweep."""
     if args.runs.exists():
         shutil.rmtree(args.runs)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server_app.cli",
-            "--multirun",
-            "strategy=fedavg,lips",
-            f"seed={args.seeds}",
-            f"num_rounds={args.rounds}",
-            *SETTING,
-            f"hydra.sweep.dir={args.runs}",
-            "hydra.sweep.subdir=${strategy.name}_seed${seed}",
-        ],
-        cwd=REPO,
-        check=True,
+    multirun(
+        args.runs,
+        ["strategy=fedavg,lips", f"seed={args.seeds}", f"num_rounds={args.rounds}", *SETTING],
+        "${strategy.name}_seed${seed}",
     )
 
 
