@@ -3,9 +3,10 @@
     python benchmarks/fedpm_vs_dense.py                            # 3 seeds, 30 rounds
     python benchmarks/fedpm_vs_dense.py --seeds 0 --rounds 2       # smoke run
 
-mnist5k, IID and Dirichlet α=0.5, 10 clients all sampled every round, 3 local epochs of
-batch 128 (the FedPM paper's local work) for both strategies; FedAvg keeps its SGD settings,
-FedPM uses Adam lr 0.1 on the scores. One `fedsparse --multirun` sweep. Writes
+mnist5k, IID and Dirichlet α=0.5, 10 clients all sampled every round (two cohorts of 5, one
+per CPU), 3 local epochs of batch 128 (the FedPM paper's local work) for both strategies;
+FedAvg keeps its SGD settings, FedPM uses Adam lr 0.1 on the scores.
+One `fedsparse --multirun` sweep. Writes
 ``benchmarks/results/fedpm_vs_dense.md``: final thresholded accuracy (FedPM also sampled-mask),
 cumulative uplink, uplink bits per parameter, and the exported final model size (FedPM: seed +
 1-bit mask in ``final_model.fedpm``; FedAvg: float32 weights).
@@ -34,7 +35,7 @@ SETTING = [
     "dataset=mnist5k",
     "num_clients=10",
     "clients_per_round=10",
-    "engine.clients_per_node=10",
+    "engine.clients_per_node=5",
     "local_epochs=3",
     "batch_size=128",
     "federated_eval=false",
