@@ -7,8 +7,11 @@ records per client under ``"<client_id>/<name>"`` keys.
 
 from __future__ import annotations
 
+import copy
 import time
+from collections import OrderedDict
 from functools import lru_cache
+from typing import ClassVar
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -18,7 +21,14 @@ from torch import nn
 import strategies
 from client_app.batchnorm import keep_local_batchnorm, restore_local_batchnorm
 from client_app.faults import InjectedFault, corrupt_reply, plan_faults
-from client_app.training import TensorData, evaluate, resolve_device, round_seed, train_epochs
+from client_app.training import (
+    TensorData,
+    evaluate,
+    resolve_device,
+    round_seed,
+    seed_torch,
+    train_epochs,
+)
 from data.device import device_data
 from data.federated import DataSpec, client_data, dataset_info
 from strategies.base import CONFIG, METRICS, ClientAlgorithm
@@ -27,6 +37,8 @@ from strategies.job import ClientJob
 from strategies.wire import CLIENT_IDS_KEY, ClientState, Record, pack_clients
 
 DATA_ROOT = "data-root"
+TEMPLATES_KEPT = 4
+TEMPLATE_SEED = 0
 
 app = ClientApp()
 
@@ -62,9 +74,27 @@ def _data_root(context: Context) -> str:
     return value
 
 
-def _build_model(job: ClientJob, device: torch.device) -> nn.Module:
-    info = dataset_info(job.data_spec())
-    return strategies.build_job_model(job, info.input_shape, info.num_classes).to(device)
+class _ModelTemplates:
+    """Each job's model built once per process; clients get deep copies.
+
+    Building initialises every weight from random draws (and FedPM's frozen weights from a seed),
+    which costs more than a copy, and the received payload overwrites what clients train anyway.
+    """
+
+    built: ClassVar[OrderedDict[str, nn.Module]] = OrderedDict()
+
+    @classmethod
+    def fresh(cls, job: ClientJob, device: torch.device) -> nn.Module:
+        key = repr((job.algorithm, job.model, job.dataset, device, sorted(job.params.items())))
+        if key not in cls.built:
+            info = dataset_info(job.data_spec())
+            with torch.random.fork_rng(devices=[]):  # a build never moves the caller's RNG
+                torch.random.default_generator.manual_seed(TEMPLATE_SEED)
+                model = strategies.build_job_model(job, info.input_shape, info.num_classes)
+            cls.built[key] = model.to(device)
+            if len(cls.built) > TEMPLATES_KEPT:
+                cls.built.popitem(last=False)
+        return copy.deepcopy(cls.built[key])
 
 
 def _prepare(msg: Message, context: Context) -> tuple[ClientJob, torch.device]:
@@ -85,7 +115,7 @@ def _receive(
     device: torch.device,
 ) -> nn.Module:
     """The client's starting model: the received payload, then its own BN under bn_policy=local."""
-    model = _build_model(job, device)
+    model = _ModelTemplates.fresh(job, device)
     algorithm.receive(model, msg.content, client_id, job, state)
     if job.bn_policy == "local":
         restore_local_batchnorm(model, state)
@@ -100,9 +130,10 @@ def _train_one(
     faults = plan_faults(job, client_id)
     if faults.error:
         raise InjectedFault(f"injected failure of client {client_id} (faults.error_rate)")
-    time.sleep(faults.slow_s)
+    if faults.slow_s:
+        time.sleep(faults.slow_s)
     seed = round_seed(job.seed, job.server_round, client_id)
-    torch.manual_seed(seed)
+    seed_torch(seed, device)
     model = _receive(algorithm, msg, job, client_id, state, device)
     train, _ = _client_tensors(job.data_spec(), client_id, str(device), _data_root(context))
     started = time.perf_counter()

@@ -11,7 +11,7 @@ Per conv/linear weight and per round:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from flwr.app import ArrayRecord
@@ -45,18 +45,24 @@ def relative_layer_update(previous: ArrayRecord, current: ArrayRecord) -> dict[s
 
 
 def aggregation_effectiveness(
-    deltas: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]
+    deltas: Iterable[Mapping[str, np.ndarray]], weights: Sequence[float]
 ) -> dict[str, float]:
-    """‖Σ w_c Δ_c‖ / Σ w_c ‖Δ_c‖ per layer weight (weights normalised to sum to 1)."""
+    """‖Σ w_c Δ_c‖ / Σ w_c ‖Δ_c‖ per layer weight (weights normalised to sum to 1).
+
+    ``deltas`` is consumed one client at a time, so a generator keeps memory at one update.
+    """
     share = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
-    effectiveness = {}
-    for name, first in deltas[0].items():
-        if not is_layer_weight(name, first):
-            continue
-        mean = sum(s * d[name].astype(np.float64) for s, d in zip(share, deltas, strict=True))
-        spread = sum(s * float(np.linalg.norm(d[name])) for s, d in zip(share, deltas, strict=True))
-        effectiveness[name] = _ratio(float(np.linalg.norm(mean)), spread)
-    return effectiveness
+    mean: dict[str, np.ndarray] = {}
+    spread: dict[str, float] = {}
+    for s, delta in zip(share, deltas, strict=True):
+        for name, values in delta.items():
+            if not is_layer_weight(name, values):
+                continue
+            if name not in mean:
+                mean[name], spread[name] = np.zeros(values.shape), 0.0
+            mean[name] += s * values
+            spread[name] += s * float(np.linalg.norm(values))
+    return {name: _ratio(float(np.linalg.norm(mean[name])), spread[name]) for name in mean}
 
 
 class LayerMonitor:
@@ -71,7 +77,7 @@ class LayerMonitor:
         server_round: int,
         previous: ArrayRecord,
         current: ArrayRecord,
-        deltas: Sequence[Mapping[str, np.ndarray]] | None = None,
+        deltas: Iterable[Mapping[str, np.ndarray]] | None = None,
         weights: Sequence[float] | None = None,
     ) -> dict[str, dict[str, float]]:
         """The monitor keys for this round's metrics line."""
@@ -91,7 +97,7 @@ class LayerMonitor:
                 name: float(np.linalg.norm(layers[name] - ref))
                 for name, ref in self.reference.items()
             }
-        if deltas:
+        if deltas is not None and weights:
             values["layer_agg_eff"] = aggregation_effectiveness(deltas, weights)
         return values
 

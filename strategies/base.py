@@ -36,6 +36,7 @@ from strategies.validation import (
 from strategies.wire import (
     ClientState,
     Record,
+    decoded_tensors,
     pack_clients,
     record_bytes,
     shared_payload_bytes,
@@ -324,8 +325,9 @@ class FedSparseStrategy(Strategy):
         stats.clients = len(updates)
         return sorted(updates, key=lambda u: u.client_id)
 
-    def client_deltas(self, updates: list[ClientUpdate]) -> list[dict[str, np.ndarray]] | None:
-        """Each client's change to the global weights, for the layer monitor (None: unknown)."""
+    def client_deltas(self, updates: list[ClientUpdate]) -> Iterable[dict[str, np.ndarray]] | None:
+        """Each client's change to the global weights, for the layer monitor (None: unknown);
+        a generator, so the monitor never holds more than one client's delta."""
         return None
 
     def finish(self, run_dir: Path) -> dict[str, Any]:
@@ -363,7 +365,7 @@ class ClientAlgorithm:
         state: ClientState,
     ) -> None:
         """Load the downlink payload into ``model`` before local training."""
-        model.load_state_dict(content[ARRAYS].to_torch_state_dict(), strict=True)
+        model.load_state_dict(decoded_tensors(content[ARRAYS]), strict=True)
 
     def prepare(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
@@ -39,11 +39,10 @@ class FedAvg(FedSparseStrategy):
     def decode(self, update: ClientUpdate) -> dict[str, np.ndarray]:
         return arrays_like(require_record(update.records, ARRAYS, ArrayRecord), self.global_arrays)
 
-    def client_deltas(self, updates: list[ClientUpdate]) -> list[dict[str, np.ndarray]]:
+    def client_deltas(self, updates: list[ClientUpdate]) -> Iterator[dict[str, np.ndarray]]:
         base = {name: array.numpy() for name, array in self.global_arrays.items()}
-        return [
-            {n: v - base[n] for n, v in u.payload.items() if v.dtype.kind == "f"} for u in updates
-        ]
+        for update in updates:
+            yield {n: v - base[n] for n, v in update.payload.items() if v.dtype.kind == "f"}
 
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
         averaged = weighted_average([u.payload for u in updates], [u.num_examples for u in updates])

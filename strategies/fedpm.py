@@ -19,7 +19,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ from strategies.base import (
 from strategies.job import ClientJob
 from strategies.registry import Algorithm, register_algorithm
 from strategies.validation import ReplyError, require_record
-from strategies.wire import ClientState, Record, record_bytes
+from strategies.wire import ClientState, Record, decoded_tensors, record_bytes
 
 MASKED_FORMS = {name: f"masked_{name}" for name in ("cnn", "conv4", "conv6", "conv10")}
 DOWNLINK_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -347,6 +347,10 @@ class WeightMismatchError(RuntimeError):
 class FedPMClient(ClientAlgorithm):
     """Trains mask scores from logit(θ_global), then sends one sampled mask, bit-packed."""
 
+    local_hashes: ClassVar[dict[tuple[str, int], str]] = {}
+    """Hash of the frozen weights per (model, weight seed), computed once per process: the same
+    seed rebuilds the same weights, so every later client of the process would hash the same."""
+
     def receive(
         self,
         model: nn.Module,
@@ -356,15 +360,16 @@ class FedPMClient(ClientAlgorithm):
         state: ClientState,
     ) -> None:
         expected = job.params.get("weight_hash")
-        local = weight_hash(model)
+        key = (job.model, job_weight_seed(job))
+        if key not in self.local_hashes:
+            self.local_hashes[key] = weight_hash(model)
+        local = self.local_hashes[key]
         if local != expected:
             raise WeightMismatchError(
                 f"client {client_id}: frozen weights from weight_seed={job_weight_seed(job)} hash "
                 f"to {local}, the server's hash is {expected!r}; numpy/torch versions differ?"
             )
-        scores = {
-            k: torch.from_numpy(a.numpy().astype(np.float32)) for k, a in content[ARRAYS].items()
-        }
+        scores = {k: v.float() for k, v in decoded_tensors(content[ARRAYS]).items()}
         model.load_state_dict(scores, strict=True)
         set_estimator(model, str(job.params.get("estimator", "scaled")))
 

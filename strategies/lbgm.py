@@ -27,7 +27,7 @@ LBGM residual (only the compressor keeps one); top-k + LBGM stores the sparse ve
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any
@@ -219,8 +219,9 @@ class PseudoGradient(FedSparseStrategy):
             new[name] = Array((theta - self.server_lr * mean).astype(theta.dtype))
         return ArrayRecord(new)
 
-    def client_deltas(self, updates: list[ClientUpdate]) -> list[dict[str, np.ndarray]]:
-        return [{n: -g for n, g in u.payload.grads.items()} for u in updates]
+    def client_deltas(self, updates: list[ClientUpdate]) -> Iterator[dict[str, np.ndarray]]:
+        for update in updates:
+            yield {n: -g for n, g in update.payload.grads.items()}
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {f"velocity/{name}": v for name, v in self.velocity.items()}

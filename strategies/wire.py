@@ -9,7 +9,9 @@ Bytes are counted per client payload, as if every client had its own link.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import ClassVar
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 Record = ArrayRecord | ConfigRecord | MetricRecord
@@ -61,6 +63,24 @@ def shared_payload_bytes(content: RecordDict) -> int:
         else:
             total += record.count_bytes()
     return total
+
+
+class _LastDecoded:
+    """The most recently decoded downlink record and its tensors (one slot is enough: a cohort's
+    clients are trained one after another from the same message)."""
+
+    record: ClassVar[ArrayRecord | None] = None
+    tensors: ClassVar[dict[str, torch.Tensor]] = {}
+
+
+def decoded_tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """``record.to_torch_state_dict()``, decoded once however many clients of a cohort read it.
+
+    Callers must not modify the returned tensors in place (``load_state_dict`` copies them).
+    """
+    if _LastDecoded.record is not record:
+        _LastDecoded.record, _LastDecoded.tensors = record, record.to_torch_state_dict()
+    return _LastDecoded.tensors
 
 
 class ClientState:

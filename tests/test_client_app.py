@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from client_app.app import directory, evaluate_global, train
+from client_app.app import _ModelTemplates, directory, evaluate_global, train
 from data.federated import client_data
 from server_app.experiment import initial_arrays
 from server_app.settings import client_job, compose_config
@@ -100,3 +101,26 @@ def test_evaluate_reports_local_test_metrics() -> None:
         _, test_split = client_data(job.data_spec(), client_id)
         assert metrics["num-examples"] == len(test_split)
         assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_model_template_cache_does_not_change_results() -> None:
+    """A client trained in a process that never built the model equals one trained after the
+    process has built (and trained) other clients: building never moves the seeded RNG."""
+
+    _, job, arrays = _setup(clients_per_node=2)
+    _ModelTemplates.built.clear()
+    cold = unpack_clients(train(_message(job, arrays, [2]), _context(1)).content)[2]
+    warm = unpack_clients(train(_message(job, arrays, [2]), _context(1)).content)[2]
+    assert len(_ModelTemplates.built) == 1
+    for name, array in cold["arrays"].items():
+        assert np.array_equal(array.numpy(), warm["arrays"][name].numpy()), name
+
+
+def test_model_templates_are_copied_not_shared() -> None:
+
+    _, job, _ = _setup(clients_per_node=1)
+    first = _ModelTemplates.fresh(job, torch.device("cpu"))
+    second = _ModelTemplates.fresh(job, torch.device("cpu"))
+    with torch.no_grad():
+        next(first.parameters()).add_(1.0)
+    assert not torch.equal(next(first.parameters()), next(second.parameters()))

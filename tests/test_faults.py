@@ -99,14 +99,25 @@ def test_a_round_without_enough_valid_replies_fails_clearly(tmp_path: Path) -> N
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == ""
 
 
-@pytest.mark.parametrize(("kind", "reason"), [
-    ("non-finite", "metrics"), ("shape", "mask-length"), ("dtype", "mask-dtype"),
-])
-def test_corrupt_fedpm_masks_are_rejected_not_crashing(tmp_path: Path, kind: str,
-                                                       reason: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("non-finite", "metrics"),
+        ("shape", "mask-length"),
+        ("dtype", "mask-dtype"),
+    ],
+)
+def test_corrupt_fedpm_masks_are_rejected_not_crashing(
+    tmp_path: Path, kind: str, reason: str
+) -> None:
     """FedPM replies hold only packed uint8 masks; corruption still lands as a rejection."""
-    rows, faulty, _ = _run(tmp_path, "strategy=fedpm", "num_rounds=2", "faults.corrupt_rate=0.5",
-                           f"faults.corrupt_kind={kind}")
+    rows, faulty, _ = _run(
+        tmp_path,
+        "strategy=fedpm",
+        "num_rounds=2",
+        "faults.corrupt_rate=0.5",
+        f"faults.corrupt_kind={kind}",
+    )
     assert sum(map(len, faulty)) > 0
     for row, bad in zip(rows, faulty, strict=True):
         assert row["rejected"] == ({reason: len(bad)} if bad else {})

@@ -185,3 +185,12 @@ def test_layer_monitor_reports_reference_values_from_the_reference_round_on() ->
 def test_agg_eff_weights_clients_by_their_aggregation_weight() -> None:
     deltas = [{"w.weight": np.array([[1.0, 0.0]])}, {"w.weight": np.array([[-1.0, 0.0]])}]
     assert aggregation_effectiveness(deltas, [3, 1]) == {"w.weight": pytest.approx(0.5)}
+
+
+def test_agg_eff_streams_a_generator_like_a_list() -> None:
+    rng = np.random.default_rng(0)
+    deltas = [{"w.weight": rng.normal(size=(3, 4)), "w.bias": rng.normal(size=4)} for _ in range(5)]
+    weights = [1, 2, 3, 4, 5]
+    streamed = aggregation_effectiveness((d for d in deltas), weights)
+    assert streamed == aggregation_effectiveness(deltas, weights)
+    assert list(streamed) == ["w.weight"]

@@ -7,7 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from client_app.training import TensorData, evaluate, resolve_device, round_seed, train_epochs
+from client_app.training import (
+    TensorData,
+    evaluate,
+    resolve_device,
+    round_seed,
+    seed_torch,
+    train_epochs,
+)
 from data.datasets import ArrayDataset
 
 
@@ -74,3 +81,10 @@ def test_resolve_device() -> None:
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="auto, cpu, cuda"):
         resolve_device("tpu")
+
+
+def test_seed_torch_matches_manual_seed_on_cpu() -> None:
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    seed_torch(5, torch.device("cpu"))
+    assert torch.equal(torch.rand(4), expected)

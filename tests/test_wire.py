@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from strategies.wire import (
     ClientState,
     client_key,
+    decoded_tensors,
     pack_clients,
     record_bytes,
     shared_payload_bytes,
@@ -119,3 +121,13 @@ def test_client_state_isolates_clients_and_persists() -> None:
     two.set("residual", MetricRecord({"x": 2.0}))
     assert isinstance(one.get("residual"), ArrayRecord)
     assert unpack_clients(node_state)[2]["residual"]["x"] == 2.0
+
+
+def test_decoded_tensors_decodes_each_record_once() -> None:
+    first = ArrayRecord({"w": Array(np.arange(6, dtype=np.float32).reshape(2, 3))})
+    second = ArrayRecord({"w": Array(np.ones((2, 3), dtype=np.float32))})
+    tensors = decoded_tensors(first)
+    assert decoded_tensors(first) is tensors
+    assert torch.equal(tensors["w"], torch.arange(6, dtype=torch.float32).reshape(2, 3))
+    assert torch.equal(decoded_tensors(second)["w"], torch.ones(2, 3))
+    assert torch.equal(decoded_tensors(first)["w"], tensors["w"])
