@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from server_app.checkpoint import CheckpointError
+from server_app.engine import actor_pool_size, start_ray, with_clients_per_node
 from server_app.experiment import starting_point
 from server_app.settings import ConfigError, validate
 from strategies.cohort import expected_nodes
@@ -30,12 +31,14 @@ def run_simulation(cfg: DictConfig, run_dir: Path) -> None:
     from client_app.app import app as client_app
     from server_app.app import make_server_app
 
-    resources = {"num_cpus": cfg.engine.client_cpus, "num_gpus": float(cfg.engine.client_gpus)}
+    start_ray(cfg.engine.ray_address)  # Flower's backend then reuses this Ray connection
+    cpus, gpus = cfg.engine.client_cpus, float(cfg.engine.client_gpus)
+    cfg = with_clients_per_node(cfg, actor_pool_size(cpus, gpus))
     flower_run_simulation(
         server_app=make_server_app(cfg, run_dir),
         client_app=client_app,
         num_supernodes=expected_nodes(cfg.num_clients, cfg.engine.clients_per_node),
-        backend_config={"client_resources": resources, "init_args": {"include_dashboard": False}},
+        backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": gpus}},
     )
 
 
@@ -56,7 +59,10 @@ def main(cfg: DictConfig) -> None:
         starting_point(run_dir, cfg)
     except (ConfigError, CheckpointError) as err:
         raise SystemExit(f"fedsparse: {err}") from None
-    run_simulation(cfg, run_dir)
+    try:
+        run_simulation(cfg, run_dir)
+    except ConnectionError as err:
+        raise SystemExit(f"fedsparse: {err}") from None
     log.info("results in %s", run_dir)
 
 

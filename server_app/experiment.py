@@ -19,6 +19,7 @@ import strategies
 from client_app.training import TensorData, evaluate, resolve_device
 from data.federated import central_test, dataset_info
 from server_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from server_app.engine import with_clients_per_node
 from server_app.monitor import LayerMonitor
 from server_app.plots import plot_run
 from server_app.results import METRICS_FILE, MetricsLog, summarize, write_summary
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoint"
-RESUMABLE_KEYS = ("num_rounds", "resume")
+RESUMABLE_KEYS = ("num_rounds", "resume", "engine")  # engine settings never change the numbers
 
 
 def initial_arrays(cfg: DictConfig) -> ArrayRecord:
@@ -95,6 +96,7 @@ class CentralEvaluator:
 def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
     """Run (or resume) the configured experiment on ``grid``; returns the summary."""
     started = time.perf_counter()
+    cfg = with_clients_per_node(cfg, actors=None)  # auto without an actor pool: 1 per node
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = run_dir / CHECKPOINT_DIR
     directory = ClientDirectory(

@@ -20,6 +20,7 @@ from client_app.batchnorm import BN_POLICIES
 from client_app.faults import CORRUPT_KINDS
 from data.datasets import DATASETS
 from data.partition import PARTITIONS
+from server_app.engine import AUTO, with_clients_per_node
 from strategies.base import FedSparseStrategy
 from strategies.cohort import ClientDirectory
 from strategies.job import ClientJob
@@ -128,7 +129,16 @@ def validate(cfg: DictConfig) -> None:
         "must be a GPU fraction in [0, 1], e.g. 0.25 lets four clients share one GPU",
     )
     _check(
-        cfg, "engine.clients_per_node", lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"
+        cfg,
+        "engine.clients_per_node",
+        lambda v: v == AUTO or (_is_int(v) and v >= 1),
+        f"must be an integer >= 1 or {AUTO!r}",
+    )
+    _check(
+        cfg,
+        "engine.ray_address",
+        lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
+        "must be null (a private local Ray) or a cluster address such as 127.0.0.1:6379",
     )
     if cfg.engine.client_gpus > 0 and not torch.cuda.is_available():
         raise ConfigError(
@@ -139,7 +149,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             "invalid config: device='cuda': torch sees no GPU; use device=auto or cpu"
         )
-    build_strategy(cfg, ClientDirectory(cfg.num_clients, cfg.engine.clients_per_node))
+    build_strategy(with_clients_per_node(cfg, actors=None), ClientDirectory(cfg.num_clients, 1))
 
 
 def strategy_params(cfg: DictConfig) -> dict[str, Any]:
@@ -151,6 +161,7 @@ def strategy_params(cfg: DictConfig) -> dict[str, Any]:
 
 def client_job(cfg: DictConfig) -> ClientJob:
     """The job every sampled client receives (round and client ids are set per message)."""
+    cfg = with_clients_per_node(cfg, actors=None)
     partition = cfg.partition
     return ClientJob(
         algorithm=cfg.strategy.name,

@@ -1,15 +1,19 @@
 """End-to-end runs of the `fedsparse` CLI on the Ray simulation engine (digits, 5 clients).
 
 Three small runs (about 20 s each): an uninterrupted 4-round run, and a 2-round run of the same
-config that is then resumed to round 4. Together they pin the output contract, determinism
-(same seed, same numbers) and resume (stop after 2 + resume to 4 == uninterrupted 4).
+config that is then resumed to round 4 with cohorts of 2 clients per node. Together they pin the
+output contract, determinism (same seed, same numbers) and resume (stop after 2 + resume to 4 ==
+uninterrupted 4, whatever the cohort size). One more run attaches to a Ray head the test starts.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,7 +78,14 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]
     run_dir = tmp_path_factory.mktemp("e2e") / "resumed"
     fedsparse(*SMALL_RUN, "num_rounds=2", f"hydra.run.dir={run_dir}")
     first_leg = rows(run_dir)
-    fedsparse(*SMALL_RUN, "num_rounds=4", "resume=true", f"hydra.run.dir={run_dir}")
+    # the second leg hosts clients in cohorts of 2: the engine may change on resume, numbers not
+    fedsparse(
+        *SMALL_RUN,
+        "num_rounds=4",
+        "resume=true",
+        "engine.clients_per_node=2",
+        f"hydra.run.dir={run_dir}",
+    )
     return run_dir, first_leg
 
 
@@ -247,3 +258,73 @@ def test_lbgm_client_state_persists_across_rounds_on_ray(tmp_path: Path) -> None
     assert metrics[0]["lbgm_reuse_frac"] == 0.0  # nothing to look back on in round 1
     assert all(r["lbgm_reuse_frac"] > 0.5 for r in metrics[1:])
     assert all(r["uplink_bytes"] < metrics[0]["uplink_bytes"] / 2 for r in metrics[1:])
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_ray_address_attaches_to_a_running_ray_cluster(tmp_path: Path) -> None:
+    """engine.ray_address: the run uses the cluster the test started and leaves it running."""
+    port = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    head = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            f"--ray-client-server-port={_free_port()}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            f"--temp-dir={temp_dir}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        for line in head.stdout:
+            if "Ray runtime started" in line:
+                break
+        else:
+            pytest.fail("the Ray head did not start")
+        run_dir = tmp_path / "cluster"
+        output = fedsparse(
+            *SMALL_RUN,
+            "num_rounds=1",
+            "federated_eval=false",
+            "plots=false",
+            f"engine.ray_address=127.0.0.1:{port}",
+            f"hydra.run.dir={run_dir}",
+        )
+        assert "Connecting to existing Ray cluster" in output
+        assert [r["round"] for r in rows(run_dir)] == [1]
+        assert head.poll() is None, "the run must not stop a cluster it did not start"
+    finally:
+        kill_tree(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_unreachable_ray_address_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_command(
+        [
+            sys.executable,
+            "-m",
+            "server_app.cli",
+            *SMALL_RUN,
+            f"engine.ray_address=127.0.0.1:{_free_port()}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        REPO,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "engine.ray_address" in result.stdout

@@ -99,6 +99,8 @@ def test_invalid_override_names_the_key(overrides: list[str], key: str) -> None:
         ({"engine__client_gpus": 2}, "engine.client_gpus"),
         ({"engine__client_gpus": -0.5}, "engine.client_gpus"),
         ({"engine__clients_per_node": 0}, "engine.clients_per_node"),
+        ({"engine__clients_per_node": "many"}, "engine.clients_per_node"),
+        ({"engine__ray_address": ""}, "engine.ray_address"),
         ({"clients_per_round": 5, "min_replies": 6}, "min_replies"),
         ({"min_replies": 0}, "min_replies"),
         ({"local_test_fraction": 1.0}, "local_test_fraction"),

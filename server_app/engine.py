@@ -1,0 +1,91 @@
+"""The simulation engine's Ray side: which cluster, how many actors, how many clients per node.
+
+A local Ray instance is private to the run (``address="local"``: never an unrelated cluster that
+happens to run on the machine); ``engine.ray_address`` attaches to an existing cluster instead,
+so a study that outgrows one box adds Ray workers rather than changing code.
+``engine.clients_per_node=auto`` sizes cohorts from the actor pool: every actor gets a few
+messages per round (enough to balance uneven clients), and no more (each message costs).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import sys
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+MESSAGES_PER_ACTOR = 4
+CONNECT_TIMEOUT_S = 5.0
+
+
+def start_ray(ray_address: str | None) -> None:
+    """Start a private local Ray instance, or connect to the cluster at ``ray_address``.
+
+    Actors import fedsparse from this interpreter's ``sys.path`` (as Flower's own start does).
+    """
+    import ray
+
+    if ray_address:
+        _check_reachable(ray_address)
+    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    os.environ["PYTHONPATH"] = pythonpath
+    ray.init(
+        address=ray_address or "local",
+        include_dashboard=False,
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+    )
+
+
+def _check_reachable(ray_address: str) -> None:
+    """Fail in seconds, with what to do, when nothing listens at a ``host:port`` address
+    (Ray itself retries for minutes). Other forms (``auto``, ``ray://…``) go to Ray as given."""
+    host, sep, port = ray_address.rpartition(":")
+    if not sep or not port.isdigit() or "/" in host:
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise ConnectionError(
+            f"engine.ray_address={ray_address!r}: no Ray cluster answers there ({err}); start "
+            "one with `ray start --head --port=6379` or drop engine.ray_address for a local run"
+        ) from None
+
+
+def actor_pool_size(client_cpus: int, client_gpus: float) -> int:
+    """Actors Flower will start on the connected cluster for these per-client resources."""
+    from flwr.simulation.ray_transport.ray_actor import pool_size_from_resources
+
+    return pool_size_from_resources({"num_cpus": client_cpus, "num_gpus": client_gpus})
+
+
+def auto_clients_per_node(num_clients: int, actors: int) -> int:
+    """Cohort size giving each of ``actors`` about ``MESSAGES_PER_ACTOR`` messages per round
+    when every client is sampled."""
+    return max(1, math.ceil(num_clients / (max(actors, 1) * MESSAGES_PER_ACTOR)))
+
+
+def with_clients_per_node(cfg: DictConfig, actors: int | None) -> DictConfig:
+    """``cfg`` with ``engine.clients_per_node`` resolved to an integer.
+
+    ``auto`` becomes :func:`auto_clients_per_node` for ``actors`` Ray actors, or 1 when there
+    is no actor pool (deployment: one SuperNode per client).
+    """
+    if cfg.engine.clients_per_node != AUTO:
+        return cfg
+    resolved = 1 if actors is None else auto_clients_per_node(cfg.num_clients, actors)
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    cfg.engine.clients_per_node = resolved
+    if actors is not None:
+        log.info(
+            "engine.clients_per_node=auto: %d clients per node (%d actors x %d messages)",
+            resolved,
+            actors,
+            MESSAGES_PER_ACTOR,
+        )
+    return cfg

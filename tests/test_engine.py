@@ -1,0 +1,83 @@
+"""Cohort sizing and engine settings: ``clients_per_node=auto`` and results independent of K."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import strategies
+from server_app.engine import MESSAGES_PER_ACTOR, auto_clients_per_node, with_clients_per_node
+from server_app.experiment import run_experiment, starting_point
+from server_app.inprocess import InProcessGrid
+from server_app.settings import ConfigError, client_job, compose_config, validate
+from strategies.cohort import expected_nodes
+
+
+@pytest.mark.parametrize(
+    ("num_clients", "actors", "expected"),
+    [(1000, 2, 125), (100, 2, 13), (10, 2, 2), (3, 2, 1), (1000, 16, 16), (5, 0, 2)],
+)
+def test_auto_gives_each_actor_a_few_messages(num_clients: int, actors: int, expected: int) -> None:
+    k = auto_clients_per_node(num_clients, actors)
+    assert k == expected
+    assert expected_nodes(num_clients, k) <= max(actors, 1) * MESSAGES_PER_ACTOR
+
+
+def test_auto_resolves_to_an_integer_and_one_without_actor_pool() -> None:
+    cfg = compose_config(["num_clients=100", "engine.clients_per_node=auto"])
+    validate(cfg)
+    assert with_clients_per_node(cfg, actors=2).engine.clients_per_node == 13
+    assert with_clients_per_node(cfg, actors=None).engine.clients_per_node == 1
+    assert cfg.engine.clients_per_node == "auto"  # the caller's config is left as it was
+    assert client_job(cfg).clients_per_node == 1
+
+
+def test_explicit_clients_per_node_is_kept() -> None:
+    cfg = compose_config(["engine.clients_per_node=7"])
+    assert with_clients_per_node(cfg, actors=2) is cfg
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("round_s")
+    return rows
+
+
+@pytest.mark.parametrize("strategy", strategies.available_algorithms())
+def test_cohorts_of_four_give_the_same_metrics_as_one_client_per_node(
+    tmp_path: Path, strategy: str
+) -> None:
+    """Every strategy: hosting 4 clients per node changes the messages, not a single number."""
+    runs = {}
+    for k in (1, 4):
+        cfg = compose_config(
+            [
+                f"strategy={strategy}",
+                "dataset=digits",
+                "partition=iid",
+                "num_clients=8",
+                "clients_per_round=6",
+                "num_rounds=2",
+                "plots=false",
+                f"engine.clients_per_node={k}",
+            ]
+        )
+        run_dir = tmp_path / f"k{k}"
+        run_experiment(InProcessGrid(expected_nodes(8, k)), cfg, run_dir)
+        runs[k] = _metrics(run_dir)
+    assert [r["accuracy"] for r in runs[4]] == [r["accuracy"] for r in runs[1]]
+    assert runs[4] == runs[1]
+
+
+def test_resume_may_change_the_engine_but_not_the_experiment(tmp_path: Path) -> None:
+    base = ["dataset=digits", "num_clients=4", "clients_per_round=4", "num_rounds=1", "plots=false"]
+    run_experiment(InProcessGrid(4), compose_config(base), tmp_path)
+    moved = compose_config(
+        [*base, "resume=true", "engine.clients_per_node=2", "engine.client_cpus=2"]
+    )
+    assert starting_point(tmp_path, moved).round == 1
+    with pytest.raises(ConfigError, match=r"\['lr'\]"):
+        starting_point(tmp_path, compose_config([*base, "resume=true", "lr=0.2"]))
