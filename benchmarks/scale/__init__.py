@@ -1,0 +1,1 @@
+"""Scale benchmark: round time and memory of fedsparse against plain Flower and plain PyTorch."""

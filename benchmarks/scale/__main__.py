@@ -1,0 +1,331 @@
+"""Scale benchmark: seconds per round and peak memory vs number of clients, side by side.
+
+    python -m benchmarks.scale                                   # 10, 100, 300, 1,000 clients
+    python -m benchmarks.scale --clients 10,100 --strategies fedavg --rounds 3   # quick look
+    python -m benchmarks.scale --report-only                     # rebuild the report
+
+Rows, each run in a fresh process tree at every client count (all clients sampled each round):
+(a) plain Flower: ClientApp + stock ``flwr.serverapp.strategy.FedAvg``, one SuperNode per
+client (``plain_flower.py``); (b) the compute floor: the same local training in plain PyTorch
+in one and in two processes (``floor.py``); (c) fedsparse with each strategy at
+``engine.clients_per_node=1`` and ``auto``. Same data, model and local work everywhere
+(``work.py``); every row evaluates the global model centrally once per round.
+
+A round's time is the gap between two successive per-round progress lines as this script reads
+them, so it covers everything a round does (fedsparse: also the checkpoint and monitor); the
+first round (actor start-up, imports) is excluded and the median of the rest reported. Peak
+memory is the largest sum of PSS over the whole process tree (Ray's daemons and actors
+included), sampled every 0.5 s. Writes ``benchmarks/results/scale.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+ROUND_LINE = re.compile(r"^\[(fedsparse|plain-flower|floor x\d)\] round (\d+)")
+SAMPLE_S = 0.5
+TIMEOUT_S = 1800
+AUTO_ROUNDS = 5  # K=auto rows run at least 5 rounds: the 1,000-client memory check
+
+
+@dataclass
+class Row:
+    """One measured configuration."""
+
+    kind: str  # floor-1 | floor-2 | flower | fedsparse
+    clients: int
+    strategy: str = ""
+    clients_per_node: str = ""
+    rounds: int = 0
+    round_s: list[float] = field(default_factory=list)
+    peak_mb: float = 0.0
+    wall_s: float = 0.0
+    error: str = ""
+
+    @property
+    def label(self) -> str:
+        if self.kind == "fedsparse":
+            return f"fedsparse {self.strategy} K={self.clients_per_node}"
+        return {
+            "flower": "plain Flower FedAvg",
+            "floor-1": "PyTorch, 1 process",
+            "floor-2": "PyTorch, 2 processes",
+        }[self.kind]
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.round_s) if self.round_s else float("nan")
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, stack = [pid], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _pss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def measure(command: list[str], row: Row) -> Row:
+    """Run ``command``; time its round lines and sample its process tree's memory."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0"},
+    )
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(SAMPLE_S):
+            peak[0] = max(peak[0], sum(_pss_mb(p) for p in _tree(proc.pid)))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stamps: dict[int, float] = {}
+    tail: list[str] = []
+    timer = threading.Timer(TIMEOUT_S, lambda: os.killpg(proc.pid, 9))
+    timer.start()
+    try:
+        for line in proc.stdout:
+            tail = [*tail[-40:], line]
+            match = ROUND_LINE.match(line)
+            if match:
+                stamps[int(match.group(2))] = time.perf_counter()
+                print(f"    {line.rstrip()}", flush=True)
+        proc.wait()
+    finally:
+        timer.cancel()
+        done.set()
+        sampler.join()
+        _stop_tree(proc)
+    rounds = sorted(r for r in stamps if r >= 1)  # plain Flower also evaluates "round 0"
+    row.round_s = [stamps[b] - stamps[a] for a, b in itertools.pairwise(rounds)]
+    row.peak_mb, row.wall_s = peak[0], time.perf_counter() - started
+    if proc.returncode != 0 or len(rounds) < row.rounds:
+        row.error = f"exit {proc.returncode}: " + "".join(tail[-5:]).strip()[-400:]
+    return row
+
+
+def _stop_tree(proc: subprocess.Popen) -> None:
+    """Kill whatever the measured command left behind (Ray daemons leave its process group)."""
+    pids = _tree(proc.pid)
+    for pid in reversed(pids):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+    proc.wait()
+
+
+def commands(args: argparse.Namespace, clients: int) -> list[tuple[Row, list[str]]]:
+    """Every row at ``clients`` clients, with the command that measures it."""
+    python = sys.executable
+    plan = [
+        (Row("floor-1", clients, rounds=args.rounds), ["-m", "benchmarks.scale.floor"]),
+        (Row("floor-2", clients, rounds=args.rounds), ["-m", "benchmarks.scale.floor"]),
+        (Row("flower", clients, rounds=args.rounds), ["-m", "benchmarks.scale.plain_flower"]),
+    ]
+    jobs = []
+    for row, module in plan:
+        extra = ["--processes", row.kind[-1]] if row.kind.startswith("floor") else []
+        jobs.append(
+            (row, [python, *module, "--clients", str(clients), "--rounds", str(row.rounds), *extra])
+        )
+    for k in ("1", "auto"):
+        for strategy in args.strategies.split(","):
+            rounds = args.rounds if k == "1" else max(args.rounds, AUTO_ROUNDS)
+            row = Row("fedsparse", clients, strategy, k, rounds)
+            run_dir = args.runs / f"{strategy}_k{k}_n{clients}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            overrides = [
+                f"strategy={strategy}",
+                "dataset=mnist5k",
+                "partition=iid",
+                "model=cnn",
+                f"num_clients={clients}",
+                f"clients_per_round={clients}",
+                f"num_rounds={row.rounds}",
+                "local_epochs=1",
+                "batch_size=32",
+                "lr=0.05",
+                "momentum=0.9",
+                "federated_eval=false",
+                "plots=false",
+                f"engine.clients_per_node={k}",
+                f"hydra.run.dir={run_dir}",
+            ]
+            jobs.append((row, [python, "-m", "server_app.cli", *overrides]))
+    return jobs
+
+
+def resolved_k(args: argparse.Namespace, row: Row) -> str:
+    """The cohort size ``auto`` resolved to (from the run's saved config)."""
+    config = args.runs / f"{row.strategy}_k{row.clients_per_node}_n{row.clients}" / "config.yaml"
+    if row.clients_per_node != "auto" or not config.exists():
+        return row.clients_per_node
+    match = re.search(r"clients_per_node: (\d+)", config.read_text())
+    return f"auto={match.group(1)}" if match else row.clients_per_node
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    rows = []
+    for clients in [int(c) for c in args.clients.split(",")]:
+        for row, command in commands(args, clients):
+            print(f"[scale] {row.label}, {clients} clients", flush=True)
+            rows.append(measure(command, row))
+            row.clients_per_node = resolved_k(args, row)
+            print(
+                f"[scale]   median {row.median_s:.2f} s/round, peak {row.peak_mb:.0f} MB"
+                + (f"  ERROR {row.error}" if row.error else ""),
+                flush=True,
+            )
+            args.results.mkdir(parents=True, exist_ok=True)
+            (args.results / "scale.json").write_text(
+                json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows]}, indent=1)
+            )
+    return rows
+
+
+def machine() -> str:
+    import torch
+
+    return (
+        f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}, "
+        f"torch {torch.__version__}"
+    )
+
+
+def _ratio(numerator: Row | None, denominator: Row | None) -> str:
+    if numerator is None or denominator is None or not numerator.round_s:
+        return "–"
+    return f"{numerator.median_s / denominator.median_s:.2f}×"
+
+
+def report(args: argparse.Namespace) -> None:
+    """Tables and the round-time plot from ``scale.json``."""
+    data = json.loads((args.results / "scale.json").read_text())
+    rows = [Row(**r) for r in data["rows"]]
+
+    def find(kind: str, clients: int, strategy: str = "", k: str = "") -> Row | None:
+        for row in rows:
+            same_k = row.clients_per_node.split("=")[0] == k
+            if (row.kind, row.clients, row.strategy) == (kind, clients, strategy) and (
+                kind != "fedsparse" or same_k
+            ):
+                return row
+        return None
+
+    lines = [
+        "# Scale: seconds per round vs clients",
+        "",
+        f"Machine: {data['machine']}. Written by `python -m benchmarks.scale`. mnist5k IID, "
+        "cnn, 1 local epoch (batch 32, SGD 0.05, momentum 0.9), all clients sampled every "
+        "round, central evaluation every round, 1 CPU per Ray actor. Median seconds per round "
+        "after the first round; peak = largest PSS sum of the whole process tree.",
+        "",
+        "| clients | row | K | s/round | × plain Flower | × 2-process floor "
+        "| × fedsparse FedAvg (same K) | peak MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        flower = find("flower", row.clients)
+        floor = find("floor-2", row.clients)
+        k = row.clients_per_node.split("=")[0]
+        fedavg = find("fedsparse", row.clients, "fedavg", k) if row.kind == "fedsparse" else None
+        seconds = f"{row.median_s:.2f}" if row.round_s else f"failed: {row.error[:80]}"
+        lines.append(
+            f"| {row.clients} | {row.label.split(' K=')[0]} | {row.clients_per_node or '–'} "
+            f"| {seconds} | {_ratio(row, flower)} | {_ratio(row, floor)} "
+            f"| {_ratio(row, fedavg) if fedavg is not row else '1.00×'} "
+            f"| {row.peak_mb:.0f} |"
+        )
+    lines.append("")
+    (args.results / "scale.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    plot(rows, args.results / "scale.png")
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for row in rows:
+        if row.round_s:
+            name = row.label.split("=")[0]
+            if row.kind == "fedsparse":
+                name = f"fedsparse {row.strategy} K={row.clients_per_node.split('=')[0]}"
+            series.setdefault(name, []).append((row.clients, row.median_s))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, points in sorted(series.items()):
+        xs, ys = zip(*sorted(points), strict=True)
+        style = "--" if name.startswith("PyTorch") else ("-." if "Flower" in name else "-")
+        ax.plot(xs, ys, style, marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("clients (all sampled each round)")
+    ax.set_ylabel("seconds per round (median)")
+    ax.set_title("Round time vs clients")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", default="10,100,300,1000")
+    parser.add_argument("--strategies", default="fedavg,lips,lbgm,fedpm")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--runs", type=Path, default=REPO / "benchmarks/runs/scale")
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks/results")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    if not args.report_only:
+        run(args)
+    report(args)
+
+
+if __name__ == "__main__":
+    main()
