@@ -11,6 +11,7 @@ Per conv/linear weight and per round:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -58,11 +59,12 @@ def aggregation_effectiveness(
         for name, values in delta.items():
             if not is_layer_weight(name, values):
                 continue
+            flat = values.ravel()
             if name not in mean:
-                mean[name], spread[name] = np.zeros(values.shape), 0.0
-            mean[name] += s * values
-            spread[name] += s * float(np.linalg.norm(values))
-    return {name: _ratio(float(np.linalg.norm(mean[name])), spread[name]) for name in mean}
+                mean[name], spread[name] = np.zeros(flat.shape, dtype=flat.dtype), 0.0
+            mean[name] += flat.dtype.type(s) * flat  # a monitor: the update's own precision
+            spread[name] += s * math.sqrt(float(np.dot(flat, flat)))
+    return {name: _ratio(math.sqrt(float(np.dot(m, m))), spread[name]) for name, m in mean.items()}
 
 
 class LayerMonitor:

@@ -25,6 +25,7 @@ from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from client_app.training import TensorData
+from strategies.arrays import to_array_record, to_numpy
 from strategies.cohort import ClientDirectory
 from strategies.job import ClientJob, ConfigScalar
 from strategies.validation import (
@@ -198,7 +199,7 @@ class FedSparseStrategy(Strategy):
             return None, None
         arrays = self.aggregate(server_round, updates)
         if not all(
-            np.isfinite(a.numpy()).all() for a in arrays.values() if a.dtype.startswith("float")
+            np.isfinite(to_numpy(a)).all() for a in arrays.values() if a.dtype.startswith("float")
         ):
             log.error(
                 "round %d: the aggregate is not finite; the global model is kept", server_round
@@ -387,4 +388,4 @@ class ClientAlgorithm:
         self, model: nn.Module, client_id: int, job: ClientJob, state: ClientState
     ) -> dict[str, Record]:
         """The records this client sends up after training."""
-        return {ARRAYS: ArrayRecord(model.state_dict())}
+        return {ARRAYS: to_array_record(model.state_dict())}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import ArrayRecord
 
+from strategies.arrays import to_array_record, to_numpy_dict
 from strategies.base import ARRAYS, ClientAlgorithm, ClientUpdate, FedSparseStrategy
 from strategies.registry import Algorithm, register_algorithm
 from strategies.validation import arrays_like, require_record
@@ -40,13 +41,13 @@ class FedAvg(FedSparseStrategy):
         return arrays_like(require_record(update.records, ARRAYS, ArrayRecord), self.global_arrays)
 
     def client_deltas(self, updates: list[ClientUpdate]) -> Iterator[dict[str, np.ndarray]]:
-        base = {name: array.numpy() for name, array in self.global_arrays.items()}
+        base = to_numpy_dict(self.global_arrays)
         for update in updates:
             yield {n: v - base[n] for n, v in update.payload.items() if v.dtype.kind == "f"}
 
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
         averaged = weighted_average([u.payload for u in updates], [u.num_examples for u in updates])
-        return ArrayRecord({name: Array(values) for name, values in averaged.items()})
+        return to_array_record(averaged)
 
 
 register_algorithm(Algorithm("fedavg", FedAvg, ClientAlgorithm))

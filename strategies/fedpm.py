@@ -36,6 +36,7 @@ from models.masked import (
     set_estimator,
     weight_hash,
 )
+from strategies.arrays import to_array, to_numpy
 from strategies.base import (
     ARRAYS,
     METRICS,
@@ -254,7 +255,9 @@ class FedPM(FedSparseStrategy):
             raise ReplyError(
                 "names", f"mask names {list(record.keys())} != score names {list(self.shapes)}"
             )
-        return {name: unpack_mask(record[name].numpy(), self.shapes[name], name) for name in record}
+        return {
+            name: unpack_mask(to_numpy(record[name]), self.shapes[name], name) for name in record
+        }
 
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
         theta = self.posterior.update(server_round, [u.payload for u in updates])
@@ -387,7 +390,7 @@ class FedPMClient(ClientAlgorithm):
         for name, score in model.state_dict().items():
             mask = torch.bernoulli(torch.sigmoid(score.detach().cpu()), generator=generator)
             values = mask.numpy().astype(bool)
-            packed[name] = Array(pack_mask(values))
+            packed[name] = to_array(pack_mask(values))
             ones, total = ones + int(values.sum()), total + values.size
         return {
             ARRAYS: ArrayRecord(packed),

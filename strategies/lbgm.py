@@ -39,6 +39,7 @@ from torch import nn
 
 import models
 from data.federated import DataSpec, dataset_info
+from strategies.arrays import to_array, to_array_record, to_numpy, to_numpy_dict
 from strategies.base import ARRAYS, METRICS, ClientAlgorithm, ClientUpdate, FedSparseStrategy
 from strategies.compression import COMPRESSORS, Codec, CodecError, make_codec
 from strategies.fedavg import weighted_average
@@ -167,7 +168,7 @@ class PseudoGradient(FedSparseStrategy):
             missing = sorted(expected - set(received.keys()))
             extra = sorted(set(received.keys()) - expected)
             raise ReplyError("names", f"array names differ (missing {missing}, unexpected {extra})")
-        wire = {name: array.numpy() for name, array in received.items()}
+        wire = to_numpy_dict(received)
         for name, values in wire.items():
             if values.dtype.kind == "f" and not np.isfinite(values).all():
                 raise ReplyError("non-finite", f"{name} holds NaN or Inf")
@@ -373,13 +374,13 @@ def _read(state: ClientState, arrays: str, meta: str) -> dict[str, tuple[int, np
     record, versions = state.get(arrays), state.get(meta)
     if not isinstance(record, ArrayRecord) or not isinstance(versions, ConfigRecord):
         return {}
-    return {unit: (int(versions[unit]), record[unit].numpy()) for unit in record}
+    return {unit: (int(versions[unit]), to_numpy(record[unit])) for unit in record}
 
 
 def _write(
     state: ClientState, arrays: str, meta: str, entries: dict[str, tuple[int, np.ndarray]]
 ) -> None:
-    state.set(arrays, ArrayRecord({u: Array(v) for u, (_, v) in entries.items()}))
+    state.set(arrays, to_array_record({u: v for u, (_, v) in entries.items()}))
     state.set(meta, ConfigRecord({u: version for u, (version, _) in entries.items()}))
 
 
@@ -431,11 +432,7 @@ class PseudoGradientClient(ClientAlgorithm):
         params = {n: p.detach().cpu().numpy() for n, p in model.named_parameters()}
         grads = {n: self.start[n] - params[n] for n in params}
         wires, sent = self._compress(codec, grads, job, state)
-        arrays = {
-            n: Array(v.detach().cpu().numpy())
-            for n, v in model.state_dict().items()
-            if n not in params
-        }
+        arrays = {n: to_array(v) for n, v in model.state_dict().items() if n not in params}
         records: dict[str, Record] = {}
         counts = dict.fromkeys(CLIENT_COUNTS, 0)
         full = list(params)
@@ -443,7 +440,7 @@ class PseudoGradientClient(ClientAlgorithm):
             lbgm, full, counts = self._lbgm(sent, job, state)
             records[LBGM] = lbgm
         for name in full:
-            arrays.update({k: Array(v) for k, v in wires[name].items()})
+            arrays.update({k: to_array(v) for k, v in wires[name].items()})
         records[ARRAYS] = ArrayRecord(arrays)
         if job.params.get("lbgm"):
             records[METRICS] = MetricRecord(counts)
@@ -461,10 +458,10 @@ class PseudoGradientClient(ClientAlgorithm):
         residual = state.get(RESIDUAL) if feedback else None
         wires, sent, left = {}, {}, {}
         for name, g in grads.items():
-            x = g + residual[name].numpy() if isinstance(residual, ArrayRecord) else g
+            x = g + to_numpy(residual[name]) if isinstance(residual, ArrayRecord) else g
             wires[name] = codec.encode(name, x)
             sent[name] = codec.decode(name, wires[name], x.shape, x.dtype)
-            left[name] = Array(x - sent[name])
+            left[name] = to_array(x - sent[name])
         if feedback:
             state.set(RESIDUAL, ArrayRecord(left))
         return wires, sent

@@ -8,6 +8,7 @@ from typing import TypeVar
 import numpy as np
 from flwr.app import ArrayRecord, MetricRecord
 
+from strategies.arrays import to_numpy
 from strategies.wire import Record
 
 R = TypeVar("R", bound=Record)
@@ -67,7 +68,9 @@ def arrays_like(received: ArrayRecord, template: ArrayRecord) -> dict[str, np.nd
             raise ReplyError("shape", f"{name}: shape {array.shape} != {expected.shape}")
         if array.dtype != expected.dtype:
             raise ReplyError("dtype", f"{name}: dtype {array.dtype} != {expected.dtype}")
-        values = array.numpy()
+        values = to_numpy(array)
+        if values.shape != tuple(expected.shape):
+            raise ReplyError("shape", f"{name}: payload shape {values.shape} != {expected.shape}")
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             raise ReplyError("non-finite", f"{name} holds NaN or Inf")
         decoded[name] = values

@@ -14,6 +14,8 @@ from typing import ClassVar
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from strategies.arrays import to_tensors
+
 Record = ArrayRecord | ConfigRecord | MetricRecord
 SEPARATOR = "/"
 CLIENT_IDS_KEY = "client_ids"
@@ -79,7 +81,7 @@ def decoded_tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
     Callers must not modify the returned tensors in place (``load_state_dict`` copies them).
     """
     if _LastDecoded.record is not record:
-        _LastDecoded.record, _LastDecoded.tensors = record, record.to_torch_state_dict()
+        _LastDecoded.record, _LastDecoded.tensors = record, to_tensors(record)
     return _LastDecoded.tensors
 
 
