@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from server_app.checkpoint import CheckpointError
 from server_app.engine import actor_pool_size, start_ray, with_clients_per_node
-from server_app.experiment import starting_point
+from server_app.experiment import initial_arrays, starting_point
 from server_app.settings import ConfigError, validate
 from strategies.cohort import expected_nodes
 
@@ -33,7 +33,8 @@ def run_simulation(cfg: DictConfig, run_dir: Path) -> None:
 
     start_ray(cfg.engine.ray_address)  # Flower's backend then reuses this Ray connection
     cpus, gpus = cfg.engine.client_cpus, float(cfg.engine.client_gpus)
-    cfg = with_clients_per_node(cfg, actor_pool_size(cpus, gpus))
+    model_bytes = initial_arrays(cfg).count_bytes()
+    cfg = with_clients_per_node(cfg, actor_pool_size(cpus, gpus), model_bytes)
     flower_run_simulation(
         server_app=make_server_app(cfg, run_dir),
         client_app=client_app,

@@ -4,7 +4,8 @@ A local Ray instance is private to the run (``address="local"``: never an unrela
 happens to run on the machine); ``engine.ray_address`` attaches to an existing cluster instead,
 so a study that outgrows one box adds Ray workers rather than changing code.
 ``engine.clients_per_node=auto`` sizes cohorts from the actor pool: every actor gets a few
-messages per round (enough to balance uneven clients), and no more (each message costs).
+messages per round (enough to balance uneven clients), and no more (each message costs), as
+long as one message's client updates stay within ``MESSAGE_BUDGET_BYTES``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"
 MESSAGES_PER_ACTOR = 4
+MESSAGE_BUDGET_BYTES = 256 << 20  # dense client updates one cohort reply may carry under auto
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -64,21 +66,25 @@ def actor_pool_size(client_cpus: int, client_gpus: float) -> int:
     return pool_size_from_resources({"num_cpus": client_cpus, "num_gpus": client_gpus})
 
 
-def auto_clients_per_node(num_clients: int, actors: int) -> int:
+def auto_clients_per_node(num_clients: int, actors: int, model_bytes: int = 0) -> int:
     """Cohort size giving each of ``actors`` about ``MESSAGES_PER_ACTOR`` messages per round
-    when every client is sampled."""
-    return max(1, math.ceil(num_clients / (max(actors, 1) * MESSAGES_PER_ACTOR)))
+    when every client is sampled, capped so that a reply of dense updates of ``model_bytes``
+    each stays within ``MESSAGE_BUDGET_BYTES``."""
+    size = math.ceil(num_clients / (max(actors, 1) * MESSAGES_PER_ACTOR))
+    if model_bytes > 0:
+        size = min(size, MESSAGE_BUDGET_BYTES // model_bytes)
+    return max(1, size)
 
 
-def with_clients_per_node(cfg: DictConfig, actors: int | None) -> DictConfig:
+def with_clients_per_node(cfg: DictConfig, actors: int | None, model_bytes: int = 0) -> DictConfig:
     """``cfg`` with ``engine.clients_per_node`` resolved to an integer.
 
-    ``auto`` becomes :func:`auto_clients_per_node` for ``actors`` Ray actors, or 1 when there
-    is no actor pool (deployment: one SuperNode per client).
+    ``auto`` becomes :func:`auto_clients_per_node` for ``actors`` Ray actors and a model of
+    ``model_bytes``, or 1 when there is no actor pool (deployment: one SuperNode per client).
     """
     if cfg.engine.clients_per_node != AUTO:
         return cfg
-    resolved = 1 if actors is None else auto_clients_per_node(cfg.num_clients, actors)
+    resolved = 1 if actors is None else auto_clients_per_node(cfg.num_clients, actors, model_bytes)
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     cfg.engine.clients_per_node = resolved
     if actors is not None:

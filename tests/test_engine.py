@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from server_app.engine import MESSAGES_PER_ACTOR, auto_clients_per_node, with_clients_per_node
+from server_app.engine import (
+    MESSAGE_BUDGET_BYTES,
+    MESSAGES_PER_ACTOR,
+    auto_clients_per_node,
+    with_clients_per_node,
+)
 from server_app.experiment import run_experiment, starting_point
 from server_app.inprocess import InProcessGrid
 from server_app.settings import ConfigError, client_job, compose_config, validate
@@ -33,6 +38,14 @@ def test_auto_resolves_to_an_integer_and_one_without_actor_pool() -> None:
     assert with_clients_per_node(cfg, actors=None).engine.clients_per_node == 1
     assert cfg.engine.clients_per_node == "auto"  # the caller's config is left as it was
     assert client_job(cfg).clients_per_node == 1
+
+
+def test_auto_keeps_a_cohort_reply_within_the_message_budget() -> None:
+    model_bytes = 45 << 20  # a ResNet-18's dense update
+    k = auto_clients_per_node(1000, 2, model_bytes)
+    assert k == MESSAGE_BUDGET_BYTES // model_bytes == 5
+    assert auto_clients_per_node(1000, 2, 1 << 30) == 1  # a model over budget: one per node
+    assert auto_clients_per_node(1000, 2, 1_700_000) == 125  # the small CNN is not capped
 
 
 def test_explicit_clients_per_node_is_kept() -> None:
