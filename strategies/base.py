@@ -53,6 +53,11 @@ SAMPLE_TRAIN, SAMPLE_EVALUATE = 0, 1
 REPLY_SLACK_BYTES = 1 << 16
 
 
+def _finite(value: object) -> float:
+    """A client-reported number, or 0 when it is missing or not a finite number."""
+    return float(value) if isinstance(value, int | float) and np.isfinite(value) else 0.0
+
+
 @dataclass
 class ClientUpdate:
     """One client's validated reply."""
@@ -74,6 +79,7 @@ class RoundStats:
     uplink_bytes: int = 0
     downlink_bytes: int = 0
     train_loss: float = float("nan")
+    client_train_s: float = 0.0
     rejected: Counter[str] = field(default_factory=Counter)
 
     def to_metrics(self) -> dict[str, Any]:
@@ -83,6 +89,7 @@ class RoundStats:
             "uplink_bytes": self.uplink_bytes,
             "downlink_bytes": self.downlink_bytes,
             "train_loss": self.train_loss,
+            "client_train_s": self.client_train_s,
             "rejected": dict(self.rejected),
         }
 
@@ -189,6 +196,9 @@ class FedSparseStrategy(Strategy):
             losses = [u.metrics["train-loss"] for u in updates]
             weights = [u.num_examples for u in updates]
             self.stats.train_loss = float(np.average(losses, weights=weights))
+            self.stats.client_train_s = float(
+                sum(_finite(u.metrics.get("train-s", 0.0)) for u in updates)
+            )
         if len(updates) < self.min_replies:
             log.error(
                 "round %d: %d valid replies < min_replies=%d",

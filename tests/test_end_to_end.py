@@ -38,6 +38,7 @@ ROW_KEYS = {
     "clients",
     "failures",
     "round_s",
+    "client_train_s",
     "train_loss",
     "fed_accuracy",
     "fed_loss",

@@ -57,6 +57,7 @@ def _metrics(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for row in rows:
         row.pop("round_s")
+        row.pop("client_train_s")  # wall time, like round_s
     return rows
 
 

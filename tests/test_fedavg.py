@@ -107,7 +107,11 @@ def _good_records(template: ArrayRecord, client_id: int) -> dict:
     return {
         "arrays": ArrayRecord({n: Array(v) for n, v in arrays.items()}),
         "metrics": MetricRecord(
-            {"num-examples": 10 * (client_id + 1), "train-loss": 0.1 * client_id}
+            {
+                "num-examples": 10 * (client_id + 1),
+                "train-loss": 0.1 * client_id,
+                "train-s": 0.5 if client_id else float("nan"),  # a bogus time counts as 0
+            }
         ),
     }
 
@@ -235,6 +239,7 @@ def test_aggregate_train_is_the_weighted_average(round_setup) -> None:
     assert stats.train_loss == pytest.approx(np.dot(weights, losses) / sum(weights), rel=1e-12)
     metrics_line = stats.to_metrics()
     assert metrics_line["clients"] == 6 and metrics_line["rejected"] == {}
+    assert metrics_line["client_train_s"] == pytest.approx(2.5)
 
 
 def test_uplink_bytes_are_counted_per_client(round_setup) -> None:
