@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from server_app.results import SUMMARY_FILE, read_metrics
 
-IGNORED_KEYS = {"seed", "resume"}
+IGNORED_KEYS = {"seed", "resume", "engine"}  # engine settings never change the numbers
 
 
 @dataclass
