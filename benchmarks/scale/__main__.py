@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import math
 import os
 import platform
 import re
@@ -40,6 +41,7 @@ REPO = Path(__file__).resolve().parents[2]
 ROUND_LINE = re.compile(r"^\[(fedsparse|plain-flower|floor x\d)\] round (\d+)")
 SAMPLE_S = 0.5
 TIMEOUT_S = 1800
+ACTORS = os.cpu_count() or 1  # Ray actors at 1 CPU each
 AUTO_ROUNDS = 5  # K=auto rows run at least 5 rounds: the 1,000-client memory check
 
 
@@ -54,6 +56,7 @@ class Row:
     rounds: int = 0
     round_s: list[float] = field(default_factory=list)
     peak_mb: float = 0.0
+    train_s: float = float("nan")  # fedsparse: median Σ of the clients' own training seconds
     wall_s: float = 0.0
     error: str = ""
 
@@ -196,13 +199,17 @@ def commands(args: argparse.Namespace, clients: int) -> list[tuple[Row, list[str
     return jobs
 
 
-def resolved_k(args: argparse.Namespace, row: Row) -> str:
-    """The cohort size ``auto`` resolved to (from the run's saved config)."""
-    config = args.runs / f"{row.strategy}_k{row.clients_per_node}_n{row.clients}" / "config.yaml"
-    if row.clients_per_node != "auto" or not config.exists():
-        return row.clients_per_node
-    match = re.search(r"clients_per_node: (\d+)", config.read_text())
-    return f"auto={match.group(1)}" if match else row.clients_per_node
+def read_run(args: argparse.Namespace, row: Row) -> None:
+    """Cohort size ``auto`` resolved to, and the clients' training seconds, from the run dir."""
+    run_dir = args.runs / f"{row.strategy}_k{row.clients_per_node}_n{row.clients}"
+    config, metrics = run_dir / "config.yaml", run_dir / "metrics.jsonl"
+    if row.clients_per_node == "auto" and config.exists():
+        match = re.search(r"clients_per_node: (\d+)", config.read_text())
+        row.clients_per_node = f"auto={match.group(1)}" if match else row.clients_per_node
+    if metrics.exists():
+        lines = [json.loads(line) for line in metrics.read_text().splitlines()][1:]
+        if lines:
+            row.train_s = statistics.median(line["client_train_s"] for line in lines)
 
 
 def run(args: argparse.Namespace) -> list[Row]:
@@ -211,7 +218,8 @@ def run(args: argparse.Namespace) -> list[Row]:
         for row, command in commands(args, clients):
             print(f"[scale] {row.label}, {clients} clients", flush=True)
             rows.append(measure(command, row))
-            row.clients_per_node = resolved_k(args, row)
+            if row.kind == "fedsparse":
+                read_run(args, row)
             print(
                 f"[scale]   median {row.median_s:.2f} s/round, peak {row.peak_mb:.0f} MB"
                 + (f"  ERROR {row.error}" if row.error else ""),
@@ -259,11 +267,13 @@ def report(args: argparse.Namespace) -> None:
         f"Machine: {data['machine']}. Written by `python -m benchmarks.scale`. mnist5k IID, "
         "cnn, 1 local epoch (batch 32, SGD 0.05, momentum 0.9), all clients sampled every "
         "round, central evaluation every round, 1 CPU per Ray actor. Median seconds per round "
-        "after the first round; peak = largest PSS sum of the whole process tree.",
+        "after the first round; peak = largest PSS sum of the whole process tree; client "
+        "training s / actor = the clients' own training seconds (`client_train_s`) over the "
+        f"{ACTORS} actors, i.e. the compute share of a fedsparse round.",
         "",
         "| clients | row | K | s/round | × plain Flower | × 2-process floor "
-        "| × fedsparse FedAvg (same K) | peak MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| × fedsparse FedAvg (same K) | client training s / actor | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         flower = find("flower", row.clients)
@@ -275,6 +285,7 @@ def report(args: argparse.Namespace) -> None:
             f"| {row.clients} | {row.label.split(' K=')[0]} | {row.clients_per_node or '–'} "
             f"| {seconds} | {_ratio(row, flower)} | {_ratio(row, floor)} "
             f"| {_ratio(row, fedavg) if fedavg is not row else '1.00×'} "
+            f"| {'–' if math.isnan(row.train_s) else f'{row.train_s / ACTORS:.2f}'} "
             f"| {row.peak_mb:.0f} |"
         )
     lines.append("")
