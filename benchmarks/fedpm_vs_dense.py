@@ -115,6 +115,31 @@ def _stat(values: list[float | None], digits: int) -> str:
     return f"{statistics.fmean(present):.{digits}f} ± {spread:.{digits}f}"
 
 
+def targets(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
+    """The issue's targets per partition: uplink ≥ 32× smaller, entropy bpp < 1, accuracy
+    within 3 points of dense FedAvg (means over seeds)."""
+    lines = ["## Against the targets", ""]
+    for partition in sorted({p for _, p in groups}):
+        dense, fedpm = groups.get(("fedavg", partition)), groups.get(("fedpm", partition))
+        if not dense or not fedpm:
+            continue
+        ratio = statistics.fmean(r["uplink_mb"] for r in dense) / statistics.fmean(
+            r["uplink_mb"] for r in fedpm
+        )
+        entropy = statistics.fmean(r["bpp_entropy"] for r in fedpm)
+        gap = 100 * (
+            statistics.fmean(r["accuracy"] for r in dense)
+            - statistics.fmean(r["accuracy"] for r in fedpm)
+        )
+        lines.append(
+            f"- {partition}: uplink {ratio:.2f}× smaller ({'met' if ratio >= 32 else 'missed'}"
+            f" ≥ 32×); entropy bound {entropy:.5f} bpp ({'met' if entropy < 1 else 'missed'}"
+            f" < 1); accuracy {gap:.2f} points below FedAvg "
+            f"({'met' if gap <= 3 else 'missed'} ≤ 3)."
+        )
+    return lines
+
+
 def report(args: argparse.Namespace) -> None:
     """Mean ± std over seeds per (strategy, partition) → ``fedpm_vs_dense.md``."""
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -146,6 +171,8 @@ def report(args: argparse.Namespace) -> None:
         "",
         "Wire bpp counts every byte of a reply (masks plus the metrics record) per model "
         "parameter; the entropy bound is H₂(f) + log₂(N)/N with f the true ones fraction.",
+        "",
+        *targets(groups),
         "",
     ]
     args.results.mkdir(parents=True, exist_ok=True)
