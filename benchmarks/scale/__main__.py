@@ -61,9 +61,19 @@ class Row:
     error: str = ""
 
     @property
+    def k_setting(self) -> str:
+        """The configured cohort size (``1`` or ``auto``), without what ``auto`` resolved to."""
+        return self.clients_per_node.split("=")[0]
+
+    @property
+    def name(self) -> str:
+        """The row's engine and strategy, without the cohort size."""
+        return f"fedsparse {self.strategy}" if self.kind == "fedsparse" else self.label
+
+    @property
     def label(self) -> str:
         if self.kind == "fedsparse":
-            return f"fedsparse {self.strategy} K={self.clients_per_node}"
+            return f"fedsparse {self.strategy} K={self.k_setting}"
         return {
             "flower": "plain Flower FedAvg",
             "floor-1": "PyTorch, 1 process",
@@ -254,7 +264,7 @@ def report(args: argparse.Namespace) -> None:
 
     def find(kind: str, clients: int, strategy: str = "", k: str = "") -> Row | None:
         for row in rows:
-            same_k = row.clients_per_node.split("=")[0] == k
+            same_k = row.k_setting == k
             if (row.kind, row.clients, row.strategy) == (kind, clients, strategy) and (
                 kind != "fedsparse" or same_k
             ):
@@ -278,11 +288,11 @@ def report(args: argparse.Namespace) -> None:
     for row in rows:
         flower = find("flower", row.clients)
         floor = find("floor-2", row.clients)
-        k = row.clients_per_node.split("=")[0]
+        k = row.k_setting
         fedavg = find("fedsparse", row.clients, "fedavg", k) if row.kind == "fedsparse" else None
         seconds = f"{row.median_s:.2f}" if row.round_s else f"failed: {row.error[:80]}"
         lines.append(
-            f"| {row.clients} | {row.label.split(' K=')[0]} | {row.clients_per_node or '–'} "
+            f"| {row.clients} | {row.name} | {row.clients_per_node or '–'} "
             f"| {seconds} | {_ratio(row, flower)} | {_ratio(row, floor)} "
             f"| {_ratio(row, fedavg) if fedavg is not row else '1.00×'} "
             f"| {'–' if math.isnan(row.train_s) else f'{row.train_s / ACTORS:.2f}'} "
@@ -303,10 +313,7 @@ def plot(rows: list[Row], path: Path) -> None:
     series: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
         if row.round_s:
-            name = row.label.split("=")[0]
-            if row.kind == "fedsparse":
-                name = f"fedsparse {row.strategy} K={row.clients_per_node.split('=')[0]}"
-            series.setdefault(name, []).append((row.clients, row.median_s))
+            series.setdefault(row.label, []).append((row.clients, row.median_s))
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, points in sorted(series.items()):
         xs, ys = zip(*sorted(points), strict=True)
