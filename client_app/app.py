@@ -75,13 +75,16 @@ def _data_root(context: Context) -> str:
 
 
 class _ModelTemplates:
-    """Each job's model built once per process; clients get deep copies.
+    """Each job's model built once per process; every client trains one reused working copy.
 
     Building initialises every weight from random draws (and FedPM's frozen weights from a seed),
-    which costs more than a copy, and the received payload overwrites what clients train anyway.
+    and a ``deepcopy`` per client costs more than its local training's optimizer steps. So each
+    job keeps a pristine template and one working model: :meth:`fresh` resets the working
+    model's tensors (parameters and buffers, persistent or not), gradients, ``requires_grad``
+    flags and train/eval modes to the template's, and the received payload overwrites the rest.
     """
 
-    built: ClassVar[OrderedDict[str, nn.Module]] = OrderedDict()
+    built: ClassVar[OrderedDict[str, tuple[nn.Module, nn.Module]]] = OrderedDict()
 
     @classmethod
     def fresh(cls, job: ClientJob, device: torch.device) -> nn.Module:
@@ -90,11 +93,31 @@ class _ModelTemplates:
             info = dataset_info(job.data_spec())
             with torch.random.fork_rng(devices=[]):  # a build never moves the caller's RNG
                 torch.random.default_generator.manual_seed(TEMPLATE_SEED)
-                model = strategies.build_job_model(job, info.input_shape, info.num_classes)
-            cls.built[key] = model.to(device)
+                template = strategies.build_job_model(job, info.input_shape, info.num_classes)
+            template = template.to(device)
+            cls.built[key] = (template, copy.deepcopy(template))
             if len(cls.built) > TEMPLATES_KEPT:
                 cls.built.popitem(last=False)
-        return copy.deepcopy(cls.built[key])
+        template, working = cls.built[key]
+        reset_to(working, template)
+        return working
+
+
+def reset_to(model: nn.Module, template: nn.Module) -> None:
+    """Make ``model`` (a deep copy of ``template``) equal to ``template`` again, in place."""
+    with torch.no_grad():
+        for (_, target), (_, source) in zip(
+            model.named_parameters(), template.named_parameters(), strict=True
+        ):
+            target.copy_(source)
+            target.grad = None
+            target.requires_grad_(source.requires_grad)
+        for (_, target), (_, source) in zip(
+            model.named_buffers(), template.named_buffers(), strict=True
+        ):
+            target.copy_(source)
+    for target, source in zip(model.modules(), template.modules(), strict=True):
+        target.training = source.training
 
 
 def _prepare(msg: Message, context: Context) -> tuple[ClientJob, torch.device]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,29 @@ def round_seed(seed: int, server_round: int, client_id: int) -> int:
     """A 63-bit seed unique to (run seed, round, client): batches and masks draw from it."""
     state = np.random.SeedSequence([seed, server_round, client_id]).generate_state(2, np.uint32)
     return int(state[0]) << 31 ^ int(state[1])
+
+
+def load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
+    """``model.load_state_dict(tensors, strict=True)`` without its per-call bookkeeping.
+
+    Every entry of the state dict must be given, with its exact shape; values are copied
+    (converted to the model's dtype and device) in place.
+    """
+    own = model.state_dict(keep_vars=True)
+    if own.keys() != tensors.keys():
+        missing, unexpected = sorted(own.keys() - tensors.keys()), sorted(tensors.keys() - own)
+        raise RuntimeError(
+            f"payload does not match the model: missing {missing}, unexpected {unexpected}"
+        )
+    with torch.no_grad():
+        for name, target in own.items():
+            source = tensors[name]
+            if source.shape != target.shape:
+                raise RuntimeError(
+                    f"payload {name} has shape {tuple(source.shape)}, "
+                    f"the model's is {tuple(target.shape)}"
+                )
+            target.copy_(source)
 
 
 @dataclass(frozen=True)

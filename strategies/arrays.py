@@ -43,7 +43,7 @@ def to_array(values: np.ndarray | torch.Tensor) -> Array:
         dtype=str(values.dtype),
         shape=tuple(values.shape),
         stype=SType.NUMPY,
-        data=header + values.tobytes(),
+        data=b"".join((header, values.data)),  # one copy of the values, not two
     )
 
 

@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
-from client_app.training import TensorData
+from client_app.training import TensorData, load_weights
 from strategies.arrays import to_array_record, to_numpy
 from strategies.cohort import ClientDirectory
 from strategies.job import ClientJob, ConfigScalar
@@ -376,7 +376,7 @@ class ClientAlgorithm:
         state: ClientState,
     ) -> None:
         """Load the downlink payload into ``model`` before local training."""
-        model.load_state_dict(decoded_tensors(content[ARRAYS]), strict=True)
+        load_weights(model, decoded_tensors(content[ARRAYS]))
 
     def prepare(
         self,

@@ -26,7 +26,7 @@ import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from torch import nn
 
-from client_app.training import TensorData, evaluate, resolve_device, round_seed
+from client_app.training import TensorData, evaluate, load_weights, resolve_device, round_seed
 from data.federated import central_test, dataset_info
 from models.masked import (
     ESTIMATORS,
@@ -373,7 +373,7 @@ class FedPMClient(ClientAlgorithm):
                 f"to {local}, the server's hash is {expected!r}; numpy/torch versions differ?"
             )
         scores = {k: v.float() for k, v in decoded_tensors(content[ARRAYS]).items()}
-        model.load_state_dict(scores, strict=True)
+        load_weights(model, scores)
         set_estimator(model, str(job.params.get("estimator", "scaled")))
 
     def optimizer(self, model: nn.Module, job: ClientJob) -> torch.optim.Optimizer:

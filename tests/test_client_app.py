@@ -116,11 +116,24 @@ def test_model_template_cache_does_not_change_results() -> None:
         assert np.array_equal(array.numpy(), warm["arrays"][name].numpy()), name
 
 
-def test_model_templates_are_copied_not_shared() -> None:
-
-    _, job, _ = _setup(clients_per_node=1)
-    first = _ModelTemplates.fresh(job, torch.device("cpu"))
-    second = _ModelTemplates.fresh(job, torch.device("cpu"))
+def test_reused_working_model_is_reset_to_a_fresh_build() -> None:
+    """Whatever one client did to the shared working model (weights, BatchNorm statistics,
+    gradients, frozen flags, eval mode), the next client starts from the pristine build."""
+    cfg = compose_config(["dataset=digits", "num_clients=4", "model=resnet18"])
+    job = client_job(cfg)
+    _ModelTemplates.built.clear()
+    model = _ModelTemplates.fresh(job, torch.device("cpu"))
+    pristine = {k: v.clone() for k, v in model.state_dict().items()}
+    model(torch.randn(4, 1, 8, 8)).sum().backward()  # train mode: BN statistics move
     with torch.no_grad():
-        next(first.parameters()).add_(1.0)
-    assert not torch.equal(next(first.parameters()), next(second.parameters()))
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    next(model.parameters()).requires_grad_(False)
+    model.eval()
+
+    again = _ModelTemplates.fresh(job, torch.device("cpu"))
+    assert again is model  # reused, not copied
+    for name, value in again.state_dict().items():
+        assert torch.equal(value, pristine[name]), name
+    assert all(p.grad is None and p.requires_grad for p in again.parameters())
+    assert all(m.training for m in again.modules())

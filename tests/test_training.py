@@ -10,6 +10,7 @@ from torch import nn
 from client_app.training import (
     TensorData,
     evaluate,
+    load_weights,
     resolve_device,
     round_seed,
     seed_torch,
@@ -88,3 +89,25 @@ def test_seed_torch_matches_manual_seed_on_cpu() -> None:
     expected = torch.rand(4)
     seed_torch(5, torch.device("cpu"))
     assert torch.equal(torch.rand(4), expected)
+
+
+def test_load_weights_equals_load_state_dict() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 2))
+    other = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 2))
+    other(torch.randn(3, 1, 4, 4))  # move the BatchNorm statistics
+    source = {k: v.double() for k, v in other.state_dict().items()}  # converted on copy
+    load_weights(model, source)
+    for name, value in model.state_dict().items():
+        assert value.dtype == other.state_dict()[name].dtype
+        assert torch.equal(value, other.state_dict()[name]), name
+
+
+def test_load_weights_names_what_does_not_match() -> None:
+    model = _model()
+    weights = dict(model.state_dict())
+    with pytest.raises(RuntimeError, match=r"missing \['1.bias'\], unexpected \['extra'\]"):
+        load_weights(model, {"1.weight": weights["1.weight"], "extra": torch.zeros(1)})
+    with pytest.raises(
+        RuntimeError, match=r"1.weight has shape \(16, 2\), the model's is \(2, 16\)"
+    ):
+        load_weights(model, {**weights, "1.weight": torch.zeros(16, 2)})
