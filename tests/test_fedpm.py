@@ -21,6 +21,7 @@ from models.masked import (
     MaskedConv2d,
     MaskedLinear,
     build_masked,
+    draw_mask,
     load_supermask,
     set_estimator,
     weight_hash,
@@ -351,3 +352,15 @@ def test_weight_seed_and_hash_travel_in_the_job() -> None:
     assert derived.job.params["weight_hash"] != explicit.job.params["weight_hash"]
     model = build_fedpm_model(explicit.job, (1, 8, 8), 10)
     assert weight_hash(model) == explicit.job.params["weight_hash"]
+
+
+def test_mask_draws_are_bernoulli_and_seeded() -> None:
+    p = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0]).repeat(20_000, 1)
+    draws = draw_mask(p, torch.Generator().manual_seed(3))
+    assert draws.dtype == p.dtype and draws.shape == p.shape
+    assert set(draws.unique().tolist()) <= {0.0, 1.0}
+    frequency = draws.mean(dim=0)
+    assert frequency[0] == 0 and frequency[-1] == 1
+    assert torch.allclose(frequency[1:4], torch.tensor([0.1, 0.5, 0.9]), atol=0.01)  # ~4.5 sigma
+    assert torch.equal(draws, draw_mask(p, torch.Generator().manual_seed(3)))
+    assert not torch.equal(draws, draw_mask(p, torch.Generator().manual_seed(4)))
