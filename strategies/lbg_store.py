@@ -36,17 +36,19 @@ class LBGStore(ABC):
         return self._versions.get(client_id, {}).get(unit, -1)
 
     def put(self, client_id: int, unit: str, version: int, vector: np.ndarray) -> None:
-        """Store ``vector`` (cast to the store dtype) as the client's LBG for ``unit``."""
+        """Store ``vector`` (cast to the store dtype) as the client's LBG for ``unit``; the store
+        may keep ``vector`` itself, so the caller must not modify it afterwards."""
         if vector.shape != (self.sizes[unit],):
             raise ValueError(f"{unit}: vector shape {vector.shape} != ({self.sizes[unit]},)")
-        self._write(client_id, unit, vector.astype(self.dtype))
+        self._write(client_id, unit, vector.astype(self.dtype, copy=False))
         self._versions.setdefault(client_id, {})[unit] = version
 
     def get(self, client_id: int, unit: str, version: int) -> np.ndarray | None:
-        """The LBG of (client, unit) as float32 if its version is ``version``, else None."""
+        """The LBG of (client, unit) as float32 if its version is ``version``, else None
+        (read-only use: a float32 memory store returns its own array)."""
         if version < 0 or self.version(client_id, unit) != version:
             return None
-        return self._read(client_id, unit).astype(np.float32)
+        return self._read(client_id, unit).astype(np.float32, copy=False)
 
     def evict(self, client_id: int, unit: str) -> None:
         """Forget one LBG; the client must then send that unit in full."""

@@ -380,6 +380,13 @@ def _read(state: ClientState, arrays: str, meta: str) -> dict[str, tuple[int, np
 def _write(
     state: ClientState, arrays: str, meta: str, entries: dict[str, tuple[int, np.ndarray]]
 ) -> None:
+    """Store ``entries``; skipped when the stored versions already match (an unchanged set is
+    not re-encoded: it is a model's worth of bytes per client per round)."""
+    stored = state.get(meta)
+    if isinstance(stored, ConfigRecord) and dict(stored) == {
+        u: version for u, (version, _) in entries.items()
+    }:
+        return
     state.set(arrays, to_array_record({u: v for u, (_, v) in entries.items()}))
     state.set(meta, ConfigRecord({u: version for u, (version, _) in entries.items()}))
 
@@ -495,7 +502,7 @@ class PseudoGradientClient(ClientAlgorithm):
                 counts["lbgm-reused"] += 1
             else:
                 full.extend(names)
-                candidates[unit] = (job.server_round, vector.astype(np.float32))
+                candidates[unit] = (job.server_round, vector.astype(np.float32, copy=False))
         _write(state, LBG, LBG_META, lbgs)
         _write(state, CANDIDATE, CANDIDATE_META, candidates)
         return MetricRecord(lbgm), full, counts
