@@ -17,6 +17,7 @@ from flwr.app import (
     RecordDict,
 )
 
+from strategies import slices
 from strategies.cohort import ClientDirectory
 from strategies.fedavg import FedAvg, weighted_average
 from strategies.job import ClientJob
@@ -55,6 +56,50 @@ def test_weighted_average_rounds_integer_arrays_and_keeps_dtypes() -> None:
     np.testing.assert_array_equal(result["count"], [2])  # 0.25*1 + 0.75*2 = 1.75 -> 2
     assert result["u"].dtype == np.uint8
     np.testing.assert_array_equal(result["u"], [18, 2])  # 17.5 -> 18 (half to even), 2.25 -> 2
+
+
+@pytest.mark.parametrize("min_slice", [1, 7, 1 << 30])
+def test_weighted_average_in_slices_gives_the_same_bits_as_one_loop(
+    monkeypatch: pytest.MonkeyPatch, min_slice: int
+) -> None:
+    """However the parameters are sliced over threads, every element sums the same clients in
+    the same order: the result equals a plain per-client loop bit for bit."""
+    monkeypatch.setattr(slices, "MIN_SLICE", min_slice)
+    monkeypatch.setattr(slices.os, "cpu_count", lambda: 4)
+    rng = np.random.default_rng(0)
+    arrays = [
+        {"w": rng.standard_normal((5, 9)).astype(np.float32), "n": np.array(int(c))}
+        for c in rng.integers(0, 50, size=30)
+    ]
+    weights = [int(w) for w in rng.integers(1, 100, size=30)]
+    total = float(sum(weights))
+    expected = np.zeros((5, 9))
+    for values, weight in zip(arrays, weights, strict=True):
+        expected += values["w"] * (weight / total)
+    result = weighted_average(arrays, weights)
+    np.testing.assert_array_equal(result["w"], expected.astype(np.float32))
+    assert result["w"].dtype == np.float32 and result["n"].shape == ()
+
+
+def test_for_each_slice_covers_every_element_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(slices, "MIN_SLICE", 3)
+    monkeypatch.setattr(slices.os, "cpu_count", lambda: 4)
+    for size in (0, 1, 5, 12, 13, 1000):
+        seen = np.zeros(size, dtype=int)
+
+        def mark(part: slice, seen: np.ndarray = seen) -> None:
+            seen[part] += 1
+
+        slices.for_each_slice(size, mark)
+        assert (seen == 1).all(), size
+
+
+def test_for_each_slice_reraises_errors() -> None:
+    def fail(part: slice) -> None:
+        raise KeyError(part)
+
+    with pytest.raises(KeyError):
+        slices.for_each_slice(1 << 20, fail)
 
 
 def test_weighted_average_keeps_zero_dim_float_arrays() -> None:
