@@ -22,6 +22,7 @@ from server_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint, 
 from server_app.engine import with_clients_per_node
 from server_app.monitor import LayerMonitor
 from server_app.plots import plot_run
+from server_app.replies import stream_replies
 from server_app.results import METRICS_FILE, MetricsLog, summarize, write_summary
 from server_app.settings import ConfigError, build_strategy, client_job
 from strategies.cohort import ClientDirectory
@@ -129,7 +130,7 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
     for server_round in range(first_round, cfg.num_rounds + 1):
         round_start = time.perf_counter()
         messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
-        replies = grid.send_and_receive(messages, timeout=cfg.round_timeout_s)
+        replies = stream_replies(grid, messages, timeout=cfg.round_timeout_s)
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
         if new_arrays is None:
             raise RuntimeError(
@@ -151,7 +152,7 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
         if cfg.federated_eval:
             eval_messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
             fed = strategy.aggregate_evaluate(
-                server_round, grid.send_and_receive(eval_messages, timeout=cfg.round_timeout_s)
+                server_round, stream_replies(grid, eval_messages, timeout=cfg.round_timeout_s)
             )
             row.update(dict(fed) if fed else {"fed_loss": None, "fed_accuracy": None})
         row["loss"], row["accuracy"] = evaluator(arrays)

@@ -9,6 +9,7 @@ as in Flower.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from uuid import uuid4
 
 from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
@@ -25,7 +26,7 @@ CLIENT_APP_EXCEPTION = 1
 
 
 class InProcessGrid:
-    """The two Grid calls fedsparse uses, served by in-process ClientApp calls."""
+    """The Grid calls fedsparse uses, served by in-process ClientApp calls."""
 
     def __init__(self, num_nodes: int, run_id: int = 1) -> None:
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 0, run_id
@@ -39,6 +40,7 @@ class InProcessGrid:
             )
             for p in range(num_nodes)
         }
+        self._replies: dict[str, Message] = {}
 
     def restart_node(self, partition_id: int) -> int:
         """Replace a node by a fresh one hosting the same partition, as a restarted SuperNode
@@ -60,14 +62,24 @@ class InProcessGrid:
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
 
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Run each message's handler now; its reply waits to be pulled."""
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid4())  # as Flower's grids do
+            context = self.contexts[message.metadata.dst_node_id]
+            try:
+                reply = HANDLERS[message.metadata.message_type](message, context)
+            except Exception as err:  # a failing client is an error reply, not a crash
+                reply = Message(Error(CLIENT_APP_EXCEPTION, repr(err)), reply_to=message)
+            self._replies[message.metadata.message_id] = reply
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> list[Message]:
-        replies = []
-        for message in messages:
-            context = self.contexts[message.metadata.dst_node_id]
-            try:
-                replies.append(HANDLERS[message.metadata.message_type](message, context))
-            except Exception as err:  # a failing client is an error reply, not a crash
-                replies.append(Message(Error(CLIENT_APP_EXCEPTION, repr(err)), reply_to=message))
-        return replies
+        return self.pull_messages(self.push_messages(messages))
