@@ -2,6 +2,7 @@
 
     python -m benchmarks.scale                                   # 10, 100, 300, 1,000 clients
     python -m benchmarks.scale --clients 10,100 --strategies fedavg --rounds 3   # quick look
+    python -m benchmarks.scale --clients 100,1000 --cohorts auto --name scale_auto   # K=auto only
     python -m benchmarks.scale --report-only                     # rebuild the report
 
 Rows, each run in a fresh process tree at every client count (all clients sampled each round):
@@ -15,7 +16,8 @@ A round's time is the gap between two successive per-round progress lines as thi
 them, so it covers everything a round does (fedsparse: also the checkpoint and monitor); the
 first round (actor start-up, imports) is excluded and the median of the rest reported. Peak
 memory is the largest sum of PSS over the whole process tree (Ray's daemons and actors
-included), sampled every 0.5 s. Writes ``benchmarks/results/scale.{json,md,png}``.
+included), sampled every 0.5 s. Writes ``benchmarks/results/<name>.{json,md,png}``
+(``--name``, default ``scale``).
 """
 
 from __future__ import annotations
@@ -182,7 +184,7 @@ def commands(args: argparse.Namespace, clients: int) -> list[tuple[Row, list[str
         jobs.append(
             (row, [python, *module, "--clients", str(clients), "--rounds", str(row.rounds), *extra])
         )
-    for k in ("1", "auto"):
+    for k in args.cohorts.split(","):
         for strategy in args.strategies.split(","):
             rounds = args.rounds if k == "1" else max(args.rounds, AUTO_ROUNDS)
             row = Row("fedsparse", clients, strategy, k, rounds)
@@ -236,7 +238,7 @@ def run(args: argparse.Namespace) -> list[Row]:
                 flush=True,
             )
             args.results.mkdir(parents=True, exist_ok=True)
-            (args.results / "scale.json").write_text(
+            (args.results / f"{args.name}.json").write_text(
                 json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows]}, indent=1)
             )
     return rows
@@ -258,8 +260,8 @@ def _ratio(numerator: Row | None, denominator: Row | None) -> str:
 
 
 def report(args: argparse.Namespace) -> None:
-    """Tables and the round-time plot from ``scale.json``."""
-    data = json.loads((args.results / "scale.json").read_text())
+    """Tables and the round-time plot from ``<name>.json``."""
+    data = json.loads((args.results / f"{args.name}.json").read_text())
     rows = [Row(**r) for r in data["rows"]]
 
     def find(kind: str, clients: int, strategy: str = "", k: str = "") -> Row | None:
@@ -299,9 +301,9 @@ def report(args: argparse.Namespace) -> None:
             f"| {row.peak_mb:.0f} |"
         )
     lines.append("")
-    (args.results / "scale.md").write_text("\n".join(lines))
+    (args.results / f"{args.name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
-    plot(rows, args.results / "scale.png")
+    plot(rows, args.results / f"{args.name}.png")
 
 
 def plot(rows: list[Row], path: Path) -> None:
@@ -335,9 +337,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", default="10,100,300,1000")
     parser.add_argument("--strategies", default="fedavg,lips,lbgm,fedpm")
+    parser.add_argument("--cohorts", default="1,auto", help="fedsparse rows: 1, auto or both")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--runs", type=Path, default=REPO / "benchmarks/runs/scale")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks/results")
+    parser.add_argument("--name", default="scale", help="results file stem: <results>/<name>.md")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     if not args.report_only:
