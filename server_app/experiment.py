@@ -146,6 +146,7 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
                 new_arrays,
                 strategy.client_deltas(strategy.last_updates),
                 [u.num_examples for u in strategy.last_updates],
+                strategy.mean_client_delta(),
             )
         )
         arrays = new_arrays

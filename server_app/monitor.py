@@ -46,25 +46,33 @@ def relative_layer_update(previous: ArrayRecord, current: ArrayRecord) -> dict[s
 
 
 def aggregation_effectiveness(
-    deltas: Iterable[Mapping[str, np.ndarray]], weights: Sequence[float]
+    deltas: Iterable[Mapping[str, np.ndarray]],
+    weights: Sequence[float],
+    mean: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """‖Σ w_c Δ_c‖ / Σ w_c ‖Δ_c‖ per layer weight (weights normalised to sum to 1).
 
     ``deltas`` is consumed one client at a time, so a generator keeps memory at one update.
+    ``mean`` is Σ w_c Δ_c per layer when the strategy has it already (its aggregate is that
+    mean plus the old weights): then only the clients' norms are computed here.
     """
     share = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
-    mean: dict[str, np.ndarray] = {}
+    means: dict[str, np.ndarray] = {} if mean is None else dict(mean)
     spread: dict[str, float] = {}
     for s, delta in zip(share, deltas, strict=True):
         for name, values in delta.items():
             if not is_layer_weight(name, values):
                 continue
             flat = values.ravel()
-            if name not in mean:
-                mean[name], spread[name] = np.zeros(flat.shape, dtype=flat.dtype), 0.0
-            mean[name] += flat.dtype.type(s) * flat  # a monitor: the update's own precision
-            spread[name] += s * math.sqrt(float(np.dot(flat, flat)))
-    return {name: _ratio(math.sqrt(float(np.dot(m, m))), spread[name]) for name, m in mean.items()}
+            if mean is None:
+                if name not in means:
+                    means[name] = np.zeros(flat.shape, dtype=flat.dtype)
+                means[name] += flat.dtype.type(s) * flat  # a monitor: the update's own precision
+            spread[name] = spread.get(name, 0.0) + s * math.sqrt(float(np.dot(flat, flat)))
+    return {
+        name: _ratio(float(np.linalg.norm(means[name].ravel())), total)
+        for name, total in spread.items()
+    }
 
 
 class LayerMonitor:
@@ -81,8 +89,10 @@ class LayerMonitor:
         current: ArrayRecord,
         deltas: Iterable[Mapping[str, np.ndarray]] | None = None,
         weights: Sequence[float] | None = None,
+        mean_delta: Mapping[str, np.ndarray] | None = None,
     ) -> dict[str, dict[str, float]]:
-        """The monitor keys for this round's metrics line."""
+        """The monitor keys for this round's metrics line (``mean_delta``: see
+        :func:`aggregation_effectiveness`)."""
         values = {"layer_rel_update": relative_layer_update(previous, current)}
         layers = _layers(current)
         if server_round == self.ref_round:
@@ -100,7 +110,7 @@ class LayerMonitor:
                 for name, ref in self.reference.items()
             }
         if deltas is not None and weights:
-            values["layer_agg_eff"] = aggregation_effectiveness(deltas, weights)
+            values["layer_agg_eff"] = aggregation_effectiveness(deltas, weights, mean_delta)
         return values
 
     def state_dict(self) -> dict[str, np.ndarray]:

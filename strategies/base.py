@@ -338,7 +338,14 @@ class FedSparseStrategy(Strategy):
 
     def client_deltas(self, updates: list[ClientUpdate]) -> Iterable[dict[str, np.ndarray]] | None:
         """Each client's change to the global weights, for the layer monitor (None: unknown);
-        a generator, so the monitor never holds more than one client's delta."""
+        a generator, so the monitor never holds more than one client's delta (a yielded dict
+        may be reused for the next client)."""
+        return None
+
+    def mean_client_delta(self) -> dict[str, np.ndarray] | None:
+        """Σ_c s_c Δ_c of the last aggregated round (s_c = num-examples shares) when the
+        aggregate already holds it, sparing the monitor a pass over every update (None: let the
+        monitor sum :meth:`client_deltas`)."""
         return None
 
     def finish(self, run_dir: Path) -> dict[str, Any]:

@@ -14,17 +14,16 @@ from strategies.slices import for_each_slice
 from strategies.validation import arrays_like, require_record
 
 
-def weighted_average(
+def weighted_mean(
     arrays: Sequence[dict[str, np.ndarray]], weights: Sequence[int]
 ) -> dict[str, np.ndarray]:
-    """Per-name weighted mean, summed in float64 in the given order and cast back (large arrays
-    in slices on several threads: the same bits, see :mod:`strategies.slices`).
-
-    Integer arrays (e.g. BatchNorm's ``num_batches_tracked``) are rounded to the nearest integer.
-    """
+    """Per-name weighted mean in float64: each client's values times its share (in the values'
+    own precision: a Python float is a weak scalar), summed in the given order. Large arrays
+    are summed in slices on several threads, which gives the same bits (see
+    :mod:`strategies.slices`)."""
     total = float(sum(weights))
     shares = [weight / total for weight in weights]
-    averaged: dict[str, np.ndarray] = {}
+    means: dict[str, np.ndarray] = {}
     for name, first in arrays[0].items():
         acc = np.zeros(first.size, dtype=np.float64)
         columns = [values[name].reshape(-1) for values in arrays]
@@ -34,28 +33,58 @@ def weighted_average(
                 acc[part] += column[part] * share
 
         for_each_slice(first.size, accumulate)
-        if first.dtype.kind in "iu":
-            np.rint(acc, out=acc)
-        averaged[name] = acc.astype(first.dtype).reshape(first.shape)
-    return averaged
+        means[name] = acc.reshape(first.shape)
+    return means
+
+
+def weighted_average(
+    arrays: Sequence[dict[str, np.ndarray]], weights: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """:func:`weighted_mean` cast back to each array's dtype.
+
+    Integer arrays (e.g. BatchNorm's ``num_batches_tracked``) are rounded to the nearest integer.
+    """
+    return _cast_like(weighted_mean(arrays, weights), arrays[0])
+
+
+def _cast_like(means: dict[str, np.ndarray], like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    cast = {}
+    for name, mean in means.items():
+        if like[name].dtype.kind in "iu":
+            mean = np.rint(mean, out=np.empty_like(mean))  # stays an array when 0-d
+        cast[name] = mean.astype(like[name].dtype)
+    return cast
 
 
 class FedAvg(FedSparseStrategy):
     """Weighted averaging of the clients' trained weights."""
 
     name = "fedavg"
+    _mean_delta: dict[str, np.ndarray] | None = None
 
     def decode(self, update: ClientUpdate) -> dict[str, np.ndarray]:
         return arrays_like(require_record(update.records, ARRAYS, ArrayRecord), self.global_arrays)
 
     def client_deltas(self, updates: list[ClientUpdate]) -> Iterator[dict[str, np.ndarray]]:
         base = to_numpy_dict(self.global_arrays)
+        scratch: dict[str, np.ndarray] = {}
         for update in updates:
-            yield {n: v - base[n] for n, v in update.payload.items() if v.dtype.kind == "f"}
+            for name, values in update.payload.items():
+                if values.dtype.kind == "f":
+                    np.subtract(values, base[name], out=scratch.setdefault(name, values.copy()))
+            yield scratch
+
+    def mean_client_delta(self) -> dict[str, np.ndarray] | None:
+        return self._mean_delta
 
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
-        averaged = weighted_average([u.payload for u in updates], [u.num_examples for u in updates])
-        return to_array_record(averaged)
+        payloads = [u.payload for u in updates]
+        means = weighted_mean(payloads, [u.num_examples for u in updates])
+        base = to_numpy_dict(self.global_arrays)
+        self._mean_delta = {  # Σ s_c (θ_c − W) = θ − W, the shares summing to 1
+            name: mean - base[name] for name, mean in means.items() if base[name].dtype.kind == "f"
+        }
+        return to_array_record(_cast_like(means, payloads[0]))
 
 
 register_algorithm(Algorithm("fedavg", FedAvg, ClientAlgorithm))

@@ -42,7 +42,7 @@ from data.federated import DataSpec, dataset_info
 from strategies.arrays import to_array, to_array_record, to_numpy, to_numpy_dict
 from strategies.base import ARRAYS, METRICS, ClientAlgorithm, ClientUpdate, FedSparseStrategy
 from strategies.compression import COMPRESSORS, Codec, CodecError, make_codec
-from strategies.fedavg import weighted_average
+from strategies.fedavg import weighted_average, weighted_mean
 from strategies.job import ClientJob, ConfigScalar
 from strategies.lbg_store import STORE_DTYPES, STORES, make_store
 from strategies.registry import Algorithm, register_algorithm
@@ -115,6 +115,7 @@ class PseudoGradient(FedSparseStrategy):
 
     name = "pseudo-gradient"
     uses_lbgm = False
+    _mean_delta: dict[str, np.ndarray] | None = None
 
     def __init__(
         self,
@@ -197,7 +198,6 @@ class PseudoGradient(FedSparseStrategy):
 
     # --------------------------------------------------------------- aggregation
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
-        total = float(sum(u.num_examples for u in updates))
         buffers = (
             weighted_average(
                 [u.payload.buffers for u in updates], [u.num_examples for u in updates]
@@ -205,14 +205,14 @@ class PseudoGradient(FedSparseStrategy):
             if updates[0].payload.buffers
             else {}
         )
+        means = weighted_mean([u.payload.grads for u in updates], [u.num_examples for u in updates])
+        self._mean_delta = {name: -mean for name, mean in means.items()}  # Δ_c = −g_c
         new: dict[str, Array] = {}
         for name, array in self.global_arrays.items():
             if name not in self.layers:
                 new[name] = Array(buffers[name])
                 continue
-            mean = np.zeros(array.shape, dtype=np.float64)
-            for u in updates:
-                mean += u.payload.grads[name] * (u.num_examples / total)
+            mean = means[name]
             if self.server_momentum:
                 mean += self.server_momentum * self.velocity.get(name, 0.0)
                 self.velocity[name] = mean
@@ -221,8 +221,14 @@ class PseudoGradient(FedSparseStrategy):
         return ArrayRecord(new)
 
     def client_deltas(self, updates: list[ClientUpdate]) -> Iterator[dict[str, np.ndarray]]:
+        scratch: dict[str, np.ndarray] = {}
         for update in updates:
-            yield {n: -g for n, g in update.payload.grads.items()}
+            for name, grad in update.payload.grads.items():
+                np.negative(grad, out=scratch.setdefault(name, np.empty_like(grad)))
+            yield scratch
+
+    def mean_client_delta(self) -> dict[str, np.ndarray] | None:
+        return self._mean_delta
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {f"velocity/{name}": v for name, v in self.velocity.items()}

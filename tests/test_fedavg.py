@@ -287,6 +287,26 @@ def test_aggregate_train_is_the_weighted_average(round_setup) -> None:
     assert metrics_line["client_train_s"] == pytest.approx(2.5)
 
 
+def test_monitor_inputs_are_each_clients_delta_and_their_weighted_mean(round_setup) -> None:
+    strategy, template, messages = round_setup()
+    strategy.aggregate_train(1, _replies(messages, template))
+    base = {n: a.numpy() for n, a in template.items()}
+    floats = [n for n, v in base.items() if v.dtype.kind == "f"]
+    deltas = [
+        {n: d[n].copy() for n in floats} for d in strategy.client_deltas(strategy.last_updates)
+    ]
+    for client_id, delta in enumerate(deltas):
+        for name in floats:
+            expected = _client_arrays(template, client_id)[name] - base[name]
+            np.testing.assert_array_equal(delta[name], expected)
+    shares = np.array([10 * (c + 1) for c in range(6)]) / sum(10 * (c + 1) for c in range(6))
+    mean = strategy.mean_client_delta()
+    assert sorted(mean) == sorted(floats)
+    for name in floats:
+        by_hand = sum(s * d[name].astype(np.float64) for s, d in zip(shares, deltas, strict=True))
+        np.testing.assert_allclose(mean[name], by_hand, rtol=1e-5, atol=1e-6)
+
+
 def test_uplink_bytes_are_counted_per_client(round_setup) -> None:
     strategy, template, messages = round_setup()
     replies = _replies(messages, template)

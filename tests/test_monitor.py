@@ -194,3 +194,12 @@ def test_agg_eff_streams_a_generator_like_a_list() -> None:
     streamed = aggregation_effectiveness((d for d in deltas), weights)
     assert streamed == aggregation_effectiveness(deltas, weights)
     assert list(streamed) == ["w.weight"]
+
+
+def test_agg_eff_with_the_strategys_mean_equals_summing_the_deltas() -> None:
+    rng = np.random.default_rng(1)
+    deltas = [{"w.weight": rng.normal(size=(3, 4)), "w.bias": rng.normal(size=4)} for _ in range(5)]
+    weights = [1, 2, 3, 4, 5]
+    mean = {"w.weight": sum(w * d["w.weight"] for w, d in zip(weights, deltas, strict=True)) / 15}
+    given = aggregation_effectiveness(deltas, weights, mean)
+    assert given == pytest.approx(aggregation_effectiveness(deltas, weights), rel=1e-12)
