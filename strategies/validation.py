@@ -54,6 +54,15 @@ def check_finite_metric(metrics: MetricRecord, key: str) -> float:
     return float(value)
 
 
+def all_finite(values: np.ndarray) -> bool:
+    """``np.isfinite(values).all()``, mostly without its boolean copy: a sum is finite only if
+    every term is (NaN and ±Inf propagate), and a sum that overflowed is checked entry by entry."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if math.isfinite(float(np.sum(values))):
+            return True
+    return bool(np.isfinite(values).all())
+
+
 def arrays_like(received: ArrayRecord, template: ArrayRecord) -> dict[str, np.ndarray]:
     """Decode ``received`` after checking it has exactly the template's names, shapes and dtypes
     and only finite values."""
@@ -71,7 +80,7 @@ def arrays_like(received: ArrayRecord, template: ArrayRecord) -> dict[str, np.nd
         values = to_numpy(array)
         if values.shape != tuple(expected.shape):
             raise ReplyError("shape", f"{name}: payload shape {values.shape} != {expected.shape}")
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
+        if values.dtype.kind == "f" and not all_finite(values):
             raise ReplyError("non-finite", f"{name} holds NaN or Inf")
         decoded[name] = values
     return decoded

@@ -21,6 +21,7 @@ from strategies import slices
 from strategies.cohort import ClientDirectory
 from strategies.fedavg import FedAvg, weighted_average
 from strategies.job import ClientJob
+from strategies.validation import all_finite
 from strategies.wire import pack_clients, record_bytes, shared_payload_bytes, unpack_clients
 
 NPY_HEADER_MAX = 256  # generous bound on the .npy header + key length per array
@@ -575,3 +576,20 @@ def test_unknown_strategy_parameter_is_rejected(make_job) -> None:
 def test_replies_are_built_from_real_content_types() -> None:
     # Sanity check on the fixture: a RecordDict built by pack_clients is a valid reply body.
     assert isinstance(pack_clients({1: {"m": MetricRecord({"x": 1})}}), RecordDict)
+
+
+@pytest.mark.parametrize(
+    ("values", "finite"),
+    [
+        (np.array([1.0, -2.0, 3.5], dtype=np.float32), True),
+        (np.array([1.0, np.nan], dtype=np.float32), False),
+        (np.array([np.inf, -np.inf], dtype=np.float64), False),  # the sum is NaN
+        (np.array([-np.inf, 1.0], dtype=np.float16), False),
+        (np.full(4, 3e38, dtype=np.float32), True),  # the sum overflows, every entry is finite
+        (np.full(3, 6e4, dtype=np.float16), True),
+        (np.zeros((0, 3), dtype=np.float32), True),
+    ],
+)
+def test_all_finite_agrees_with_isfinite(values: np.ndarray, finite: bool) -> None:
+    assert all_finite(values) is finite
+    assert finite == bool(np.isfinite(values).all())
