@@ -21,6 +21,7 @@ from torch import nn
 import strategies
 from client_app.batchnorm import keep_local_batchnorm, restore_local_batchnorm
 from client_app.faults import InjectedFault, corrupt_reply, plan_faults
+from client_app.state_files import client_state
 from client_app.training import (
     TensorData,
     evaluate,
@@ -149,7 +150,7 @@ def _train_one(
     msg: Message, context: Context, job: ClientJob, client_id: int, device: torch.device
 ) -> dict[str, Record]:
     algorithm = strategies.get_algorithm(job.algorithm).client()
-    state = ClientState(context.state, client_id)
+    state = client_state(context.state, client_id, job.state_dir, context.run_id)
     faults = plan_faults(job, client_id)
     if faults.error:
         raise InjectedFault(f"injected failure of client {client_id} (faults.error_rate)")
@@ -210,7 +211,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     algorithm = strategies.get_algorithm(job.algorithm).client()
     per_client: dict[int, dict[str, Record]] = {}
     for client_id in job.client_ids:
-        state = ClientState(context.state, client_id)
+        state = client_state(context.state, client_id, job.state_dir, context.run_id)
         model = _receive(algorithm, msg, job, client_id, state, device)
         _, test = _client_tensors(job.data_spec(), client_id, str(device), _data_root(context))
         loss, accuracy = evaluate(model, test) if len(test) else (0.0, 0.0)

@@ -15,7 +15,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from server_app.checkpoint import CheckpointError
-from server_app.engine import actor_pool_size, start_ray, with_clients_per_node
+from server_app.engine import (
+    actor_pool_size,
+    client_state_folder,
+    start_ray,
+    with_clients_per_node,
+)
 from server_app.experiment import initial_arrays, starting_point
 from server_app.settings import ConfigError, validate
 from strategies.cohort import expected_nodes
@@ -35,12 +40,13 @@ def run_simulation(cfg: DictConfig, run_dir: Path) -> None:
     cpus, gpus = cfg.engine.client_cpus, float(cfg.engine.client_gpus)
     model_bytes = initial_arrays(cfg).count_bytes()
     cfg = with_clients_per_node(cfg, actor_pool_size(cpus, gpus), model_bytes)
-    flower_run_simulation(
-        server_app=make_server_app(cfg, run_dir),
-        client_app=client_app,
-        num_supernodes=expected_nodes(cfg.num_clients, cfg.engine.clients_per_node),
-        backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": gpus}},
-    )
+    with client_state_folder(cfg) as cfg:
+        flower_run_simulation(
+            server_app=make_server_app(cfg, run_dir),
+            client_app=client_app,
+            num_supernodes=expected_nodes(cfg.num_clients, cfg.engine.clients_per_node),
+            backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": gpus}},
+        )
 
 
 def _drop_run_simulation_deprecation(record: logging.LogRecord) -> bool:

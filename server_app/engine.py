@@ -6,15 +6,21 @@ so a study that outgrows one box adds Ray workers rather than changing code.
 ``engine.clients_per_node=auto`` sizes cohorts from the actor pool: every actor gets a few
 messages per round (enough to balance uneven clients), and no more (each message costs), as
 long as one message's client updates stay within ``MESSAGE_BUDGET_BYTES``.
+``engine.client_state_dir=auto`` keeps the clients' array state in a temporary folder on a local
+Ray, so Flower does not ship it to the actors and back with every message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import socket
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -95,3 +101,24 @@ def with_clients_per_node(cfg: DictConfig, actors: int | None, model_bytes: int 
             MESSAGES_PER_ACTOR,
         )
     return cfg
+
+
+@contextmanager
+def client_state_folder(cfg: DictConfig) -> Iterator[DictConfig]:
+    """``cfg`` with ``engine.client_state_dir=auto`` resolved for a Ray simulation.
+
+    On a private local Ray every actor shares this machine's disk: a temporary folder, removed
+    when the run ends. On a Ray cluster workers on other machines would not see it, so client
+    state stays in Flower's context (null). Any other value is used as given.
+    """
+    if cfg.engine.get("client_state_dir") != AUTO:
+        yield cfg
+        return
+    with contextlib.ExitStack() as stack:
+        folder = None
+        if not cfg.engine.ray_address:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="fedsparse-state-"))
+        resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        resolved.engine.client_state_dir = folder
+        log.info("engine.client_state_dir=auto: client state in %s", folder or "Flower's context")
+        yield resolved

@@ -140,6 +140,12 @@ def validate(cfg: DictConfig) -> None:
         lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
         "must be null (a private local Ray) or a cluster address such as 127.0.0.1:6379",
     )
+    _check(
+        cfg,
+        "engine.client_state_dir",
+        lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
+        f"must be null (state in Flower's context), {AUTO!r}, or a folder path",
+    )
     if cfg.engine.client_gpus > 0 and not torch.cuda.is_available():
         raise ConfigError(
             f"invalid config: engine.client_gpus={cfg.engine.client_gpus!r}: torch sees no GPU on "
@@ -190,8 +196,16 @@ def client_job(cfg: DictConfig) -> ClientJob:
         fault_slow_s=float(cfg.faults.slow_s),
         threads=cfg.engine.client_cpus,
         clients_per_node=cfg.engine.clients_per_node,
+        state_dir=client_state_dir(cfg),
         params={k: v for k, v in strategy_params(cfg).items() if v is not None},
     )
+
+
+def client_state_dir(cfg: DictConfig) -> str:
+    """The folder clients keep array state in ("" = Flower's context.state); ``auto`` is "" here,
+    the simulation launcher replaces it with a temporary folder when it can."""
+    value = cfg.engine.get("client_state_dir")
+    return "" if value in (None, AUTO) else str(value)
 
 
 def build_strategy(cfg: DictConfig, directory: ClientDirectory) -> FedSparseStrategy:

@@ -40,6 +40,7 @@ class ClientJob:
     device: str = "auto"
     threads: int = 1
     clients_per_node: int = 1
+    state_dir: str = ""
     bn_policy: str = "global"
     fault_error_rate: float = 0.0
     fault_corrupt_rate: float = 0.0

@@ -19,6 +19,8 @@ from strategies.arrays import to_tensors
 Record = ArrayRecord | ConfigRecord | MetricRecord
 SEPARATOR = "/"
 CLIENT_IDS_KEY = "client_ids"
+STATE_DIR_KEY = "state_dir"
+PLUMBING_KEYS = (CLIENT_IDS_KEY, STATE_DIR_KEY)  # engine routing, not payload: not counted
 
 
 def client_key(client_id: int, name: str) -> str:
@@ -54,16 +56,18 @@ def record_bytes(records: Iterable[Record]) -> int:
 
 
 def shared_payload_bytes(content: RecordDict) -> int:
-    """Bytes every client of a cohort message receives: shared records minus the routing list."""
+    """Bytes every client of a cohort message receives: shared records minus the engine's
+    plumbing (the routing list and the client-state folder, which a client with its own link
+    would not need)."""
     total = 0
     for key, record in content.items():
         if SEPARATOR in key:
             continue
-        if isinstance(record, ConfigRecord) and CLIENT_IDS_KEY in record:
-            routing = ConfigRecord({CLIENT_IDS_KEY: record[CLIENT_IDS_KEY]})
-            total += record.count_bytes() - routing.count_bytes()
-        else:
-            total += record.count_bytes()
+        total += record.count_bytes()
+        if isinstance(record, ConfigRecord):
+            plumbing = {k: record[k] for k in PLUMBING_KEYS if k in record}
+            if plumbing:
+                total -= ConfigRecord(plumbing).count_bytes()
     return total
 
 

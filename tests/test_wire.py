@@ -107,6 +107,15 @@ def test_shared_payload_counts_config_without_client_ids_fully() -> None:
     assert shared_payload_bytes(RecordDict({"config": config})) == config.count_bytes()
 
 
+def test_shared_payload_excludes_the_client_state_folder() -> None:
+    """Where a node keeps client state is engine plumbing: it does not move the byte count."""
+    plain = RecordDict({"config": ConfigRecord({"lr": 0.1, "client_ids": [1]})})
+    with_folder = RecordDict(
+        {"config": ConfigRecord({"lr": 0.1, "client_ids": [1], "state_dir": "/tmp/x/y/z"})}
+    )
+    assert shared_payload_bytes(with_folder) == shared_payload_bytes(plain)
+
+
 def test_client_state_isolates_clients_and_persists() -> None:
     node_state = RecordDict()
     one, two = ClientState(node_state, 1), ClientState(node_state, 2)

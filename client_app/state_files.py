@@ -1,0 +1,117 @@
+"""Per-client array state kept in files on the node, with only a reference in ``context.state``.
+
+Flower ships a node's whole ``context.state`` to the ClientApp and back with every message. A
+cohort of LBGM clients holds one or two models' worth of look-back gradients each, so at 1,000
+clients several GB would cross the simulation engine every round. With a state directory, each
+ArrayRecord a client stores is written to a file there and ``context.state`` keeps a small
+ConfigRecord naming it; the arrays round-trip byte for byte, so results do not change.
+
+Files are never overwritten. Flower discards the updated ``context.state`` of a message whose
+ClientApp raised, so the references it holds must keep pointing at files that still exist: a new
+write removes the client's older files for that record except the one the node's last committed
+state refers to.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import uuid
+from pathlib import Path
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from strategies.wire import ClientState, Record
+
+FILE_KEY = "state-file"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class MissingStateFileError(RuntimeError):
+    """A client's state refers to a file that is not there."""
+
+
+class FileClientState(ClientState):
+    """:class:`ClientState` whose ArrayRecords live in ``directory`` (other records stay inline)."""
+
+    def __init__(
+        self, node_state: RecordDict, client_id: int, directory: str | Path, run_id: int
+    ) -> None:
+        super().__init__(node_state, client_id)
+        self.folder = Path(directory) / f"run-{run_id}" / f"client-{client_id}"
+        self._committed: dict[str, str | None] = {}
+
+    def get(self, name: str) -> Record | None:
+        record = super().get(name)
+        if isinstance(record, ConfigRecord) and FILE_KEY in record:
+            return self._read(record)
+        return record
+
+    def set(self, name: str, record: Record) -> None:
+        if name not in self._committed:
+            self._committed[name] = _file_of(super().get(name))
+        if not isinstance(record, ArrayRecord):
+            super().set(name, record)
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stem = _UNSAFE.sub("_", name)
+        path = self.folder / f"{stem}.{uuid.uuid4().hex}.arrays"
+        arrays = list(record.items())
+        with path.open("wb") as file:
+            for _, array in arrays:
+                file.write(array.data)
+        super().set(
+            name,
+            ConfigRecord(
+                {
+                    FILE_KEY: path.name,
+                    "names": [n for n, _ in arrays] or ["-"],
+                    "dtypes": [a.dtype for _, a in arrays] or ["-"],
+                    "shapes": [repr(tuple(a.shape)) for _, a in arrays] or ["-"],
+                    "stypes": [a.stype for _, a in arrays] or ["-"],
+                    "sizes": [len(a.data) for _, a in arrays] or [0],
+                    "count": len(arrays),
+                }
+            ),
+        )
+        keep = {path.name, self._committed[name]}
+        for old in self.folder.glob(f"{stem}.*.arrays"):
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
+
+    def _read(self, reference: ConfigRecord) -> ArrayRecord:
+        path = self.folder / str(reference[FILE_KEY])
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise MissingStateFileError(
+                f"client state file {path} is missing: engine.client_state_dir must be a folder "
+                "every Ray worker sees (a shared file system on a Ray cluster), or null to keep "
+                "client state in Flower's context"
+            ) from None
+        arrays, offset = {}, 0
+        for i in range(int(reference["count"])):
+            size = int(reference["sizes"][i])
+            arrays[str(reference["names"][i])] = Array(
+                dtype=str(reference["dtypes"][i]),
+                shape=tuple(ast.literal_eval(str(reference["shapes"][i]))),
+                stype=str(reference["stypes"][i]),
+                data=data[offset : offset + size],
+            )
+            offset += size
+        return ArrayRecord(arrays)
+
+
+def _file_of(record: Record | None) -> str | None:
+    if isinstance(record, ConfigRecord) and FILE_KEY in record:
+        return str(record[FILE_KEY])
+    return None
+
+
+def client_state(
+    node_state: RecordDict, client_id: int, directory: str, run_id: int
+) -> ClientState:
+    """The client's state: in files under ``directory``, or inline when it is empty."""
+    if directory:
+        return FileClientState(node_state, client_id, directory, run_id)
+    return ClientState(node_state, client_id)

@@ -1,0 +1,145 @@
+"""Client array state in files: byte-exact, crash-consistent, and invisible in the results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from client_app.state_files import FileClientState, MissingStateFileError, client_state
+from server_app.engine import client_state_folder
+from server_app.experiment import run_experiment
+from server_app.inprocess import InProcessGrid
+from server_app.settings import client_job, compose_config, validate
+from strategies.wire import ClientState, client_key
+
+
+def _record(seed: int) -> ArrayRecord:
+    rng = np.random.default_rng(seed)
+    return ArrayRecord(
+        {
+            "w": Array(rng.standard_normal((3, 4)).astype(np.float32)),
+            "scalar": Array(np.array(seed, dtype=np.int64)),
+            "empty": Array(np.zeros((0, 2), dtype=np.float16)),
+            "mask": Array(rng.integers(0, 2, size=5).astype(bool)),
+        }
+    )
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*.arrays"))
+
+
+def test_arrays_round_trip_byte_for_byte_and_only_a_reference_stays_inline(tmp_path) -> None:
+    node_state = RecordDict()
+    state = FileClientState(node_state, 7, tmp_path, run_id=3)
+    record = _record(1)
+    state.set("lbg", record)
+    state.set("meta", ConfigRecord({"versions": [1, 2]}))
+    inline = node_state[client_key(7, "lbg")]
+    assert isinstance(inline, ConfigRecord) and inline.count_bytes() < 600
+    assert node_state[client_key(7, "meta")] == ConfigRecord({"versions": [1, 2]})
+    back = FileClientState(node_state, 7, tmp_path, run_id=3).get("lbg")
+    assert list(back.keys()) == list(record.keys())
+    for name, array in record.items():
+        got = back[name]
+        assert (got.dtype, tuple(got.shape), got.stype, got.data) == (
+            array.dtype,
+            tuple(array.shape),
+            array.stype,
+            array.data,
+        )
+    assert _files(tmp_path / "run-3" / "client-7") and state.get("missing") is None
+
+
+def test_an_empty_record_round_trips(tmp_path) -> None:
+    node_state = RecordDict()
+    FileClientState(node_state, 0, tmp_path, 1).set("residual", ArrayRecord())
+    assert len(FileClientState(node_state, 0, tmp_path, 1).get("residual")) == 0
+
+
+def test_old_files_go_but_the_committed_one_survives_a_failed_message(tmp_path) -> None:
+    """Flower drops the context of a message whose ClientApp raised: the reference it keeps must
+    still resolve, and the failed message's file is cleaned up by the next write."""
+    node_state = RecordDict()
+    folder = tmp_path / "run-1" / "client-0"
+    FileClientState(node_state, 0, tmp_path, 1).set("lbg", _record(1))  # message 1 commits
+    committed = dict(node_state)
+    FileClientState(node_state, 0, tmp_path, 1).set("lbg", _record(2))  # message 2 then fails
+    assert len(_files(folder)) == 2
+    rolled_back = RecordDict(committed)
+    assert FileClientState(rolled_back, 0, tmp_path, 1).get("lbg")["scalar"].numpy() == 1
+    state = FileClientState(rolled_back, 0, tmp_path, 1)  # message 3 writes twice
+    state.set("lbg", _record(3))
+    state.set("lbg", _record(4))
+    assert len(_files(folder)) == 2  # message 1's (still committed) and message 3's last
+    assert FileClientState(rolled_back, 0, tmp_path, 1).get("lbg")["scalar"].numpy() == 4
+    FileClientState(rolled_back, 0, tmp_path, 1).set("lbg", _record(5))  # message 4
+    assert len(_files(folder)) == 2
+
+
+def test_a_missing_state_file_says_what_to_configure(tmp_path) -> None:
+    node_state = RecordDict()
+    FileClientState(node_state, 0, tmp_path, 1).set("lbg", _record(1))
+    for path in (tmp_path / "run-1" / "client-0").iterdir():
+        path.unlink()
+    with pytest.raises(MissingStateFileError, match=r"engine.client_state_dir .*shared"):
+        FileClientState(node_state, 0, tmp_path, 1).get("lbg")
+
+
+def test_without_a_folder_state_stays_in_the_context() -> None:
+    node_state = RecordDict()
+    state = client_state(node_state, 0, "", run_id=1)
+    assert type(state) is ClientState
+    state.set("m", MetricRecord({"x": 1.0}))
+    assert client_key(0, "m") in node_state
+
+
+def test_auto_is_a_temporary_folder_on_local_ray_and_the_context_on_a_cluster() -> None:
+    cfg = compose_config(["engine.client_state_dir=auto"])
+    validate(cfg)
+    assert client_job(cfg).state_dir == ""  # in-process and deployment: the context
+    with client_state_folder(cfg) as local:
+        folder = Path(local.engine.client_state_dir)
+        assert folder.is_dir() and client_job(local).state_dir == str(folder)
+    assert not folder.exists()
+    cluster = compose_config(["engine.client_state_dir=auto", "engine.ray_address=10.0.0.1:6379"])
+    with client_state_folder(cluster) as resolved:
+        assert resolved.engine.client_state_dir is None
+    given = compose_config(["engine.client_state_dir=/srv/state"])
+    with client_state_folder(given) as resolved:
+        assert resolved is given
+
+
+@pytest.mark.parametrize("strategy", ["lbgm", "topk"])
+def test_state_in_files_gives_the_same_metrics_as_state_in_the_context(
+    tmp_path: Path, strategy: str
+) -> None:
+    """LBGM's look-back gradients and top-k's residuals moved to files: the same numbers."""
+    runs = {}
+    for where in ("null", str(tmp_path / "state")):
+        cfg = compose_config(
+            [
+                f"strategy={strategy}",
+                "dataset=digits",
+                "num_clients=6",
+                "clients_per_round=4",
+                "num_rounds=3",
+                "plots=false",
+                "federated_eval=false",
+                "engine.clients_per_node=2",
+                f"engine.client_state_dir={where}",
+            ]
+        )
+        run_dir = tmp_path / ("context" if where == "null" else "files")
+        run_experiment(InProcessGrid(3), cfg, run_dir)
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        for row in rows:
+            row.pop("round_s")
+            row.pop("client_train_s")
+        runs[where] = rows
+    assert runs[str(tmp_path / "state")] == runs["null"]
+    assert _files(tmp_path / "state")  # the files path was really taken
