@@ -46,7 +46,7 @@ from strategies.fedavg import weighted_average, weighted_mean
 from strategies.job import ClientJob, ConfigScalar
 from strategies.lbg_store import STORE_DTYPES, STORES, make_store
 from strategies.registry import Algorithm, register_algorithm
-from strategies.validation import ReplyError, check_finite_metric, require_record
+from strategies.validation import ReplyError, all_finite, check_finite_metric, require_record
 from strategies.wire import ClientState, Record, client_key
 
 GRANULARITIES = ("layer", "model")
@@ -171,7 +171,7 @@ class PseudoGradient(FedSparseStrategy):
             raise ReplyError("names", f"array names differ (missing {missing}, unexpected {extra})")
         wire = to_numpy_dict(received)
         for name, values in wire.items():
-            if values.dtype.kind == "f" and not np.isfinite(values).all():
+            if values.dtype.kind == "f" and not all_finite(values):
                 raise ReplyError("non-finite", f"{name} holds NaN or Inf")
         for name in buffers:
             template = self.global_arrays[name]
@@ -356,7 +356,8 @@ class Lbgm(PseudoGradient):
             ages.append(self.server_round - version)
         for unit, names in self.units.items():  # the reply is valid: commit its full units
             if unit not in reused:
-                vector = np.concatenate([grads[n].reshape(-1) for n in names])
+                flat = [grads[n].reshape(-1) for n in names]
+                vector = flat[0] if len(flat) == 1 else np.concatenate(flat)  # never written to
                 self.store.put(update.client_id, unit, self.server_round, vector)
         buffers = {name: wire[name] for name in self.global_arrays if name not in self.layers}
         return Decoded(grads, buffers, units=len(self.units), ages=ages)
@@ -474,7 +475,8 @@ class PseudoGradientClient(ClientAlgorithm):
             x = g + to_numpy(residual[name]) if isinstance(residual, ArrayRecord) else g
             wires[name] = codec.encode(name, x)
             sent[name] = codec.decode(name, wires[name], x.shape, x.dtype)
-            left[name] = to_array(x - sent[name])
+            if feedback:
+                left[name] = to_array(x - sent[name])
         if feedback:
             state.set(RESIDUAL, ArrayRecord(left))
         return wires, sent
@@ -497,7 +499,8 @@ class PseudoGradientClient(ClientAlgorithm):
         counts: dict[str, int | float] = dict.fromkeys(CLIENT_COUNTS, 0)
         counts["lbgm-units"] = len(units)
         for unit, names in units.items():
-            vector = np.concatenate([sent[n].reshape(-1) for n in names])
+            flat = [sent[n].reshape(-1) for n in names]
+            vector = flat[0] if len(flat) == 1 else np.concatenate(flat)
             fit = projection(vector, lbgs[unit][1]) if unit in lbgs else None
             if fit is not None:
                 counts["lbgm-checked"] += 1
