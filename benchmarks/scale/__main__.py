@@ -300,10 +300,66 @@ def report(args: argparse.Namespace) -> None:
             f"| {'–' if math.isnan(row.train_s) else f'{row.train_s / ACTORS:.2f}'} "
             f"| {row.peak_mb:.0f} |"
         )
-    lines.append("")
+    lines += ["", *targets(rows, find)]
     (args.results / f"{args.name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
     plot(rows, args.results / f"{args.name}.png")
+
+
+def targets(rows: list[Row], find) -> list[str]:
+    """The issue's targets, checked on the measured rows (rows not measured are skipped)."""
+    checks: list[tuple[str, int, str, Row | None, Row | None, float]] = []
+    for n in sorted({r.clients for r in rows}):
+        fedavg_1 = find("fedsparse", n, "fedavg", "1")
+        checks.append(
+            ("FedAvg K=1 ≤ 1.10× plain Flower", n, "1", fedavg_1, find("flower", n), 1.10)
+        )
+        if n in (100, 1000):
+            fedavg_auto = find("fedsparse", n, "fedavg", "auto")
+            checks.append(
+                (
+                    "FedAvg K=auto ≤ 1.5× 2-process floor",
+                    n,
+                    "auto",
+                    fedavg_auto,
+                    find("floor-2", n),
+                    1.5,
+                )
+            )
+        for k in ("1", "auto"):
+            for strategy in ("lips", "lbgm", "fedpm"):
+                checks.append(
+                    (
+                        f"{strategy} ≤ 1.25× FedAvg (same K)",
+                        n,
+                        k,
+                        find("fedsparse", n, strategy, k),
+                        find("fedsparse", n, "fedavg", k),
+                        1.25,
+                    )
+                )
+    lines = [
+        "## Targets",
+        "",
+        "| target | clients | K | measured | met |",
+        "|---|---|---|---|---|",
+    ]
+    for label, n, k, row, reference, limit in checks:
+        if row is None or reference is None or not row.round_s or not reference.round_s:
+            continue
+        ratio = row.median_s / reference.median_s
+        lines.append(
+            f"| {label} | {n} | {k} | {ratio:.2f}× | {'yes' if ratio <= limit else 'no'} |"
+        )
+    for row in rows:
+        if row.kind == "fedsparse" and row.clients == 1000 and row.k_setting == "auto":
+            done = len(row.round_s) + 1 if row.round_s and not row.error else 0
+            lines.append(
+                f"| 1,000 clients × {row.rounds} rounds without running out of memory "
+                f"({row.strategy}, peak {row.peak_mb / 1024:.1f} GB) | 1000 | auto "
+                f"| {done} rounds | {'yes' if done >= row.rounds else 'no'} |"
+            )
+    return [*lines, ""]
 
 
 def plot(rows: list[Row], path: Path) -> None:
