@@ -249,7 +249,8 @@ def machine() -> str:
 
     return (
         f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}, "
-        f"torch {torch.__version__}"
+        f"torch {torch.__version__}, "
+        + (f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU")
     )
 
 
