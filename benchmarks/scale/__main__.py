@@ -374,10 +374,11 @@ def plot(rows: list[Row], path: Path) -> None:
         if row.round_s:
             series.setdefault(row.label, []).append((row.clients, row.median_s))
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, points in sorted(series.items()):
+    colours = plt.get_cmap("tab20").colors  # more series than the default 10-colour cycle
+    for i, (name, points) in enumerate(sorted(series.items())):
         xs, ys = zip(*sorted(points), strict=True)
         style = "--" if name.startswith("PyTorch") else ("-." if "Flower" in name else "-")
-        ax.plot(xs, ys, style, marker="o", label=name)
+        ax.plot(xs, ys, style, marker="o", label=name, color=colours[i % len(colours)])
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("clients (all sampled each round)")
