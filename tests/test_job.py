@@ -33,6 +33,7 @@ def _job(**changes) -> ClientJob:
         device="cpu",
         threads=2,
         clients_per_node=3,
+        state_dir="/srv/fedsparse/state",
         server_round=5,
         client_ids=(3, 4, 5),
         params={"beta": 0.25, "rank": 4, "enabled": True, "mode": "topk"},
@@ -62,16 +63,16 @@ def test_every_field_but_params_is_on_the_wire() -> None:
     assert len(record) == len(names) + 4
 
 
-def test_empty_dataset_root_is_not_sent_and_comes_back_empty() -> None:
-    job = _job(dataset_root="", params={}, client_ids=())
+def test_empty_strings_are_not_sent_and_come_back_empty() -> None:
+    job = _job(dataset_root="", state_dir="", params={}, client_ids=())
     record = job.to_record()
-    assert "dataset_root" not in record
+    assert "dataset_root" not in record and "state_dir" not in record
     assert record["client_ids"] == []
     assert not any(k.startswith(STRATEGY_PREFIX) for k in record)
     # Countable once addressed: Flower cannot count the bytes of an empty string.
     assert job.for_round(1, [0]).to_record().count_bytes() > 0
     rebuilt = ClientJob.from_record(record)
-    assert rebuilt == job and rebuilt.dataset_root == ""
+    assert rebuilt == job and rebuilt.dataset_root == "" and rebuilt.state_dir == ""
 
 
 def test_unknown_key_raises() -> None:
