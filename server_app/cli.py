@@ -40,7 +40,7 @@ def run_simulation(cfg: DictConfig, run_dir: Path) -> None:
     cpus, gpus = cfg.engine.client_cpus, float(cfg.engine.client_gpus)
     model_bytes = initial_arrays(cfg).count_bytes()
     cfg = with_clients_per_node(cfg, actor_pool_size(cpus, gpus), model_bytes)
-    with client_state_folder(cfg) as cfg:
+    with client_state_folder(cfg, run_dir) as cfg:
         flower_run_simulation(
             server_app=make_server_app(cfg, run_dir),
             client_app=client_app,

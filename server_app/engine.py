@@ -6,21 +6,21 @@ so a study that outgrows one box adds Ray workers rather than changing code.
 ``engine.clients_per_node=auto`` sizes cohorts from the actor pool: every actor gets a few
 messages per round (enough to balance uneven clients), and no more (each message costs), as
 long as one message's client updates stay within ``MESSAGE_BUDGET_BYTES``.
-``engine.client_state_dir=auto`` keeps the clients' array state in a temporary folder on a local
+``engine.client_state_dir=auto`` keeps the clients' array state in the run directory on a local
 Ray, so Flower does not ship it to the actors and back with every message.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
+import shutil
 import socket
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -30,6 +30,7 @@ AUTO = "auto"
 MESSAGES_PER_ACTOR = 4
 MESSAGE_BUDGET_BYTES = 256 << 20  # dense client updates one cohort reply may carry under auto
 CONNECT_TIMEOUT_S = 5.0
+CLIENT_STATE_DIR = "client-state"
 
 
 def start_ray(ray_address: str | None) -> None:
@@ -104,21 +105,27 @@ def with_clients_per_node(cfg: DictConfig, actors: int | None, model_bytes: int 
 
 
 @contextmanager
-def client_state_folder(cfg: DictConfig) -> Iterator[DictConfig]:
+def client_state_folder(cfg: DictConfig, run_dir: Path) -> Iterator[DictConfig]:
     """``cfg`` with ``engine.client_state_dir=auto`` resolved for a Ray simulation.
 
-    On a private local Ray every actor shares this machine's disk: a temporary folder, removed
-    when the run ends. On a Ray cluster workers on other machines would not see it, so client
-    state stays in Flower's context (null). Any other value is used as given.
+    On a private local Ray every actor shares this machine's disk: ``<run_dir>/client-state``,
+    emptied at the start (a resumed run starts its clients afresh) and removed when the run
+    ends. On a Ray cluster workers on other machines would not see it, so client state stays in
+    Flower's context (null). Any other value is used as given.
     """
     if cfg.engine.get("client_state_dir") != AUTO:
         yield cfg
         return
-    with contextlib.ExitStack() as stack:
-        folder = None
-        if not cfg.engine.ray_address:
-            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="fedsparse-state-"))
-        resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-        resolved.engine.client_state_dir = folder
-        log.info("engine.client_state_dir=auto: client state in %s", folder or "Flower's context")
+    folder = None if cfg.engine.ray_address else run_dir / CLIENT_STATE_DIR
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    resolved.engine.client_state_dir = None if folder is None else str(folder)
+    log.info("engine.client_state_dir=auto: client state in %s", folder or "Flower's context")
+    if folder is None:
         yield resolved
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    try:
+        yield resolved
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

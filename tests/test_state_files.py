@@ -98,19 +98,22 @@ def test_without_a_folder_state_stays_in_the_context() -> None:
     assert client_key(0, "m") in node_state
 
 
-def test_auto_is_a_temporary_folder_on_local_ray_and_the_context_on_a_cluster() -> None:
+def test_auto_is_in_the_run_dir_on_local_ray_and_the_context_on_a_cluster(tmp_path) -> None:
     cfg = compose_config(["engine.client_state_dir=auto"])
     validate(cfg)
     assert client_job(cfg).state_dir == ""  # in-process and deployment: the context
-    with client_state_folder(cfg) as local:
+    stale = tmp_path / "client-state" / "run-1" / "client-0"
+    stale.mkdir(parents=True)  # left by an interrupted run: a resumed run starts afresh
+    with client_state_folder(cfg, tmp_path) as local:
         folder = Path(local.engine.client_state_dir)
-        assert folder.is_dir() and client_job(local).state_dir == str(folder)
+        assert folder == tmp_path / "client-state" and client_job(local).state_dir == str(folder)
+        assert folder.is_dir() and not stale.exists()
     assert not folder.exists()
     cluster = compose_config(["engine.client_state_dir=auto", "engine.ray_address=10.0.0.1:6379"])
-    with client_state_folder(cluster) as resolved:
+    with client_state_folder(cluster, tmp_path) as resolved:
         assert resolved.engine.client_state_dir is None
     given = compose_config(["engine.client_state_dir=/srv/state"])
-    with client_state_folder(given) as resolved:
+    with client_state_folder(given, tmp_path) as resolved:
         assert resolved is given
 
 
