@@ -71,7 +71,9 @@ class FedAvg(FedSparseStrategy):
         for update in updates:
             for name, values in update.payload.items():
                 if values.dtype.kind == "f":
-                    np.subtract(values, base[name], out=scratch.setdefault(name, values.copy()))
+                    if name not in scratch:
+                        scratch[name] = np.empty_like(values)
+                    np.subtract(values, base[name], out=scratch[name])
             yield scratch
 
     def mean_client_delta(self) -> dict[str, np.ndarray] | None:

@@ -224,7 +224,9 @@ class PseudoGradient(FedSparseStrategy):
         scratch: dict[str, np.ndarray] = {}
         for update in updates:
             for name, grad in update.payload.grads.items():
-                np.negative(grad, out=scratch.setdefault(name, np.empty_like(grad)))
+                if name not in scratch:
+                    scratch[name] = np.empty_like(grad)
+                np.negative(grad, out=scratch[name])
             yield scratch
 
     def mean_client_delta(self) -> dict[str, np.ndarray] | None:
