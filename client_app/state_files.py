@@ -60,20 +60,16 @@ class FileClientState(ClientState):
         with path.open("wb") as file:
             for _, array in arrays:
                 file.write(array.data)
-        super().set(
-            name,
-            ConfigRecord(
-                {
-                    FILE_KEY: path.name,
-                    "names": [n for n, _ in arrays] or ["-"],
-                    "dtypes": [a.dtype for _, a in arrays] or ["-"],
-                    "shapes": [repr(tuple(a.shape)) for _, a in arrays] or ["-"],
-                    "stypes": [a.stype for _, a in arrays] or ["-"],
-                    "sizes": [len(a.data) for _, a in arrays] or [0],
-                    "count": len(arrays),
-                }
-            ),
-        )
+        reference: dict = {FILE_KEY: path.name, "count": len(arrays)}
+        if arrays:  # Flower cannot count the bytes of an empty list
+            reference |= {
+                "names": [n for n, _ in arrays],
+                "dtypes": [a.dtype for _, a in arrays],
+                "shapes": [repr(tuple(a.shape)) for _, a in arrays],
+                "stypes": [a.stype for _, a in arrays],
+                "sizes": [len(a.data) for _, a in arrays],
+            }
+        super().set(name, ConfigRecord(reference))
         keep = {path.name, self._committed[name]}
         for old in self.folder.glob(f"{stem}.*.arrays"):
             if old.name not in keep:

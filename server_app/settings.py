@@ -203,7 +203,7 @@ def client_job(cfg: DictConfig) -> ClientJob:
 
 def client_state_dir(cfg: DictConfig) -> str:
     """The folder clients keep array state in ("" = Flower's context.state); ``auto`` is "" here,
-    the simulation launcher replaces it with a temporary folder when it can."""
+    the simulation launcher resolves it first (see ``server_app.engine.client_state_folder``)."""
     value = cfg.engine.get("client_state_dir")
     return "" if value in (None, AUTO) else str(value)
 
