@@ -309,49 +309,25 @@ def report(args: argparse.Namespace) -> None:
 
 def targets(rows: list[Row], find) -> list[str]:
     """The issue's targets, checked on the measured rows (rows not measured are skipped)."""
-    checks: list[tuple[str, int, str, Row | None, Row | None, float]] = []
+    lines = ["## Targets", "", "| target | clients | K | measured | met |", "|---|---|---|---|---|"]
+
+    def check(label: str, n: int, k: str, row: Row | None, ref: Row | None, limit: float) -> None:
+        if row is None or ref is None or not row.round_s or not ref.round_s:
+            return
+        ratio = row.median_s / ref.median_s
+        met = "yes" if ratio <= limit else "no"
+        lines.append(f"| {label} | {n} | {k} | {ratio:.2f}× | {met} |")
+
     for n in sorted({r.clients for r in rows}):
-        fedavg_1 = find("fedsparse", n, "fedavg", "1")
-        checks.append(
-            ("FedAvg K=1 ≤ 1.10× plain Flower", n, "1", fedavg_1, find("flower", n), 1.10)
-        )
+        fedavg = {k: find("fedsparse", n, "fedavg", k) for k in ("1", "auto")}
+        check("FedAvg K=1 ≤ 1.10× plain Flower", n, "1", fedavg["1"], find("flower", n), 1.10)
         if n in (100, 1000):
-            fedavg_auto = find("fedsparse", n, "fedavg", "auto")
-            checks.append(
-                (
-                    "FedAvg K=auto ≤ 1.5× 2-process floor",
-                    n,
-                    "auto",
-                    fedavg_auto,
-                    find("floor-2", n),
-                    1.5,
-                )
-            )
+            label = "FedAvg K=auto ≤ 1.5× 2-process floor"
+            check(label, n, "auto", fedavg["auto"], find("floor-2", n), 1.5)
         for k in ("1", "auto"):
             for strategy in ("lips", "lbgm", "fedpm"):
-                checks.append(
-                    (
-                        f"{strategy} ≤ 1.25× FedAvg (same K)",
-                        n,
-                        k,
-                        find("fedsparse", n, strategy, k),
-                        find("fedsparse", n, "fedavg", k),
-                        1.25,
-                    )
-                )
-    lines = [
-        "## Targets",
-        "",
-        "| target | clients | K | measured | met |",
-        "|---|---|---|---|---|",
-    ]
-    for label, n, k, row, reference, limit in checks:
-        if row is None or reference is None or not row.round_s or not reference.round_s:
-            continue
-        ratio = row.median_s / reference.median_s
-        lines.append(
-            f"| {label} | {n} | {k} | {ratio:.2f}× | {'yes' if ratio <= limit else 'no'} |"
-        )
+                label = f"{strategy} ≤ 1.25× FedAvg (same K)"
+                check(label, n, k, find("fedsparse", n, strategy, k), fedavg[k], 1.25)
     for row in rows:
         if row.kind == "fedsparse" and row.clients == 1000 and row.k_setting == "auto":
             done = len(row.round_s) + 1 if row.round_s and not row.error else 0
