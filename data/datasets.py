@@ -27,6 +27,7 @@ DATASETS: tuple[str, ...] = (
     "cifar10",
     "cifar100",
     "tiny_imagenet",
+    "cifar10_synthetic",
 )
 
 DEFAULT_ROOT = "~/.cache/fedsparse/data"
@@ -36,6 +37,13 @@ DEFAULT_ROOT = "~/.cache/fedsparse/data"
 # must be the same in every run, whatever the experiment seed.
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
+
+# cifar10_synthetic: CIFAR-10's shapes and sizes, generated from this fixed seed.
+SYNTHETIC_SEED = 0
+SYNTHETIC_TRAIN, SYNTHETIC_TEST, SYNTHETIC_CLASSES = 50_000, 10_000, 10
+SYNTHETIC_SHAPE = (3, 32, 32)
+SYNTHETIC_MAX_SHIFT = 4
+SYNTHETIC_CHUNK = 5_000
 
 # Per torchvision data set: its class, folder under root, and the files it needs.
 _TORCHVISION_LAYOUT: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -157,6 +165,8 @@ def _load_cached(name: str, root: str, download: bool) -> DatasetSplits:
         train, test = _load_digits()
     elif name == "tiny_imagenet":
         train, test = _load_tiny_imagenet(Path(root))
+    elif name == "cifar10_synthetic":
+        train, test = _synthetic_cifar10()
     else:
         train, test = _load_torchvision(name, root, download)
     for part in (train, test):
@@ -246,6 +256,36 @@ def _load_digits() -> tuple[ArrayDataset, ArrayDataset]:
     x = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8).reshape(-1, 1, 8, 8)
     y = bunch.target.astype(np.int64)
     return _split_fixed(x, y)
+
+
+def _synthetic_cifar10() -> tuple[ArrayDataset, ArrayDataset]:
+    """CIFAR-10-shaped images generated from :data:`SYNTHETIC_SEED`: no files, same bytes
+    everywhere. Each class has a smooth random colour pattern (8x8 blocks of 4x4 pixels); an
+    image is its class pattern moved by up to 4 pixels each way, a brightness shift and pixel
+    noise, so the classes are learnable but not trivially. For timing and scale runs on machines
+    without the real data set."""
+    rng = np.random.default_rng(SYNTHETIC_SEED)
+    channels, height, width = SYNTHETIC_SHAPE
+    coarse = rng.standard_normal((SYNTHETIC_CLASSES, channels, height // 4, width // 4))
+    pattern = (32.0 * coarse.repeat(4, axis=2).repeat(4, axis=3)).astype(np.float32)
+    offsets = range(-SYNTHETIC_MAX_SHIFT, SYNTHETIC_MAX_SHIFT + 1)
+    moved = np.stack(  # (dy, dx, class, C, H, W)
+        [np.stack([np.roll(pattern, (dy, dx), axis=(2, 3)) for dx in offsets]) for dy in offsets]
+    )
+    splits = []
+    for size in (SYNTHETIC_TRAIN, SYNTHETIC_TEST):
+        y = rng.permutation(np.arange(size) % SYNTHETIC_CLASSES).astype(np.int64)
+        x = np.empty((size, *SYNTHETIC_SHAPE), dtype=np.uint8)
+        for start in range(0, size, SYNTHETIC_CHUNK):
+            labels = y[start : start + SYNTHETIC_CHUNK]
+            dy, dx = rng.integers(0, len(offsets), size=(2, len(labels)))
+            shift = rng.uniform(-32.0, 32.0, size=(len(labels), 1, 1, 1)).astype(np.float32)
+            noise = rng.random((len(labels), *SYNTHETIC_SHAPE), dtype=np.float32) - 0.5
+            image = moved[dy, dx, labels] + (128.0 + shift) + 128.0 * noise
+            np.clip(np.rint(image), 0, 255, out=image)
+            x[start : start + len(labels)] = image
+        splits.append(ArrayDataset(x, y))
+    return splits[0], splits[1]
 
 
 def _missing_message(name: str, root: str, folder: str, files: tuple[str, ...], cause: str) -> str:

@@ -12,6 +12,7 @@ from data.datasets import (
     DEFAULT_ROOT,
     DataNotFoundError,
     _load_cached,
+    _synthetic_cifar10,
     load_dataset,
 )
 
@@ -60,6 +61,31 @@ def test_mnist5k_matches_known_statistics() -> None:
     np.testing.assert_array_equal(np.bincount(splits.test.y), np.full(10, 100))
     assert splits.mean[0] == pytest.approx(0.1307, abs=0.01)
     assert splits.std[0] == pytest.approx(0.3081, abs=0.01)
+
+
+def test_synthetic_cifar10_has_cifar10_shapes_and_the_same_bytes_every_time() -> None:
+    splits = load_dataset("cifar10_synthetic")
+    assert (splits.num_classes, splits.input_shape) == (10, (3, 32, 32))
+    assert (len(splits.train), len(splits.test)) == (50_000, 10_000)
+    for part in (splits.train, splits.test):
+        np.testing.assert_array_equal(np.bincount(part.y), np.full(10, len(part) // 10))
+        assert np.isin(part.x[:1000], (0, 255)).mean() < 0.05  # pixels rarely clipped
+    train, test = _synthetic_cifar10()
+    np.testing.assert_array_equal(train.x, splits.train.x)
+    np.testing.assert_array_equal(test.y, splits.test.y)
+    assert not np.array_equal(train.x[:1000], test.x[:1000])
+
+
+def test_synthetic_cifar10_classes_are_learnable_but_not_trivial() -> None:
+    """A nearest-class-mean classifier is far above chance and clearly below perfect."""
+    splits = load_dataset("cifar10_synthetic")
+    x = splits.train.x[:20_000].reshape(20_000, -1).astype(np.float32)
+    y = splits.train.y[:20_000]
+    means = np.stack([x[y == c].mean(axis=0) for c in range(10)])
+    test = splits.test.x[:1000].reshape(1000, -1).astype(np.float32)
+    distances = ((test[:, None, :] - means[None]) ** 2).sum(axis=-1)
+    accuracy = float((distances.argmin(axis=1) == splits.test.y[:1000]).mean())
+    assert 0.5 < accuracy < 0.99
 
 
 def test_split_is_fixed_across_loads() -> None:
