@@ -4,6 +4,8 @@
     python -m benchmarks.scale --clients 10,100 --strategies fedavg --rounds 3   # quick look
     python -m benchmarks.scale --clients 100,1000 --cohorts auto --name scale_auto   # K=auto only
     python -m benchmarks.scale --report-only                     # rebuild the report
+    python -m benchmarks.scale --gpu     # GPU rows: resnet18, cifar10_synthetic, 500 and 1,000
+                                         # clients, 10 actors sharing the GPU -> scale_gpu.md
 
 Rows, each run in a fresh process tree at every client count (all clients sampled each round):
 (a) plain Flower: ClientApp + stock ``flwr.serverapp.strategy.FedAvg``, one SuperNode per
@@ -16,8 +18,15 @@ A round's time is the gap between two successive per-round progress lines as thi
 them, so it covers everything a round does (fedsparse: also the checkpoint and monitor); the
 first round (actor start-up, imports) is excluded and the median of the rest reported. Peak
 memory is the largest sum of PSS over the whole process tree (Ray's daemons and actors
-included), sampled every 0.5 s. Writes ``benchmarks/results/<name>.{json,md,png}``
+included), sampled every 0.5 s; peak GPU memory is the device's largest ``memory.used``
+(``nvidia-smi``) during the row. Writes ``benchmarks/results/<name>.{json,md,png}``
 (``--name``, default ``scale``).
+
+``--model``, ``--dataset`` and ``--client-gpus`` change the fedsparse rows only; rows (a) and
+(b) are written for ``work.py``'s cnn on mnist5k, so other setups run with ``--no-baselines``
+(``--gpu`` does). ``--gpu`` is short for ``--model resnet18 --dataset cifar10_synthetic
+--client-gpus 0.1 --clients 500,1000 --cohorts auto --strategies fedavg --no-baselines
+--name scale_gpu``; options given beside it win.
 """
 
 from __future__ import annotations
@@ -39,12 +48,24 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from benchmarks.scale import work
+
 REPO = Path(__file__).resolve().parents[2]
 ROUND_LINE = re.compile(r"^\[(fedsparse|plain-flower|floor x\d)\] round (\d+)")
 SAMPLE_S = 0.5
 TIMEOUT_S = 1800
-ACTORS = os.cpu_count() or 1  # Ray actors at 1 CPU each
+CPUS = os.cpu_count() or 1
 AUTO_ROUNDS = 5  # K=auto rows run at least 5 rounds: the 1,000-client memory check
+GPU_PRESET = {
+    "model": "resnet18",
+    "dataset": "cifar10_synthetic",
+    "client_gpus": 0.1,
+    "clients": "500,1000",
+    "cohorts": "auto",
+    "strategies": "fedavg",
+    "baselines": False,
+    "name": "scale_gpu",
+}
 
 
 @dataclass
@@ -58,6 +79,7 @@ class Row:
     rounds: int = 0
     round_s: list[float] = field(default_factory=list)
     peak_mb: float = 0.0
+    gpu_peak_mb: float = 0.0  # the device's peak memory.used during the row (0: no GPU)
     train_s: float = float("nan")  # fedsparse: median Σ of the clients' own training seconds
     wall_s: float = 0.0
     error: str = ""
@@ -115,8 +137,23 @@ def _pss_mb(pid: int) -> float:
     return 0.0
 
 
+def _gpu_used_mb() -> float:
+    """Memory in use on the GPUs (MiB, summed), or 0 without ``nvidia-smi``."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0.0
+    return sum(float(line) for line in out.split())
+
+
 def measure(command: list[str], row: Row) -> Row:
-    """Run ``command``; time its round lines and sample its process tree's memory."""
+    """Run ``command``; time its round lines, sample its process tree's memory and the GPU's."""
     started = time.perf_counter()
     proc = subprocess.Popen(
         command,
@@ -127,12 +164,13 @@ def measure(command: list[str], row: Row) -> Row:
         start_new_session=True,
         env={**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0"},
     )
-    peak = [0.0]
+    peak, gpu_peak = [0.0], [0.0]
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(SAMPLE_S):
             peak[0] = max(peak[0], sum(_pss_mb(p) for p in _tree(proc.pid)))
+            gpu_peak[0] = max(gpu_peak[0], _gpu_used_mb())
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -155,7 +193,8 @@ def measure(command: list[str], row: Row) -> Row:
         _stop_tree(proc)
     rounds = sorted(r for r in stamps if r >= 1)  # plain Flower also evaluates "round 0"
     row.round_s = [stamps[b] - stamps[a] for a, b in itertools.pairwise(rounds)]
-    row.peak_mb, row.wall_s = peak[0], time.perf_counter() - started
+    row.peak_mb, row.gpu_peak_mb = peak[0], gpu_peak[0]
+    row.wall_s = time.perf_counter() - started
     if proc.returncode != 0 or len(rounds) < row.rounds:
         row.error = f"exit {proc.returncode}: " + "".join(tail[-5:]).strip()[-400:]
     return row
@@ -178,6 +217,8 @@ def commands(args: argparse.Namespace, clients: int) -> list[tuple[Row, list[str
         (Row("floor-2", clients, rounds=args.rounds), ["-m", "benchmarks.scale.floor"]),
         (Row("flower", clients, rounds=args.rounds), ["-m", "benchmarks.scale.plain_flower"]),
     ]
+    if not args.baselines:
+        plan = []
     jobs = []
     for row, module in plan:
         extra = ["--processes", row.kind[-1]] if row.kind.startswith("floor") else []
@@ -192,9 +233,9 @@ def commands(args: argparse.Namespace, clients: int) -> list[tuple[Row, list[str
             shutil.rmtree(run_dir, ignore_errors=True)
             overrides = [
                 f"strategy={strategy}",
-                "dataset=mnist5k",
+                f"dataset={args.dataset}",
                 "partition=iid",
-                "model=cnn",
+                f"model={args.model}",
                 f"num_clients={clients}",
                 f"clients_per_round={clients}",
                 f"num_rounds={row.rounds}",
@@ -205,6 +246,7 @@ def commands(args: argparse.Namespace, clients: int) -> list[tuple[Row, list[str
                 "federated_eval=false",
                 "plots=false",
                 f"engine.clients_per_node={k}",
+                f"engine.client_gpus={args.client_gpus}",
                 f"hydra.run.dir={run_dir}",
             ]
             jobs.append((row, [python, "-m", "server_app.cli", *overrides]))
@@ -233,15 +275,30 @@ def run(args: argparse.Namespace) -> list[Row]:
             if row.kind == "fedsparse":
                 read_run(args, row)
             print(
-                f"[scale]   median {row.median_s:.2f} s/round, peak {row.peak_mb:.0f} MB"
-                + (f"  ERROR {row.error}" if row.error else ""),
+                f"[scale]   median {row.median_s:.2f} s/round, peak {row.peak_mb:.0f} MB, "
+                f"GPU {row.gpu_peak_mb:.0f} MB" + (f"  ERROR {row.error}" if row.error else ""),
                 flush=True,
             )
             args.results.mkdir(parents=True, exist_ok=True)
             (args.results / f"{args.name}.json").write_text(
-                json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows]}, indent=1)
+                json.dumps(
+                    {"machine": machine(), "setup": setup(args), "rows": [asdict(r) for r in rows]},
+                    indent=1,
+                )
             )
     return rows
+
+
+def setup(args: argparse.Namespace) -> dict[str, object]:
+    """What the fedsparse rows ran, and the Ray actors that ran their clients."""
+    cpu_actors = CPUS  # 1 CPU per actor
+    gpu_actors = math.floor(1 / args.client_gpus) if args.client_gpus > 0 else cpu_actors
+    return {
+        "model": args.model,
+        "dataset": args.dataset,
+        "client_gpus": args.client_gpus,
+        "actors": min(cpu_actors, gpu_actors),
+    }
 
 
 def machine() -> str:
@@ -264,6 +321,10 @@ def report(args: argparse.Namespace) -> None:
     """Tables and the round-time plot from ``<name>.json``."""
     data = json.loads((args.results / f"{args.name}.json").read_text())
     rows = [Row(**r) for r in data["rows"]]
+    run_setup = {"model": "cnn", "dataset": "mnist5k", "client_gpus": 0.0, "actors": CPUS}
+    run_setup.update(data.get("setup", {}))
+    actors = run_setup["actors"]
+    with_gpu = any(row.gpu_peak_mb > 0 for row in rows)
 
     def find(kind: str, clients: int, strategy: str = "", k: str = "") -> Row | None:
         for row in rows:
@@ -277,16 +338,19 @@ def report(args: argparse.Namespace) -> None:
     lines = [
         "# Scale: seconds per round vs clients",
         "",
-        f"Machine: {data['machine']}. Written by `python -m benchmarks.scale`. mnist5k IID, "
-        "cnn, 1 local epoch (batch 32, SGD 0.05, momentum 0.9), all clients sampled every "
-        "round, central evaluation every round, 1 CPU per Ray actor. Median seconds per round "
-        "after the first round; peak = largest PSS sum of the whole process tree; client "
-        "training s / actor = the clients' own training seconds (`client_train_s`) over the "
-        f"{ACTORS} actors, i.e. the compute share of a fedsparse round.",
+        f"Machine: {data['machine']}. Written by `python -m benchmarks.scale`. "
+        f"{run_setup['dataset']} IID, {run_setup['model']}, 1 local epoch (batch 32, SGD 0.05, "
+        "momentum 0.9), all clients sampled every round, central evaluation every round, "
+        f"1 CPU and {run_setup['client_gpus']} GPU per Ray actor ({actors} actors). Median "
+        "seconds per round after the first round; peak = largest PSS sum of the whole process "
+        "tree; client training s / actor = the clients' own training seconds (`client_train_s`) "
+        f"over the {actors} actors, i.e. the compute share of a fedsparse round"
+        + ("; peak GPU = the device's largest memory in use during the row." if with_gpu else "."),
         "",
         "| clients | row | K | s/round | × plain Flower | × 2-process floor "
-        "| × fedsparse FedAvg (same K) | client training s / actor | peak MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| × fedsparse FedAvg (same K) | client training s / actor | peak MB |"
+        + (" peak GPU MB |" if with_gpu else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if with_gpu else ""),
     ]
     for row in rows:
         flower = find("flower", row.clients)
@@ -298,8 +362,8 @@ def report(args: argparse.Namespace) -> None:
             f"| {row.clients} | {row.name} | {row.clients_per_node or '–'} "
             f"| {seconds} | {_ratio(row, flower)} | {_ratio(row, floor)} "
             f"| {_ratio(row, fedavg) if fedavg is not row else '1.00×'} "
-            f"| {'–' if math.isnan(row.train_s) else f'{row.train_s / ACTORS:.2f}'} "
-            f"| {row.peak_mb:.0f} |"
+            f"| {'–' if math.isnan(row.train_s) else f'{row.train_s / actors:.2f}'} "
+            f"| {row.peak_mb:.0f} |" + (f" {row.gpu_peak_mb:.0f} |" if with_gpu else "")
         )
     lines += ["", *targets(rows, find)]
     (args.results / f"{args.name}.md").write_text("\n".join(lines))
@@ -369,6 +433,7 @@ def plot(rows: list[Row], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpu", action="store_true", help="GPU rows (see the module docstring)")
     parser.add_argument("--clients", default="10,100,300,1000")
     parser.add_argument("--strategies", default="fedavg,lips,lbgm,fedpm")
     parser.add_argument("--cohorts", default="1,auto", help="fedsparse rows: 1, auto or both")
@@ -376,8 +441,24 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=REPO / "benchmarks/runs/scale")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks/results")
     parser.add_argument("--name", default="scale", help="results file stem: <results>/<name>.md")
+    parser.add_argument("--model", default="cnn", help="fedsparse rows' model")
+    parser.add_argument("--dataset", default="mnist5k", help="fedsparse rows' data set")
+    parser.add_argument("--client-gpus", type=float, default=0.0, help="GPU share per actor")
+    parser.add_argument(
+        "--baselines",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="rows (a) and (b): plain Flower and the PyTorch floor (cnn on mnist5k only)",
+    )
     parser.add_argument("--report-only", action="store_true")
+    if "--gpu" in sys.argv[1:]:
+        parser.set_defaults(**GPU_PRESET)
     args = parser.parse_args()
+    if args.baselines and (args.model, args.dataset) != (work.MODEL, work.DATASET):
+        parser.error(
+            f"--model {args.model} --dataset {args.dataset}: the baseline rows run "
+            f"{work.MODEL} on {work.DATASET} (benchmarks/scale/work.py); add --no-baselines"
+        )
     if not args.report_only:
         run(args)
     report(args)
