@@ -137,6 +137,11 @@ def _pss_mb(pid: int) -> float:
     return 0.0
 
 
+def _pythonpath() -> str:
+    """The repository first, then whatever ``PYTHONPATH`` already holds."""
+    return os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+
+
 def _gpu_used_mb() -> float:
     """Memory in use on the GPUs (MiB, summed), or 0 without ``nvidia-smi``."""
     try:
@@ -162,7 +167,7 @@ def measure(command: list[str], row: Row) -> Row:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0"},
+        env={**os.environ, "PYTHONPATH": _pythonpath(), "RAY_DEDUP_LOGS": "0"},
     )
     peak, gpu_peak = [0.0], [0.0]
     done = threading.Event()
