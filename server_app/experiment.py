@@ -144,9 +144,9 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
                 server_round,
                 arrays,
                 new_arrays,
-                strategy.client_deltas(strategy.last_updates),
-                [u.num_examples for u in strategy.last_updates],
                 strategy.mean_client_delta(),
+                [u.delta_norms for u in strategy.last_updates],
+                [u.num_examples for u in strategy.last_updates],
             )
         )
         arrays = new_arrays

@@ -6,13 +6,14 @@ Per conv/linear weight and per round:
   weights right after round ``ref_round`` (reported from that round on);
 - ``layer_agg_eff``: aggregation effectiveness ‖Σ_c w_c Δ_c‖ / Σ_c w_c ‖Δ_c‖ over the round's
   client updates Δ_c = θ_c − W_{t−1} (w_c = the aggregation weights). 1 means clients agree;
-  near 0, their updates cancel out.
+  near 0, their updates cancel out. The strategy supplies Σ_c w_c Δ_c (its aggregate holds it)
+  and each client's ‖Δ_c‖, taken when the reply arrived (:func:`delta_norms`), so the monitor
+  never needs the clients' updates again.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from flwr.app import ArrayRecord
@@ -46,31 +47,20 @@ def relative_layer_update(previous: ArrayRecord, current: ArrayRecord) -> dict[s
 
 
 def aggregation_effectiveness(
-    deltas: Iterable[Mapping[str, np.ndarray]],
+    mean: Mapping[str, np.ndarray],
+    norms: Sequence[Mapping[str, float]],
     weights: Sequence[float],
-    mean: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """‖Σ w_c Δ_c‖ / Σ w_c ‖Δ_c‖ per layer weight (weights normalised to sum to 1).
-
-    ``deltas`` is consumed one client at a time, so a generator keeps memory at one update.
-    ``mean`` is Σ w_c Δ_c per layer when the strategy has it already (its aggregate is that
-    mean plus the old weights): then only the clients' norms are computed here.
-    """
+    """‖Σ w_c Δ_c‖ / Σ w_c ‖Δ_c‖ for every layer weight in ``mean`` (= Σ w_c Δ_c, the weights
+    normalised to sum to 1), given each client's ‖Δ_c‖ per array name in ``norms``."""
     share = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
-    means: dict[str, np.ndarray] = {} if mean is None else dict(mean)
     spread: dict[str, float] = {}
-    for s, delta in zip(share, deltas, strict=True):
-        for name, values in delta.items():
-            if not is_layer_weight(name, values):
-                continue
-            flat = values.ravel()
-            if mean is None:
-                if name not in means:
-                    means[name] = np.zeros(flat.shape, dtype=flat.dtype)
-                means[name] += flat.dtype.type(s) * flat  # a monitor: the update's own precision
-            spread[name] = spread.get(name, 0.0) + s * math.sqrt(float(np.dot(flat, flat)))
+    for s, client in zip(share, norms, strict=True):
+        for name, value in client.items():
+            if name in mean and is_layer_weight(name, mean[name]):
+                spread[name] = spread.get(name, 0.0) + s * value
     return {
-        name: _ratio(float(np.linalg.norm(means[name].ravel())), total)
+        name: _ratio(float(np.linalg.norm(mean[name].ravel())), total)
         for name, total in spread.items()
     }
 
@@ -87,11 +77,12 @@ class LayerMonitor:
         server_round: int,
         previous: ArrayRecord,
         current: ArrayRecord,
-        deltas: Iterable[Mapping[str, np.ndarray]] | None = None,
-        weights: Sequence[float] | None = None,
         mean_delta: Mapping[str, np.ndarray] | None = None,
+        norms: Sequence[Mapping[str, float]] = (),
+        weights: Sequence[float] = (),
     ) -> dict[str, dict[str, float]]:
-        """The monitor keys for this round's metrics line (``mean_delta``: see
+        """The monitor keys for this round's metrics line; ``layer_agg_eff`` needs the round's
+        ``mean_delta`` and the clients' ``norms`` and ``weights`` (see
         :func:`aggregation_effectiveness`)."""
         values = {"layer_rel_update": relative_layer_update(previous, current)}
         layers = _layers(current)
@@ -109,8 +100,8 @@ class LayerMonitor:
                 name: float(np.linalg.norm(layers[name] - ref))
                 for name, ref in self.reference.items()
             }
-        if deltas is not None and weights:
-            values["layer_agg_eff"] = aggregation_effectiveness(deltas, weights, mean_delta)
+        if mean_delta is not None and weights and any(norms):
+            values["layer_agg_eff"] = aggregation_effectiveness(mean_delta, norms, weights)
         return values
 
     def state_dict(self) -> dict[str, np.ndarray]:

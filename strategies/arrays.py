@@ -71,6 +71,12 @@ def to_numpy(array: Array) -> np.ndarray:
     return array.numpy()
 
 
+def l2_norm(values: np.ndarray) -> float:
+    """‖values‖ accumulated in the values' own precision (for monitoring, not aggregation)."""
+    flat = values.ravel()
+    return math.sqrt(float(np.dot(flat, flat)))
+
+
 def to_numpy_dict(record: ArrayRecord) -> dict[str, np.ndarray]:
     """Every array of ``record`` as numpy (see :func:`to_numpy`)."""
     return {name: to_numpy(array) for name, array in record.items()}

@@ -67,6 +67,7 @@ class ClientUpdate:
     metrics: MetricRecord
     records: dict[str, Record]
     payload: Any = None
+    delta_norms: dict[str, float] = field(default_factory=dict)  # ‖Δ_c‖ per array (monitor)
 
 
 @dataclass
@@ -252,6 +253,7 @@ class FedSparseStrategy(Strategy):
     def _decode_train(self, update: ClientUpdate) -> ClientUpdate:
         check_finite_metric(update.metrics, "train-loss")
         update.payload = self.decode(update)
+        update.delta_norms = self.delta_norms(update.payload)
         return update
 
     @abstractmethod
@@ -336,16 +338,15 @@ class FedSparseStrategy(Strategy):
         stats.clients = len(updates)
         return sorted(updates, key=lambda u: u.client_id)
 
-    def client_deltas(self, updates: list[ClientUpdate]) -> Iterable[dict[str, np.ndarray]] | None:
-        """Each client's change to the global weights, for the layer monitor (None: unknown);
-        a generator, so the monitor never holds more than one client's delta (a yielded dict
-        may be reused for the next client)."""
-        return None
+    def delta_norms(self, payload: Any) -> dict[str, float]:
+        """‖Δ_c‖ per float array of one client's decoded payload, Δ_c being its change to the
+        global weights, for the layer monitor ({}: unknown). Taken as each reply arrives, while
+        other clients still train, so the monitor never revisits the updates."""
+        return {}
 
     def mean_client_delta(self) -> dict[str, np.ndarray] | None:
-        """Σ_c s_c Δ_c of the last aggregated round (s_c = num-examples shares) when the
-        aggregate already holds it, sparing the monitor a pass over every update (None: let the
-        monitor sum :meth:`client_deltas`)."""
+        """Σ_c s_c Δ_c of the last aggregated round (s_c = num-examples shares), for the layer
+        monitor (None: unknown)."""
         return None
 
     def finish(self, run_dir: Path) -> dict[str, Any]:

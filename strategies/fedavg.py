@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord
 
-from strategies.arrays import to_array_record, to_numpy_dict
+from strategies.arrays import l2_norm, to_array_record, to_numpy_dict
 from strategies.base import ARRAYS, ClientAlgorithm, ClientUpdate, FedSparseStrategy
 from strategies.registry import Algorithm, register_algorithm
-from strategies.slices import for_each_slice
+from strategies.slices import for_each_slice, map_arrays
 from strategies.validation import arrays_like, require_record
 
 
@@ -62,19 +63,29 @@ class FedAvg(FedSparseStrategy):
     name = "fedavg"
     _mean_delta: dict[str, np.ndarray] | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._scratch: dict[str, np.ndarray] = {}  # one client's delta at a time (monitor)
+
     def decode(self, update: ClientUpdate) -> dict[str, np.ndarray]:
         return arrays_like(require_record(update.records, ARRAYS, ArrayRecord), self.global_arrays)
 
-    def client_deltas(self, updates: list[ClientUpdate]) -> Iterator[dict[str, np.ndarray]]:
+    def delta_norms(self, payload: dict[str, np.ndarray]) -> dict[str, float]:
         base = to_numpy_dict(self.global_arrays)
-        scratch: dict[str, np.ndarray] = {}
-        for update in updates:
-            for name, values in update.payload.items():
-                if values.dtype.kind == "f":
-                    if name not in scratch:
-                        scratch[name] = np.empty_like(values)
-                    np.subtract(values, base[name], out=scratch[name])
-            yield scratch
+        floats = {name: values.size for name, values in payload.items() if values.dtype.kind == "f"}
+        for name in floats:
+            delta = self._scratch.get(name)
+            if (
+                delta is None
+                or delta.shape != payload[name].shape
+                or delta.dtype != payload[name].dtype
+            ):
+                self._scratch[name] = np.empty_like(payload[name])
+
+        def norm(name: str) -> float:
+            return l2_norm(np.subtract(payload[name], base[name], out=self._scratch[name]))
+
+        return map_arrays(norm, floats)
 
     def mean_client_delta(self) -> dict[str, np.ndarray] | None:
         return self._mean_delta

@@ -27,7 +27,7 @@ LBGM residual (only the compressor keeps one); top-k + LBGM stores the sparse ve
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any
@@ -39,7 +39,7 @@ from torch import nn
 
 import models
 from data.federated import DataSpec, dataset_info
-from strategies.arrays import to_array, to_array_record, to_numpy, to_numpy_dict
+from strategies.arrays import l2_norm, to_array, to_array_record, to_numpy, to_numpy_dict
 from strategies.base import ARRAYS, METRICS, ClientAlgorithm, ClientUpdate, FedSparseStrategy
 from strategies.compression import COMPRESSORS, Codec, CodecError, make_codec
 from strategies.fedavg import weighted_average, weighted_mean
@@ -220,14 +220,8 @@ class PseudoGradient(FedSparseStrategy):
             new[name] = Array((theta - self.server_lr * mean).astype(theta.dtype))
         return ArrayRecord(new)
 
-    def client_deltas(self, updates: list[ClientUpdate]) -> Iterator[dict[str, np.ndarray]]:
-        scratch: dict[str, np.ndarray] = {}
-        for update in updates:
-            for name, grad in update.payload.grads.items():
-                if name not in scratch:
-                    scratch[name] = np.empty_like(grad)
-                np.negative(grad, out=scratch[name])
-            yield scratch
+    def delta_norms(self, payload: Decoded) -> dict[str, float]:
+        return {name: l2_norm(grad) for name, grad in payload.grads.items()}  # ‖Δ_c‖ = ‖g_c‖
 
     def mean_client_delta(self) -> dict[str, np.ndarray] | None:
         return self._mean_delta

@@ -1,8 +1,9 @@
-"""Element-wise server work split into slices of a flat array, run on a few threads.
+"""Server work on large arrays run on a few threads: slices of one flat array, or whole arrays.
 
 Aggregating a round at 1,000 clients is a loop over clients for every parameter; each element's
 arithmetic (and the order of clients it sums over) does not depend on its neighbours, so cutting
 the parameters into slices and running them on threads gives the same bits on more cores.
+Checking and measuring one client's reply is independent work per array (:func:`map_arrays`).
 NumPy releases the GIL inside its loops, so the threads do run in parallel.
 """
 
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
+from typing import TypeVar
+
+R = TypeVar("R")
 
 MIN_SLICE = 1 << 16  # below this many elements a thread costs more than it saves
 MAX_THREADS = 8
@@ -34,3 +38,17 @@ def for_each_slice(size: int, work: Callable[[slice], None]) -> None:
     futures = [_pool().submit(work, slice(a, b)) for a, b in itertools.pairwise(bounds)]
     for future in futures:
         future.result()
+
+
+def map_arrays(work: Callable[[str], R], sizes: Mapping[str, int]) -> dict[str, R]:
+    """``{name: work(name)}`` for every name of ``sizes`` (element counts), in that order; on
+    the pool's threads, largest arrays first, when there are enough elements to pay for them.
+    The first error in ``sizes`` order is re-raised once all are done."""
+    threads = min(os.cpu_count() or 1, MAX_THREADS)
+    if threads == 1 or sum(sizes.values()) < 2 * MIN_SLICE:
+        return {name: work(name) for name in sizes}
+    largest_first = sorted(sizes, key=sizes.__getitem__, reverse=True)
+    futures = {name: _pool().submit(work, name) for name in largest_first}
+    for future in futures.values():
+        future.exception()  # wait for every task before raising any error
+    return {name: futures[name].result() for name in sizes}

@@ -9,6 +9,7 @@ import numpy as np
 from flwr.app import ArrayRecord, MetricRecord
 
 from strategies.arrays import to_numpy
+from strategies.slices import map_arrays
 from strategies.wire import Record
 
 R = TypeVar("R", bound=Record)
@@ -80,7 +81,10 @@ def arrays_like(received: ArrayRecord, template: ArrayRecord) -> dict[str, np.nd
         values = to_numpy(array)
         if values.shape != tuple(expected.shape):
             raise ReplyError("shape", f"{name}: payload shape {values.shape} != {expected.shape}")
-        if values.dtype.kind == "f" and not all_finite(values):
-            raise ReplyError("non-finite", f"{name} holds NaN or Inf")
         decoded[name] = values
+    floats = {name: values.size for name, values in decoded.items() if values.dtype.kind == "f"}
+    finite = map_arrays(lambda name: all_finite(decoded[name]), floats)
+    for name, ok in finite.items():
+        if not ok:
+            raise ReplyError("non-finite", f"{name} holds NaN or Inf")
     return decoded

@@ -18,10 +18,11 @@ from flwr.app import (
 )
 
 from strategies import slices
+from strategies.arrays import l2_norm
 from strategies.cohort import ClientDirectory
 from strategies.fedavg import FedAvg, weighted_average
 from strategies.job import ClientJob
-from strategies.validation import all_finite
+from strategies.validation import ReplyError, all_finite, arrays_like
 from strategies.wire import pack_clients, record_bytes, shared_payload_bytes, unpack_clients
 
 NPY_HEADER_MAX = 256  # generous bound on the .npy header + key length per array
@@ -101,6 +102,35 @@ def test_for_each_slice_reraises_errors() -> None:
 
     with pytest.raises(KeyError):
         slices.for_each_slice(1 << 20, fail)
+
+
+@pytest.mark.parametrize("min_slice", [1, 1 << 30])
+def test_map_arrays_gives_every_result_in_the_given_order(
+    monkeypatch: pytest.MonkeyPatch, min_slice: int
+) -> None:
+    monkeypatch.setattr(slices, "MIN_SLICE", min_slice)
+    monkeypatch.setattr(slices.os, "cpu_count", lambda: 4)
+    sizes = {"small": 1, "big": 100, "mid": 10, "empty": 0}
+    result = slices.map_arrays(lambda name: (name, sizes[name] * 2), sizes)
+    assert list(result) == list(sizes)
+    assert result == {name: (name, size * 2) for name, size in sizes.items()}
+
+
+def test_map_arrays_raises_the_first_error_in_order_after_all_ran(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(slices, "MIN_SLICE", 1)
+    monkeypatch.setattr(slices.os, "cpu_count", lambda: 4)
+    ran: list[str] = []
+
+    def work(name: str) -> None:
+        ran.append(name)
+        if name != "a":
+            raise KeyError(name)
+
+    with pytest.raises(KeyError, match="b"):
+        slices.map_arrays(work, {"a": 5, "b": 1, "c": 9})
+    assert sorted(ran) == ["a", "b", "c"]
 
 
 def test_weighted_average_keeps_zero_dim_float_arrays() -> None:
@@ -288,18 +318,14 @@ def test_aggregate_train_is_the_weighted_average(round_setup) -> None:
     assert metrics_line["client_train_s"] == pytest.approx(2.5)
 
 
-def test_monitor_inputs_are_each_clients_delta_and_their_weighted_mean(round_setup) -> None:
+def test_monitor_inputs_are_each_clients_delta_norm_and_their_weighted_mean(round_setup) -> None:
     strategy, template, messages = round_setup()
     strategy.aggregate_train(1, _replies(messages, template))
     base = {n: a.numpy() for n, a in template.items()}
     floats = [n for n, v in base.items() if v.dtype.kind == "f"]
-    deltas = [
-        {n: d[n].copy() for n in floats} for d in strategy.client_deltas(strategy.last_updates)
-    ]
-    for client_id, delta in enumerate(deltas):
-        for name in floats:
-            expected = _client_arrays(template, client_id)[name] - base[name]
-            np.testing.assert_array_equal(delta[name], expected)
+    deltas = [{n: _client_arrays(template, c)[n] - base[n] for n in floats} for c in range(6)]
+    for update, delta in zip(strategy.last_updates, deltas, strict=True):
+        assert update.delta_norms == {n: l2_norm(delta[n]) for n in floats}
     shares = np.array([10 * (c + 1) for c in range(6)]) / sum(10 * (c + 1) for c in range(6))
     mean = strategy.mean_client_delta()
     assert sorted(mean) == sorted(floats)
@@ -593,3 +619,21 @@ def test_replies_are_built_from_real_content_types() -> None:
 def test_all_finite_agrees_with_isfinite(values: np.ndarray, finite: bool) -> None:
     assert all_finite(values) is finite
     assert finite == bool(np.isfinite(values).all())
+
+
+@pytest.mark.parametrize("min_slice", [1, 1 << 30])
+def test_arrays_like_names_the_first_non_finite_array_on_threads_or_not(
+    monkeypatch: pytest.MonkeyPatch, min_slice: int
+) -> None:
+    monkeypatch.setattr(slices, "MIN_SLICE", min_slice)
+    monkeypatch.setattr(slices.os, "cpu_count", lambda: 4)
+    names = ["a", "b", "c", "d"]
+    template = ArrayRecord({n: Array(np.zeros(50, dtype=np.float32)) for n in names})
+    good = {n: np.full(50, i, dtype=np.float32) for i, n in enumerate(names)}
+    decoded = arrays_like(ArrayRecord({n: Array(v) for n, v in good.items()}), template)
+    assert list(decoded) == names
+    for name in names:
+        np.testing.assert_array_equal(decoded[name], good[name])
+    bad = {**good, "b": np.full(50, np.nan, dtype=np.float32), "d": np.full(50, np.inf, np.float32)}
+    with pytest.raises(ReplyError, match="b holds NaN or Inf"):
+        arrays_like(ArrayRecord({n: Array(v) for n, v in bad.items()}), template)

@@ -17,6 +17,7 @@ from server_app.checkpoint import load_checkpoint
 from server_app.experiment import run_experiment
 from server_app.inprocess import InProcessGrid
 from server_app.settings import ConfigError, build_strategy, compose_config
+from strategies.arrays import l2_norm
 from strategies.base import CONFIG, METRICS
 from strategies.cohort import ClientDirectory
 from strategies.compression import topk_count
@@ -126,6 +127,18 @@ def test_constant_direction_reuses_every_layer_after_round_one(make_grid) -> Non
             np.testing.assert_allclose(
                 theta.numpy(), before[name] - total_step * fed.direction[name], atol=2e-6
             )
+
+
+def test_monitor_norms_are_the_rebuilt_pseudo_gradients_norms(make_grid) -> None:
+    """‖Δ_c‖ = ‖g_c‖ per layer, also in rounds where a client sent only LBGM scalars."""
+    fed = Federation(make_grid, "strategy=lbgm", "strategy.delta=0.01")
+    for server_round in (1, 2):
+        fed.round(server_round, lambda c: 0.01 * (c + 1))
+        for update in fed.strategy.last_updates:
+            grads = update.payload.grads
+            assert update.delta_norms == {n: l2_norm(g) for n, g in grads.items()}
+            assert sorted(update.delta_norms) == sorted(fed.direction)
+            assert all(value > 0 for value in update.delta_norms.values())
 
 
 def test_whole_model_granularity_sends_one_scalar(make_grid) -> None:

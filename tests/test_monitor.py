@@ -24,6 +24,7 @@ from server_app.results import (
     summarize,
     write_summary,
 )
+from strategies.arrays import l2_norm
 
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -154,11 +155,10 @@ def test_layer_monitor_two_round_toy_run_by_hand() -> None:
     w1 = _layers(**{"a.weight": [[1.0, 1.0], [0.0, 0.0]], "a.bias": [[9.0]]})
     w2 = _layers(**{"a.weight": [[0.0, 2.0], [0.0, 0.0]], "a.bias": [[9.0]]})
     monitor = LayerMonitor(ref_round=1)
-    deltas = [
-        {"a.weight": np.array([[0.0, 2.0], [0.0, 0.0]])},
-        {"a.weight": np.array([[0.0, -1.0], [0.0, 0.0]])},
-    ]
-    first = monitor.observe(1, w0, w1, deltas, [1, 1])
+    deltas = [np.array([[0.0, 2.0], [0.0, 0.0]]), np.array([[0.0, -1.0], [0.0, 0.0]])]
+    mean = {"a.weight": (deltas[0] + deltas[1]) / 2}
+    norms = [{"a.weight": l2_norm(d)} for d in deltas]
+    first = monitor.observe(1, w0, w1, mean, norms, [1, 1])
     assert first["layer_rel_update"] == {"a.weight": pytest.approx(1.0)}  # |(0,1)| / |(1,0)|
     assert first["layer_cos_ref"] == {"a.weight": pytest.approx(1.0)}
     assert first["layer_l2_ref"] == {"a.weight": 0.0}
@@ -183,23 +183,20 @@ def test_layer_monitor_reports_reference_values_from_the_reference_round_on() ->
 
 
 def test_agg_eff_weights_clients_by_their_aggregation_weight() -> None:
-    deltas = [{"w.weight": np.array([[1.0, 0.0]])}, {"w.weight": np.array([[-1.0, 0.0]])}]
-    assert aggregation_effectiveness(deltas, [3, 1]) == {"w.weight": pytest.approx(0.5)}
+    # mean = (3·(1, 0) + 1·(−1, 0)) / 4 = (0.5, 0); both norms are 1
+    mean = {"w.weight": np.array([[0.5, 0.0]])}
+    norms = [{"w.weight": 1.0}, {"w.weight": 1.0}]
+    assert aggregation_effectiveness(mean, norms, [3, 1]) == {"w.weight": pytest.approx(0.5)}
 
 
-def test_agg_eff_streams_a_generator_like_a_list() -> None:
+def test_agg_eff_is_one_when_clients_agree_and_reports_layer_weights_only() -> None:
     rng = np.random.default_rng(0)
-    deltas = [{"w.weight": rng.normal(size=(3, 4)), "w.bias": rng.normal(size=4)} for _ in range(5)]
-    weights = [1, 2, 3, 4, 5]
-    streamed = aggregation_effectiveness((d for d in deltas), weights)
-    assert streamed == aggregation_effectiveness(deltas, weights)
-    assert list(streamed) == ["w.weight"]
-
-
-def test_agg_eff_with_the_strategys_mean_equals_summing_the_deltas() -> None:
-    rng = np.random.default_rng(1)
-    deltas = [{"w.weight": rng.normal(size=(3, 4)), "w.bias": rng.normal(size=4)} for _ in range(5)]
-    weights = [1, 2, 3, 4, 5]
-    mean = {"w.weight": sum(w * d["w.weight"] for w, d in zip(weights, deltas, strict=True)) / 15}
-    given = aggregation_effectiveness(deltas, weights, mean)
-    assert given == pytest.approx(aggregation_effectiveness(deltas, weights), rel=1e-12)
+    direction = {"w.weight": rng.normal(size=(3, 4)), "w.bias": rng.normal(size=4)}
+    scales = [1.0, 2.0, 0.5]
+    weights = [1, 2, 3]
+    shares = np.array(weights) / sum(weights)
+    mean = {
+        n: sum(s * k * v for s, k in zip(shares, scales, strict=True)) for n, v in direction.items()
+    }
+    norms = [{n: k * l2_norm(v) for n, v in direction.items()} for k in scales]
+    assert aggregation_effectiveness(mean, norms, weights) == {"w.weight": pytest.approx(1.0)}
