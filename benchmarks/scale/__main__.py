@@ -26,7 +26,7 @@ included), sampled every 0.5 s; peak GPU memory is the device's largest ``memory
 (b) are written for ``work.py``'s cnn on mnist5k, so other setups run with ``--no-baselines``
 (``--gpu`` does). ``--gpu`` is short for ``--model resnet18 --dataset cifar10_synthetic
 --client-gpus 0.1 --clients 500,1000 --cohorts auto --strategies fedavg --no-baselines
---name scale_gpu``; options given beside it win.
+--rounds 3 --auto-rounds 3 --name scale_gpu``; options given beside it win.
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ GPU_PRESET = {
     "cohorts": "auto",
     "strategies": "fedavg",
     "baselines": False,
+    "auto_rounds": 3,
+    "rounds": 3,
     "name": "scale_gpu",
 }
 
@@ -232,7 +234,7 @@ def commands(args: argparse.Namespace, clients: int) -> list[tuple[Row, list[str
         )
     for k in args.cohorts.split(","):
         for strategy in args.strategies.split(","):
-            rounds = args.rounds if k == "1" else max(args.rounds, AUTO_ROUNDS)
+            rounds = args.rounds if k == "1" else max(args.rounds, args.auto_rounds)
             row = Row("fedsparse", clients, strategy, k, rounds)
             run_dir = args.runs / f"{strategy}_k{k}_n{clients}"
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -443,6 +445,9 @@ def main() -> None:
     parser.add_argument("--strategies", default="fedavg,lips,lbgm,fedpm")
     parser.add_argument("--cohorts", default="1,auto", help="fedsparse rows: 1, auto or both")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--auto-rounds", type=int, default=AUTO_ROUNDS, help="fewest rounds of a K=auto row"
+    )
     parser.add_argument("--runs", type=Path, default=REPO / "benchmarks/runs/scale")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks/results")
     parser.add_argument("--name", default="scale", help="results file stem: <results>/<name>.md")
