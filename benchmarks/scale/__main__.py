@@ -159,8 +159,9 @@ def _gpu_used_mb() -> float:
     return sum(float(line) for line in out.split())
 
 
-def measure(command: list[str], row: Row) -> Row:
-    """Run ``command``; time its round lines, sample its process tree's memory and the GPU's."""
+def measure(command: list[str], row: Row, log: Path) -> Row:
+    """Run ``command``; time its round lines, sample its process tree's memory and the GPU's.
+    Its whole output goes to ``log``; a failed row's error quotes the end and names the log."""
     started = time.perf_counter()
     proc = subprocess.Popen(
         command,
@@ -183,10 +184,13 @@ def measure(command: list[str], row: Row) -> Row:
     sampler.start()
     stamps: dict[int, float] = {}
     tail: list[str] = []
+    log.parent.mkdir(parents=True, exist_ok=True)
+    out = log.open("w")
     timer = threading.Timer(TIMEOUT_S, lambda: os.killpg(proc.pid, 9))
     timer.start()
     try:
         for line in proc.stdout:
+            out.write(line)
             tail = [*tail[-40:], line]
             match = ROUND_LINE.match(line)
             if match:
@@ -194,6 +198,7 @@ def measure(command: list[str], row: Row) -> Row:
                 print(f"    {line.rstrip()}", flush=True)
         proc.wait()
     finally:
+        out.close()
         timer.cancel()
         done.set()
         sampler.join()
@@ -203,7 +208,7 @@ def measure(command: list[str], row: Row) -> Row:
     row.peak_mb, row.gpu_peak_mb = peak[0], gpu_peak[0]
     row.wall_s = time.perf_counter() - started
     if proc.returncode != 0 or len(rounds) < row.rounds:
-        row.error = f"exit {proc.returncode}: " + "".join(tail[-5:]).strip()[-400:]
+        row.error = f"exit {proc.returncode} (log: {log}): " + "".join(tail[-5:]).strip()[-400:]
     return row
 
 
@@ -278,7 +283,8 @@ def run(args: argparse.Namespace) -> list[Row]:
     for clients in [int(c) for c in args.clients.split(",")]:
         for row, command in commands(args, clients):
             print(f"[scale] {row.label}, {clients} clients", flush=True)
-            rows.append(measure(command, row))
+            log = args.runs / f"{row.label.replace(' ', '_')}_n{clients}.log"
+            rows.append(measure(command, row, log))
             if row.kind == "fedsparse":
                 read_run(args, row)
             print(
@@ -365,6 +371,8 @@ def report(args: argparse.Namespace) -> None:
         k = row.k_setting
         fedavg = find("fedsparse", row.clients, "fedavg", k) if row.kind == "fedsparse" else None
         seconds = f"{row.median_s:.2f}" if row.round_s else f"failed: {row.error[:80]}"
+        if row.round_s and row.error:
+            seconds += f" (failed after round {len(row.round_s) + 1} of {row.rounds})"
         lines.append(
             f"| {row.clients} | {row.name} | {row.clients_per_node or '–'} "
             f"| {seconds} | {_ratio(row, flower)} | {_ratio(row, floor)} "
