@@ -147,10 +147,14 @@ def _receive(
 
 
 def _train_one(
-    msg: Message, context: Context, job: ClientJob, client_id: int, device: torch.device
+    msg: Message,
+    context: Context,
+    job: ClientJob,
+    client_id: int,
+    device: torch.device,
+    state: ClientState,
 ) -> dict[str, Record]:
     algorithm = strategies.get_algorithm(job.algorithm).client()
-    state = client_state(context.state, client_id, job.state_dir, context.run_id)
     faults = plan_faults(job, client_id)
     if faults.error:
         raise InjectedFault(f"injected failure of client {client_id} (faults.error_rate)")
@@ -198,9 +202,15 @@ def directory(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train every client the message names, one after another."""
+    """Train every client the message names, one after another; their replaced state is freed
+    only when all succeeded (a message that raises keeps the node's committed state intact)."""
     job, device = _prepare(msg, context)
-    per_client = {c: _train_one(msg, context, job, c, device) for c in job.client_ids}
+    states = {
+        c: client_state(context.state, c, job.state_dir, context.run_id) for c in job.client_ids
+    }
+    per_client = {c: _train_one(msg, context, job, c, device, states[c]) for c in job.client_ids}
+    for state in states.values():
+        state.release_superseded()
     return Message(pack_clients(per_client), reply_to=msg)
 
 

@@ -9,7 +9,8 @@ ConfigRecord naming it; the arrays round-trip byte for byte, so results do not c
 Files are never overwritten. Flower discards the updated ``context.state`` of a message whose
 ClientApp raised, so the references it holds must keep pointing at files that still exist: a new
 write removes the client's older files for that record except the one the node's last committed
-state refers to.
+state refers to, and that one goes only once the whole message has succeeded
+(:meth:`FileClientState.release_superseded`). Between messages a client has one file per record.
 """
 
 from __future__ import annotations
@@ -74,6 +75,14 @@ class FileClientState(ClientState):
         for old in self.folder.glob(f"{stem}.*.arrays"):
             if old.name not in keep:
                 old.unlink(missing_ok=True)
+
+    def release_superseded(self) -> None:
+        """Remove the files this message's writes replaced. Call once the whole message has
+        succeeded: the node's state then refers to the new files only."""
+        for committed in self._committed.values():
+            if committed is not None:
+                (self.folder / committed).unlink(missing_ok=True)
+        self._committed.clear()
 
     def _read(self, reference: ConfigRecord) -> ArrayRecord:
         path = self.folder / str(reference[FILE_KEY])

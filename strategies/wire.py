@@ -101,3 +101,7 @@ class ClientState:
 
     def set(self, name: str, record: Record) -> None:
         self._node_state[client_key(self._client_id, name)] = record
+
+    def release_superseded(self) -> None:
+        """Free what this message's writes replaced once it has succeeded (nothing: the context
+        holds the records themselves)."""

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.supercore.task_identity import TaskIdentity
 
+from client_app import app as app_module
 from client_app.app import _ModelTemplates, directory, evaluate_global, train
+from client_app.state_files import FileClientState
 from data.federated import client_data
 from server_app.experiment import initial_arrays
 from server_app.settings import client_job, compose_config
@@ -137,3 +150,36 @@ def test_reused_working_model_is_reset_to_a_fresh_build() -> None:
         assert torch.equal(value, pristine[name]), name
     assert all(p.grad is None and p.requires_grad for p in again.parameters())
     assert all(m.training for m in again.modules())
+
+
+def test_replaced_state_files_go_only_when_the_whole_cohort_succeeded(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Client 2 writes new state, then client 3 fails: Flower keeps the node's old context, so
+    client 2's old file must still be there; a later successful message removes it."""
+    _, job, arrays = _setup(clients_per_node=2)
+    job = replace(job, state_dir=str(tmp_path))
+    context = _context(partition_id=1)
+    folder = tmp_path / "run-1" / "client-2"
+    FileClientState(context.state, 2, tmp_path, 1).set("lbg", ArrayRecord({"v": Array(np.ones(3))}))
+    (committed,) = folder.iterdir()
+    fail_client = [3]
+
+    def train_one(msg, context, job, client_id, device, state) -> dict:
+        if client_id in fail_client:
+            raise RuntimeError("client 3 fails")
+        state.set("lbg", ArrayRecord({"v": Array(np.full(3, 2.0))}))
+        return {"metrics": MetricRecord({"num-examples": 1, "train-loss": 0.0})}
+
+    monkeypatch.setattr(app_module, "_train_one", train_one)
+    discarded = _context(partition_id=1)  # Flower runs a copy and drops it when the app raises
+    discarded.state = RecordDict(dict(context.state))
+    with pytest.raises(RuntimeError, match="client 3 fails"):
+        train(_message(job, arrays, [2, 3]), discarded)
+    assert committed.exists()
+    fail_client.clear()
+    train(_message(job, arrays, [2, 3]), context)
+    assert not committed.exists() and len(list(folder.iterdir())) == 1
+    np.testing.assert_array_equal(
+        FileClientState(context.state, 2, tmp_path, 1).get("lbg")["v"].numpy(), np.full(3, 2.0)
+    )

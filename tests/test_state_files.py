@@ -81,6 +81,21 @@ def test_old_files_go_but_the_committed_one_survives_a_failed_message(tmp_path) 
     assert len(_files(folder)) == 2
 
 
+def test_a_succeeded_message_leaves_one_file_per_record(tmp_path) -> None:
+    node_state = RecordDict()
+    folder = tmp_path / "run-1" / "client-0"
+    for value in (1, 2, 3):
+        state = FileClientState(node_state, 0, tmp_path, 1)
+        state.set("lbg", _record(value))
+        state.set("residual", _record(10 * value))
+        assert len(_files(folder)) == (2 if value == 1 else 4)  # until the message succeeds
+        state.release_superseded()
+        assert len(_files(folder)) == 2
+        reread = FileClientState(node_state, 0, tmp_path, 1)
+        assert reread.get("lbg")["scalar"].numpy() == value
+        assert reread.get("residual")["scalar"].numpy() == 10 * value
+
+
 def test_a_missing_state_file_says_what_to_configure(tmp_path) -> None:
     node_state = RecordDict()
     FileClientState(node_state, 0, tmp_path, 1).set("lbg", _record(1))
