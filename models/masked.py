@@ -39,8 +39,16 @@ def draw_mask(p: torch.Tensor, generator: torch.Generator | None = None) -> torc
     costs ~2x more; FedPM draws one mask per parameter on every forward pass. The comparison
     is written into ``u`` itself (one pass, no boolean copy).
     """
-    u = torch.rand(p.shape, generator=generator, dtype=p.dtype, device=p.device)
-    return u.lt_(p)
+    return _uniform(p, generator).lt_(p)
+
+
+def draw_bool_mask(p: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The mask :func:`draw_mask` draws from the same generator state, as a bool tensor."""
+    return _uniform(p, generator) < p
+
+
+def _uniform(p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.rand(p.shape, generator=generator, dtype=p.dtype, device=p.device)
 
 
 class BernoulliSample(torch.autograd.Function):

@@ -31,7 +31,7 @@ from data.federated import central_test, dataset_info
 from models.masked import (
     ESTIMATORS,
     build_masked,
-    draw_mask,
+    draw_bool_mask,
     sampled_masks,
     save_supermask,
     set_estimator,
@@ -95,7 +95,7 @@ def build_fedpm_model(
 # ----------------------------------------------------------------------------------- codec
 def pack_mask(mask: np.ndarray) -> np.ndarray:
     """A binary mask as ⌈N/8⌉ uint8 bytes (row-major, zero padding bits)."""
-    return np.packbits(mask.astype(bool).ravel())
+    return np.packbits(mask.astype(bool, copy=False).ravel())
 
 
 def unpack_mask(packed: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -240,12 +240,20 @@ class FedPM(FedSparseStrategy):
         )
         self._evaluator: MaskEvaluator | None = None
         self._scores: dict[str, np.ndarray] = {}
+        self._downlink: tuple[ArrayRecord | None, ArrayRecord] = (None, ArrayRecord())
 
     def downlink(self, server_round: int, arrays: ArrayRecord, message_type: str) -> ArrayRecord:
-        """Only the scores travel, in ``downlink_dtype``; the weights come from the seed."""
-        return ArrayRecord(
-            {name: Array(a.numpy().astype(self.downlink_dtype)) for name, a in arrays.items()}
-        )
+        """Only the scores travel, in ``downlink_dtype``; the weights come from the seed. Encoded
+        once per global model, however many node messages carry it."""
+        if self._downlink[0] is not arrays:
+            encoded = ArrayRecord(
+                {
+                    name: to_array(to_numpy(a).astype(self.downlink_dtype))
+                    for name, a in arrays.items()
+                }
+            )
+            self._downlink = (arrays, encoded)
+        return self._downlink[1]
 
     def reply_limit(self) -> int:
         return sum((math.prod(s) + 7) // 8 for s in self.shapes.values()) + REPLY_SLACK_BYTES
@@ -387,10 +395,10 @@ class FedPMClient(ClientAlgorithm):
         )
         packed, ones, total = {}, 0, 0
         for name, score in model.state_dict().items():
-            mask = draw_mask(torch.sigmoid(score.detach().cpu()), generator)
-            values = mask.numpy().astype(bool)
+            p = torch.sigmoid(score.detach().cpu())
+            values = draw_bool_mask(p, generator).numpy()
             packed[name] = to_array(pack_mask(values))
-            ones, total = ones + int(values.sum()), total + values.size
+            ones, total = ones + int(np.count_nonzero(values)), total + values.size
         return {
             ARRAYS: ArrayRecord(packed),
             METRICS: MetricRecord({ONES_METRIC: ones / total}),

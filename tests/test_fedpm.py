@@ -21,6 +21,7 @@ from models.masked import (
     MaskedConv2d,
     MaskedLinear,
     build_masked,
+    draw_bool_mask,
     draw_mask,
     load_supermask,
     set_estimator,
@@ -364,3 +365,5 @@ def test_mask_draws_are_bernoulli_and_seeded() -> None:
     assert torch.allclose(frequency[1:4], torch.tensor([0.1, 0.5, 0.9]), atol=0.01)  # ~4.5 sigma
     assert torch.equal(draws, draw_mask(p, torch.Generator().manual_seed(3)))
     assert not torch.equal(draws, draw_mask(p, torch.Generator().manual_seed(4)))
+    as_bool = draw_bool_mask(p, torch.Generator().manual_seed(3))
+    assert as_bool.dtype == torch.bool and torch.equal(as_bool, draws.bool())
