@@ -7,8 +7,8 @@ Per conv/linear weight and per round:
 - ``layer_agg_eff``: aggregation effectiveness ‖Σ_c w_c Δ_c‖ / Σ_c w_c ‖Δ_c‖ over the round's
   client updates Δ_c = θ_c − W_{t−1} (w_c = the aggregation weights). 1 means clients agree;
   near 0, their updates cancel out. The strategy supplies Σ_c w_c Δ_c (its aggregate holds it)
-  and each client's ‖Δ_c‖, taken when the reply arrived (:func:`delta_norms`), so the monitor
-  never needs the clients' updates again.
+  and each client's ‖Δ_c‖, taken when its reply arrived (``FedSparseStrategy.delta_norms``), so
+  the monitor never needs the clients' updates again.
 """
 
 from __future__ import annotations
