@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> list[Row]:
     for clients in [int(c) for c in args.clients.split(",")]:
         for row, command in commands(args, clients):
             print(f"[scale] {row.label}, {clients} clients", flush=True)
-            log = args.runs / f"{row.label.replace(' ', '_')}_n{clients}.log"
+            log = args.runs / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', row.label)}_n{clients}.log"
             rows.append(measure(command, row, log))
             if row.kind == "fedsparse":
                 read_run(args, row)
