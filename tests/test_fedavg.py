@@ -104,12 +104,14 @@ def test_for_each_slice_reraises_errors() -> None:
         slices.for_each_slice(1 << 20, fail)
 
 
-@pytest.mark.parametrize("min_slice", [1, 1 << 30])
-def test_map_arrays_gives_every_result_in_the_given_order(
-    monkeypatch: pytest.MonkeyPatch, min_slice: int
-) -> None:
-    monkeypatch.setattr(slices, "MIN_SLICE", min_slice)
+@pytest.fixture(params=[1, 1 << 30], ids=["threaded", "serial"])
+def four_cpus(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four CPUs, and arrays handed to threads from one element on, or never."""
+    monkeypatch.setattr(slices, "MIN_SLICE", request.param)
     monkeypatch.setattr(slices.os, "cpu_count", lambda: 4)
+
+
+def test_map_arrays_gives_every_result_in_the_given_order(four_cpus: None) -> None:
     sizes = {"small": 1, "big": 100, "mid": 10, "empty": 0}
     result = slices.map_arrays(lambda name: (name, sizes[name] * 2), sizes)
     assert list(result) == list(sizes)
@@ -621,12 +623,7 @@ def test_all_finite_agrees_with_isfinite(values: np.ndarray, finite: bool) -> No
     assert finite == bool(np.isfinite(values).all())
 
 
-@pytest.mark.parametrize("min_slice", [1, 1 << 30])
-def test_arrays_like_names_the_first_non_finite_array_on_threads_or_not(
-    monkeypatch: pytest.MonkeyPatch, min_slice: int
-) -> None:
-    monkeypatch.setattr(slices, "MIN_SLICE", min_slice)
-    monkeypatch.setattr(slices.os, "cpu_count", lambda: 4)
+def test_arrays_like_names_the_first_non_finite_array_on_threads_or_not(four_cpus: None) -> None:
     names = ["a", "b", "c", "d"]
     template = ArrayRecord({n: Array(np.zeros(50, dtype=np.float32)) for n in names})
     good = {n: np.full(50, i, dtype=np.float32) for i, n in enumerate(names)}
