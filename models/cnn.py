@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from models.conv import ConvFactory, LinearFactory, channels_last, dense_conv, dense_linear
+from models.conv import ConvFactory, LinearFactory, dense_conv, dense_linear, inference_order
 from models.registry import register_model
 
 
@@ -35,7 +35,7 @@ class SmallCNN(nn.Module):
         self.fc2 = linear(128, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(channels_last(self.relu(self.conv1(x))))
+        x = self.pool(inference_order(self.relu(self.conv1(x))))
         x = self.pool(self.relu(self.conv2(x)))
         x = torch.flatten(x, 1)
         return self.fc2(self.relu(self.fc1(x)))

@@ -27,11 +27,18 @@ CONV_WIDTHS: dict[str, tuple[int, ...]] = {
 HIDDEN = 256
 
 
-def channels_last(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in channels-last memory order (same values and shape). Applied after the first
-    convolution (a 1-channel input has no channel order to change): every later convolution and
-    max-pool then runs in that order, which PyTorch's CPU kernels do several times faster (a
-    2×2 max-pool ~7×, measured on torch 2.14) at the cost of one copy."""
+def inference_order(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last memory order when no gradient is being recorded, else as it is.
+
+    Applied after the first convolution (a 1-channel input has no channel order to change):
+    every later convolution and max-pool of an evaluation then runs in that order, which
+    PyTorch's CPU kernels do several times faster (a 2×2 max-pool ~7×, the cnn's evaluation
+    ~2.4×, measured on torch 2.14). Training keeps the default order: its convolutions give
+    bit-equal outputs for equal inputs, so max-pool ties stay exact ties, and federations that
+    are equal in exact arithmetic (LBGM that never reuses and FedAvg) stay within rounding of
+    each other instead of drifting apart round by round."""
+    if torch.is_grad_enabled():
+        return x
     return x.contiguous(memory_format=torch.channels_last)
 
 
@@ -80,7 +87,7 @@ class ConvStack(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         first, *rest = self.features
-        x = channels_last(first(x))
+        x = inference_order(first(x))
         for layer in rest:
             x = layer(x)
         return self.classifier(torch.flatten(x, 1))
