@@ -73,13 +73,8 @@ class FedAvg(FedSparseStrategy):
     def delta_norms(self, payload: dict[str, np.ndarray]) -> dict[str, float]:
         base = to_numpy_dict(self.global_arrays)
         floats = {name: values.size for name, values in payload.items() if values.dtype.kind == "f"}
-        for name in floats:
-            delta = self._scratch.get(name)
-            if (
-                delta is None
-                or delta.shape != payload[name].shape
-                or delta.dtype != payload[name].dtype
-            ):
+        for name in floats:  # decoded payloads match the global arrays' shapes and dtypes
+            if name not in self._scratch:
                 self._scratch[name] = np.empty_like(payload[name])
 
         def norm(name: str) -> float:
