@@ -30,11 +30,13 @@ from client_app.training import TensorData, evaluate, load_weights, resolve_devi
 from data.federated import central_test, dataset_info
 from models.masked import (
     ESTIMATORS,
+    MaskRNG,
     build_masked,
     draw_bool_mask,
     sampled_masks,
     save_supermask,
     set_estimator,
+    set_mask_rng,
     weight_hash,
 )
 from strategies.arrays import to_array, to_numpy
@@ -55,6 +57,7 @@ MASKED_FORMS = {name: f"masked_{name}" for name in ("cnn", "conv4", "conv6", "co
 DOWNLINK_DTYPES = {"float32": np.float32, "float16": np.float16}
 WEIGHT_STREAM = 0x57E1  # keeps the weight seed apart from every other draw of the run seed
 MASK_STREAM = 0x3A5C  # the uplink mask draw, apart from the batch-order stream
+TRAIN_MASK_STREAM = 0x7D2B  # the masks of every local training forward pass
 EVAL_STREAM = 0xE7A1  # the server's sampled-mask evaluation
 ONES_METRIC = "fedpm-ones-frac"
 EXPORT_FILE = "final_model.fedpm"
@@ -154,7 +157,11 @@ class BetaPosterior:
             if self.resets(server_round) or name not in self.alpha:
                 self.alpha[name] = np.full(masks[0][name].shape, self.lambda0)
                 self.beta[name] = np.full(masks[0][name].shape, self.lambda0)
-            ones = sum(np.clip(m[name], self.eps, 1.0 - self.eps) for m in masks)
+            counts = np.zeros(masks[0][name].shape, np.int32)
+            for mask in masks:
+                np.add(counts, mask[name], out=counts)
+            # Σ clip(m, ε, 1−ε) over binary masks, from the count of ones: exact, no float sum
+            ones = counts * (1.0 - 2.0 * self.eps) + len(masks) * self.eps
             self.alpha[name] = self.alpha[name] + ones
             self.beta[name] = self.beta[name] + (len(masks) - ones)
             mode_num = self.alpha[name] - 1.0
@@ -342,8 +349,7 @@ class MaskEvaluator:
     def sampled_accuracy(self, model: nn.Module, samples: int, seed: int) -> float:
         """Mean accuracy over ``samples`` seeded draws (a fresh mask per evaluation batch)."""
         model.to(self.data.x.device)
-        generator = torch.Generator(device=self.data.x.device).manual_seed(seed)
-        with sampled_masks(model, generator):
+        with sampled_masks(model, MaskRNG(seed, self.data.x.device)):
             return float(np.mean([evaluate(model, self.data)[1] for _ in range(samples)]))
 
 
@@ -381,6 +387,18 @@ class FedPMClient(ClientAlgorithm):
         load_weights(model, scores)
         set_estimator(model, str(job.params.get("estimator", "scaled")))
 
+    def prepare(
+        self,
+        model: nn.Module,
+        train: TensorData,
+        client_id: int,
+        job: ClientJob,
+        state: ClientState,
+    ) -> None:
+        """Every mask of this client's training draws from its own stream of the run seed."""
+        seed = round_seed(job.seed, job.server_round, client_id) ^ TRAIN_MASK_STREAM
+        set_mask_rng(model, MaskRNG(seed, train.x.device))
+
     def optimizer(self, model: nn.Module, job: ClientJob) -> torch.optim.Optimizer:
         """Adam on the scores only (the frozen weights are buffers); the fused kernel, a quarter
         of the per-tensor loop's time on CPU."""
@@ -390,13 +408,12 @@ class FedPMClient(ClientAlgorithm):
     def reply(
         self, model: nn.Module, client_id: int, job: ClientJob, state: ClientState
     ) -> dict[str, Record]:
-        generator = torch.Generator().manual_seed(
-            round_seed(job.seed, job.server_round, client_id) ^ MASK_STREAM
-        )
+        set_mask_rng(model, None)  # training is over: the working model forgets its stream
+        rng = MaskRNG(round_seed(job.seed, job.server_round, client_id) ^ MASK_STREAM)
         packed, ones, total = {}, 0, 0
         for name, score in model.state_dict().items():
             p = torch.sigmoid(score.detach().cpu())
-            values = draw_bool_mask(p, generator).numpy()
+            values = draw_bool_mask(p, rng).numpy()
             packed[name] = to_array(pack_mask(values))
             ones, total = ones + int(np.count_nonzero(values)), total + values.size
         return {

@@ -15,15 +15,17 @@ from flwr.app import Array, ArrayRecord, RecordDict
 from torch import nn
 
 import strategies
-from client_app.training import TensorData, evaluate
+from client_app.training import TensorData, evaluate, train_epochs
 from data.federated import central_test, dataset_info
 from models.masked import (
     MaskedConv2d,
     MaskedLinear,
+    MaskRNG,
     build_masked,
     draw_bool_mask,
     draw_mask,
     load_supermask,
+    masked_layers,
     set_estimator,
     weight_hash,
 )
@@ -124,11 +126,11 @@ def test_dense_and_masked_conv4_share_the_layout() -> None:
     )
     masked = build_fedpm_model(_job("conv4"), (1, 28, 28), 10)
     dense_layers = [m for m in dense.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    masked_layers = [m for m in masked.modules() if isinstance(m, MaskedConv2d | MaskedLinear)]
+    masked_modules = [m for m in masked.modules() if isinstance(m, MaskedConv2d | MaskedLinear)]
     assert [tuple(m.weight.shape) for m in dense_layers] == [
-        tuple(m.weight.shape) for m in masked_layers
+        tuple(m.weight.shape) for m in masked_modules
     ]
-    assert tuple(masked_layers[4].weight.shape) == (256, 6272)  # Conv4 on 28×28: FC 6272→256
+    assert tuple(masked_modules[4].weight.shape) == (256, 6272)  # Conv4 on 28×28: FC 6272→256
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in masked.modules())
 
 
@@ -249,6 +251,35 @@ def test_client_loads_float16_scores_and_replies_packed_bits() -> None:
         assert packed.dtype == "uint8" and tuple(packed.shape) == ((n + 7) // 8,)
 
 
+def _trained_scores(client_id: int, global_seed: int) -> dict[str, torch.Tensor]:
+    """Scores after one client's local training, with torch's global RNG set to ``global_seed``."""
+    job = _job()
+    torch.manual_seed(0)  # the same starting scores every time
+    model = build_fedpm_model(job, (1, 8, 8), 10)
+    x, y = (
+        torch.randn(48, 1, 8, 8, generator=torch.Generator().manual_seed(1)),
+        torch.arange(48) % 10,
+    )
+    data = TensorData(x, y)
+    client = FedPMClient()
+    client.prepare(model, data, client_id, job, None)
+    torch.manual_seed(global_seed)
+    train_epochs(model, data, client.optimizer(model, job), 1, 16, seed=0)
+    assert all(layer.rng is not None for _, layer in masked_layers(model))
+    client.reply(model, client_id, job, None)
+    assert all(layer.rng is None for _, layer in masked_layers(model))  # stream forgotten
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_training_masks_come_from_the_clients_own_stream() -> None:
+    """A client's training repeats whatever torch's global RNG holds; clients differ."""
+    reference = _trained_scores(client_id=1, global_seed=0)
+    for name, value in _trained_scores(client_id=1, global_seed=123).items():
+        assert torch.equal(value, reference[name]), name
+    other = _trained_scores(client_id=2, global_seed=0)
+    assert any(not torch.equal(other[k], reference[k]) for k in reference)
+
+
 # ---------------------------------------------------------------------------- whole runs
 def test_run_accounting_uplink_is_one_bit_per_parameter(tmp_path: Path) -> None:
     rows = _run(tmp_path, "fedpm")
@@ -357,13 +388,30 @@ def test_weight_seed_and_hash_travel_in_the_job() -> None:
 
 def test_mask_draws_are_bernoulli_and_seeded() -> None:
     p = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0]).repeat(20_000, 1)
-    draws = draw_mask(p, torch.Generator().manual_seed(3))
+    draws = draw_mask(p, MaskRNG(3))
     assert draws.dtype == p.dtype and draws.shape == p.shape
     assert set(draws.unique().tolist()) <= {0.0, 1.0}
     frequency = draws.mean(dim=0)
     assert frequency[0] == 0 and frequency[-1] == 1
     assert torch.allclose(frequency[1:4], torch.tensor([0.1, 0.5, 0.9]), atol=0.01)  # ~4.5 sigma
-    assert torch.equal(draws, draw_mask(p, torch.Generator().manual_seed(3)))
-    assert not torch.equal(draws, draw_mask(p, torch.Generator().manual_seed(4)))
-    as_bool = draw_bool_mask(p, torch.Generator().manual_seed(3))
+    assert torch.equal(draws, draw_mask(p, MaskRNG(3)))
+    assert not torch.equal(draws, draw_mask(p, MaskRNG(4)))
+    as_bool = draw_bool_mask(p, MaskRNG(3))
     assert as_bool.dtype == torch.bool and torch.equal(as_bool, draws.bool())
+
+
+def test_mask_rng_continues_its_stream_and_follows_the_dtype() -> None:
+    rng, again = MaskRNG(5), MaskRNG(5)
+    first, second = rng.uniform(torch.zeros(3, 4)), rng.uniform(torch.zeros(12))
+    assert not torch.equal(first.ravel(), second)  # a stream, not a restart per call
+    assert torch.equal(torch.cat([first.ravel(), second]), again.uniform(torch.zeros(24)))
+    assert ((first >= 0) & (first < 1)).all()
+    assert again.uniform(torch.zeros(2, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_mask_rng_draws_on_the_accelerator() -> None:
+    p = torch.full((1000,), 0.5, device="cuda")
+    draws = draw_mask(p, MaskRNG(3, "cuda"))
+    assert draws.device == p.device
+    assert torch.equal(draws, draw_mask(p, MaskRNG(3, "cuda")))
