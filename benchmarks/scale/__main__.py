@@ -12,7 +12,8 @@ Rows, each run in a fresh process tree at every client count (all clients sample
 client (``plain_flower.py``); (b) the compute floor: the same local training in plain PyTorch
 in one and in two processes (``floor.py``); (c) fedsparse with each strategy at
 ``engine.clients_per_node=1`` and ``auto``. Same data, model and local work everywhere
-(``work.py``); every row evaluates the global model centrally once per round.
+(``work.py``); every row evaluates the global model centrally once per round (FedPM rows turn
+off the sampled-mask accuracy, ``strategy.eval_samples=0``: 5 more evaluations by default).
 
 A round's time is the gap between two successive per-round progress lines as this script reads
 them, so it covers everything a round does (fedsparse: also the checkpoint and monitor); the
@@ -56,6 +57,9 @@ SAMPLE_S = 0.5
 TIMEOUT_S = 1800
 CPUS = os.cpu_count() or 1
 AUTO_ROUNDS = 5  # K=auto rows run at least 5 rounds: the 1,000-client memory check
+# Every row evaluates centrally once per round; FedPM's sampled-mask accuracy would add
+# strategy.eval_samples (default 5) more central evaluations, so its rows turn it off.
+SAME_WORK = {"fedpm": ["strategy.eval_samples=0"]}
 GPU_PRESET = {
     "model": "resnet18",
     "dataset": "cifar10_synthetic",
@@ -260,6 +264,7 @@ def commands(args: argparse.Namespace, clients: int) -> list[tuple[Row, list[str
                 f"engine.clients_per_node={k}",
                 f"engine.client_gpus={args.client_gpus}",
                 f"hydra.run.dir={run_dir}",
+                *SAME_WORK.get(strategy, []),
             ]
             jobs.append((row, [python, "-m", "server_app.cli", *overrides]))
     return jobs
@@ -353,7 +358,8 @@ def report(args: argparse.Namespace) -> None:
         "",
         f"Machine: {data['machine']}. Written by `python -m benchmarks.scale`. "
         f"{run_setup['dataset']} IID, {run_setup['model']}, 1 local epoch (batch 32, SGD 0.05, "
-        "momentum 0.9), all clients sampled every round, central evaluation every round, "
+        "momentum 0.9), all clients sampled every round, one central evaluation every round "
+        "(FedPM rows: `strategy.eval_samples=0`, its sampled-mask evaluations off), "
         f"1 CPU and {run_setup['client_gpus']} GPU per Ray actor ({actors} actors). Median "
         "seconds per round after the first round; peak = largest PSS sum of the whole process "
         "tree; client training s / actor = the clients' own training seconds (`client_train_s`) "
