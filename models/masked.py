@@ -204,15 +204,13 @@ def set_mask_rng(model: nn.Module, rng: MaskRNG | None) -> None:
 def sampled_masks(model: nn.Module, rng: MaskRNG) -> Iterator[None]:
     """Inside the block, eval-mode forwards draw masks from ``rng`` (no thresholding)."""
     layers = [layer for _, layer in masked_layers(model)]
-    set_mask_rng(model, rng)
     for layer in layers:
-        layer.sample_in_eval = True
+        layer.sample_in_eval, layer.rng = True, rng
     try:
         yield
     finally:
-        set_mask_rng(model, None)
         for layer in layers:
-            layer.sample_in_eval = False
+            layer.sample_in_eval, layer.rng = False, None
 
 
 MASKED_BUILDERS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {
