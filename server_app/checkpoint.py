@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import ArrayRecord
+
+from strategies.arrays import to_array_record
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,7 @@ def _load(directory: Path, meta: dict) -> Checkpoint:
             }
     except ValueError as err:
         raise CheckpointError(f"checkpoint {path} cannot be read safely: {err}") from err
-    arrays = ArrayRecord({name: Array(value) for name, value in parts[GLOBAL].items()})
+    arrays = to_array_record(parts[GLOBAL])
     return Checkpoint(meta["round"], arrays, parts[STRATEGY], meta["wall_s"], parts[MONITOR])
 
 

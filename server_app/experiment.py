@@ -25,6 +25,7 @@ from server_app.plots import plot_run
 from server_app.replies import stream_replies
 from server_app.results import METRICS_FILE, MetricsLog, summarize, write_summary
 from server_app.settings import ConfigError, build_strategy, client_job
+from strategies.arrays import to_array_record
 from strategies.cohort import ClientDirectory
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def initial_arrays(cfg: DictConfig) -> ArrayRecord:
     job = client_job(cfg)
     info = dataset_info(job.data_spec())
     torch.manual_seed(cfg.seed)
-    return ArrayRecord(
+    return to_array_record(
         strategies.build_job_model(job, info.input_shape, info.num_classes).state_dict()
     )
 

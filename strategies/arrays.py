@@ -6,6 +6,11 @@ round at 1,000 clients encodes and decodes several thousand arrays. These helper
 header once per (dtype, shape) and copy the values directly: the bytes are identical to
 Flower's own, and any payload that is not exactly a C-ordered .npy of its declared dtype and
 shape is left to Flower's ``Array.numpy()``.
+
+The bytes are held in a :class:`Payload` rather than a ``bytes`` object. Pickled with protocol 5
+(as Ray does with every message of a simulation) a ``bytes`` object is copied into the pickle
+stream and copied out again; a numpy buffer travels beside the stream, so a node's reply of
+hundreds of client updates reaches the server through Ray's object store without either copy.
 """
 
 from __future__ import annotations
@@ -30,8 +35,36 @@ def npy_header(dtype_str: str, shape: tuple[int, ...]) -> bytes:
     return buffer.getvalue()
 
 
+class Payload(np.ndarray):
+    """An Array's bytes in a flat uint8 array: compared like ``bytes``, pickled like a numpy
+    array (out of band under protocol 5, so Ray moves it without copying it into the stream).
+
+    ``len``, ``bytes()``, ``memoryview`` and file writes see exactly the bytes ``np.save`` wrote.
+    """
+
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        return _as_payload, (self.view(np.ndarray),)  # a plain ndarray pickles out of band
+
+    def __eq__(self, other: object) -> bool:
+        try:
+            return memoryview(self) == memoryview(other)
+        except TypeError:
+            return NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None  # mutable, like bytearray
+
+
+def _as_payload(values: np.ndarray) -> Payload:
+    return values.view(Payload)
+
+
 def to_array(values: np.ndarray | torch.Tensor) -> Array:
-    """``Array(values)`` with the header from the cache (byte-identical for C-ordered input)."""
+    """``Array(values)`` with the header from the cache (byte-identical for C-ordered input),
+    its bytes in a :class:`Payload`."""
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
     if not values.flags.c_contiguous:
@@ -39,17 +72,21 @@ def to_array(values: np.ndarray | torch.Tensor) -> Array:
     if values.dtype.hasobject:
         return Array(values)  # Flower refuses object arrays with its own message
     header = npy_header(values.dtype.str, tuple(values.shape))
-    return Array(
-        dtype=str(values.dtype),
-        shape=tuple(values.shape),
-        stype=SType.NUMPY,
-        data=b"".join((header, values.data)),  # one copy of the values, not two
-    )
+    payload = np.empty(len(header) + values.nbytes, dtype=np.uint8).view(Payload)
+    payload[: len(header)] = np.frombuffer(header, dtype=np.uint8)
+    payload[len(header) :] = values.reshape(-1).view(np.uint8)
+    array = Array(dtype=str(values.dtype), shape=tuple(values.shape), stype=SType.NUMPY, data=b"")
+    array.data = payload  # Flower's constructor insists on bytes; its own inflate assigns too
+    return array
 
 
-def to_array_record(values: Mapping[str, np.ndarray | torch.Tensor]) -> ArrayRecord:
-    """An ArrayRecord of ``values`` (e.g. a model's ``state_dict()``), in the given order."""
-    return ArrayRecord({name: to_array(value) for name, value in values.items()})
+def to_array_record(values: Mapping[str, np.ndarray | torch.Tensor | Array]) -> ArrayRecord:
+    """An ArrayRecord of ``values`` (e.g. a model's ``state_dict()``), in the given order;
+    ``Array`` values are kept as they are (``ArrayRecord({...})`` would rebuild each one)."""
+    record = ArrayRecord()
+    for name, value in values.items():
+        record[name] = value if isinstance(value, Array) else to_array(value)
+    return record
 
 
 def to_numpy(array: Array) -> np.ndarray:
@@ -64,8 +101,9 @@ def to_numpy(array: Array) -> np.ndarray:
         if not dtype.hasobject:
             header = npy_header(dtype.str, shape)
             data = array.data
-            if len(data) == len(header) + dtype.itemsize * math.prod(shape) and data.startswith(
-                header
+            if (
+                len(data) == len(header) + dtype.itemsize * math.prod(shape)
+                and memoryview(data)[: len(header)] == header
             ):
                 return np.frombuffer(data, dtype=dtype, offset=len(header)).reshape(shape)
     return array.numpy()

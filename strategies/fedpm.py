@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from torch import nn
 
 from client_app.training import TensorData, evaluate, load_weights, resolve_device, round_seed
@@ -39,7 +39,7 @@ from models.masked import (
     set_mask_rng,
     weight_hash,
 )
-from strategies.arrays import to_array, to_numpy
+from strategies.arrays import to_array_record, to_numpy
 from strategies.base import (
     ARRAYS,
     METRICS,
@@ -253,11 +253,8 @@ class FedPM(FedSparseStrategy):
         """Only the scores travel, in ``downlink_dtype``; the weights come from the seed. Encoded
         once per global model, however many node messages carry it."""
         if self._downlink[0] is not arrays:
-            encoded = ArrayRecord(
-                {
-                    name: to_array(to_numpy(a).astype(self.downlink_dtype))
-                    for name, a in arrays.items()
-                }
+            encoded = to_array_record(
+                {name: to_numpy(a).astype(self.downlink_dtype) for name, a in arrays.items()}
             )
             self._downlink = (arrays, encoded)
         return self._downlink[1]
@@ -278,7 +275,7 @@ class FedPM(FedSparseStrategy):
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
         theta = self.posterior.update(server_round, [u.payload for u in updates])
         self._scores = {k: logit(v).astype(np.float32) for k, v in theta.items()}
-        return ArrayRecord({k: Array(v) for k, v in self._scores.items()})
+        return to_array_record(self._scores)
 
     def round_metrics(self, server_round: int) -> dict[str, Any]:
         ones = [sum(int(m.sum()) for m in u.payload.values()) for u in self.last_updates]
@@ -414,10 +411,10 @@ class FedPMClient(ClientAlgorithm):
         for name, score in model.state_dict().items():
             p = torch.sigmoid(score.detach().cpu())
             values = draw_bool_mask(p, rng).numpy()
-            packed[name] = to_array(pack_mask(values))
+            packed[name] = pack_mask(values)
             ones, total = ones + int(np.count_nonzero(values)), total + values.size
         return {
-            ARRAYS: ArrayRecord(packed),
+            ARRAYS: to_array_record(packed),
             METRICS: MetricRecord({ONES_METRIC: ones / total}),
         }
 

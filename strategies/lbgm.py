@@ -33,13 +33,13 @@ from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from torch import nn
 
 import models
 from data.federated import DataSpec, dataset_info
-from strategies.arrays import l2_norm, to_array, to_array_record, to_numpy, to_numpy_dict
+from strategies.arrays import l2_norm, to_array_record, to_numpy, to_numpy_dict
 from strategies.base import ARRAYS, METRICS, ClientAlgorithm, ClientUpdate, FedSparseStrategy
 from strategies.compression import COMPRESSORS, Codec, CodecError, make_codec
 from strategies.fedavg import weighted_average, weighted_mean
@@ -207,18 +207,18 @@ class PseudoGradient(FedSparseStrategy):
         )
         means = weighted_mean([u.payload.grads for u in updates], [u.num_examples for u in updates])
         self._mean_delta = {name: -mean for name, mean in means.items()}  # Δ_c = −g_c
-        new: dict[str, Array] = {}
+        new: dict[str, np.ndarray] = {}
         for name, array in self.global_arrays.items():
             if name not in self.layers:
-                new[name] = Array(buffers[name])
+                new[name] = buffers[name]
                 continue
             mean = means[name]
             if self.server_momentum:
                 mean += self.server_momentum * self.velocity.get(name, 0.0)
                 self.velocity[name] = mean
-            theta = array.numpy()
-            new[name] = Array((theta - self.server_lr * mean).astype(theta.dtype))
-        return ArrayRecord(new)
+            theta = to_numpy(array)
+            new[name] = (theta - self.server_lr * mean).astype(theta.dtype)
+        return to_array_record(new)
 
     def delta_norms(self, payload: Decoded) -> dict[str, float]:
         return {name: l2_norm(grad) for name, grad in payload.grads.items()}  # ‖Δ_c‖ = ‖g_c‖
@@ -442,7 +442,7 @@ class PseudoGradientClient(ClientAlgorithm):
         params = {n: p.detach().cpu().numpy() for n, p in model.named_parameters()}
         grads = {n: self.start[n] - params[n] for n in params}
         wires, sent = self._compress(codec, grads, job, state)
-        arrays = {n: to_array(v) for n, v in model.state_dict().items() if n not in params}
+        arrays = {n: v for n, v in model.state_dict().items() if n not in params}
         records: dict[str, Record] = {}
         counts = dict.fromkeys(CLIENT_COUNTS, 0)
         full = list(params)
@@ -450,8 +450,8 @@ class PseudoGradientClient(ClientAlgorithm):
             lbgm, full, counts = self._lbgm(sent, job, state)
             records[LBGM] = lbgm
         for name in full:
-            arrays.update({k: to_array(v) for k, v in wires[name].items()})
-        records[ARRAYS] = ArrayRecord(arrays)
+            arrays.update(wires[name])
+        records[ARRAYS] = to_array_record(arrays)
         if job.params.get("lbgm"):
             records[METRICS] = MetricRecord(counts)
         return records
@@ -472,9 +472,9 @@ class PseudoGradientClient(ClientAlgorithm):
             wires[name] = codec.encode(name, x)
             sent[name] = codec.decode(name, wires[name], x.shape, x.dtype)
             if feedback:
-                left[name] = to_array(x - sent[name])
+                left[name] = x - sent[name]
         if feedback:
-            state.set(RESIDUAL, ArrayRecord(left))
+            state.set(RESIDUAL, to_array_record(left))
         return wires, sent
 
     def _lbgm(

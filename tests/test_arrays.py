@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -60,3 +63,39 @@ def test_torch_state_dict_round_trip() -> None:
     tensors = to_tensors(record)
     assert all(torch.equal(tensors[k], v) for k, v in state.items())
     assert all(np.array_equal(v, state[k].numpy()) for k, v in to_numpy_dict(record).items())
+
+
+def test_pickling_carries_the_values_beside_the_stream() -> None:
+    """Protocol 5 (Ray's) hands the payload over as one out-of-band buffer, not inside the
+    stream, and the copy reads back byte for byte."""
+    array = to_array(np.arange(100_000, dtype=np.float32))
+    buffers: list[pickle.PickleBuffer] = []
+    stream = pickle.dumps(array, protocol=5, buffer_callback=buffers.append)
+    assert len(stream) < 1_000
+    assert [b.raw().nbytes for b in buffers] == [len(array.data)]
+    back = pickle.loads(stream, buffers=buffers)
+    assert back.data == array.data and back == array
+    assert np.array_equal(to_numpy(back), np.arange(100_000, dtype=np.float32))
+
+
+@pytest.mark.parametrize("copy_", [copy.deepcopy, lambda a: pickle.loads(pickle.dumps(a))])
+def test_in_band_copies_keep_the_bytes(copy_) -> None:
+    array = to_array(np.arange(10, dtype=np.int16))
+    assert copy_(array).data == array.data == Array(np.arange(10, dtype=np.int16)).data
+
+
+def test_payload_compares_like_bytes() -> None:
+    data = to_array(np.arange(4, dtype=np.uint8)).data
+    assert data == bytes(data) and bytes(data) == data and len(data) == len(bytes(data))
+    assert data != b"other" and (data != bytes(data)) is False
+    assert data != 3
+
+
+def test_flowers_network_encoding_round_trips_our_arrays() -> None:
+    """Deployment sends Arrays as Flower's inflatable objects; ours deflate and inflate to the
+    same bytes and values."""
+    values = np.random.default_rng(0).random((300, 7)).astype(np.float32)
+    array = to_array(values)
+    back = Array.inflate(array.deflate(), children=array.children)
+    assert back.data == array.data and back.object_id == Array(values).object_id
+    assert np.array_equal(back.numpy(), values)
