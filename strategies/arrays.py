@@ -80,12 +80,12 @@ def to_array(values: np.ndarray | torch.Tensor) -> Array:
     return array
 
 
-def to_array_record(values: Mapping[str, np.ndarray | torch.Tensor | Array]) -> ArrayRecord:
-    """An ArrayRecord of ``values`` (e.g. a model's ``state_dict()``), in the given order;
-    ``Array`` values are kept as they are (``ArrayRecord({...})`` would rebuild each one)."""
+def to_array_record(values: Mapping[str, np.ndarray | torch.Tensor]) -> ArrayRecord:
+    """An ArrayRecord of ``values`` (e.g. a model's ``state_dict()``), in the given order.
+    Filled key by key: ``ArrayRecord({...})`` would rebuild each Array with ``bytes``."""
     record = ArrayRecord()
     for name, value in values.items():
-        record[name] = value if isinstance(value, Array) else to_array(value)
+        record[name] = to_array(value)
     return record
 
 
