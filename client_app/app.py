@@ -19,6 +19,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 import strategies
+from client_app.allocator import keep_freed_memory
 from client_app.batchnorm import keep_local_batchnorm, restore_local_batchnorm
 from client_app.faults import InjectedFault, corrupt_reply, plan_faults
 from client_app.state_files import client_state
@@ -122,6 +123,7 @@ def reset_to(model: nn.Module, template: nn.Module) -> None:
 
 
 def _prepare(msg: Message, context: Context) -> tuple[ClientJob, torch.device]:
+    keep_freed_memory()  # every client allocates and frees model-sized arrays
     job = ClientJob.from_record(msg.content[CONFIG])
     hosted = hosted_clients(context.node_config, job.num_clients, job.clients_per_node)
     if set(job.client_ids) - set(hosted):

@@ -16,6 +16,7 @@ from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
 import strategies
+from client_app.allocator import keep_freed_memory
 from client_app.training import TensorData, evaluate, resolve_device
 from data.federated import central_test, dataset_info
 from server_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
@@ -98,6 +99,7 @@ class CentralEvaluator:
 def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
     """Run (or resume) the configured experiment on ``grid``; returns the summary."""
     started = time.perf_counter()
+    keep_freed_memory()  # every round decodes and frees model-sized arrays per client
     cfg = with_clients_per_node(cfg, actors=None)  # auto without an actor pool: 1 per node
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = run_dir / CHECKPOINT_DIR
