@@ -19,6 +19,7 @@ import ast
 import re
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
@@ -49,16 +50,14 @@ class FileClientState(ClientState):
         return record
 
     def set(self, name: str, record: Record) -> None:
-        if name not in self._committed:
-            self._committed[name] = _file_of(super().get(name))
+        self._remember_committed(name)
         if not isinstance(record, ArrayRecord):
             super().set(name, record)
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
         stem = _UNSAFE.sub("_", name)
         path = self.folder / f"{stem}.{uuid.uuid4().hex}.arrays"
         arrays = list(record.items())
-        with path.open("wb") as file:
+        with _create(path) as file:
             for _, array in arrays:
                 file.write(array.data)
         reference: dict = {FILE_KEY: path.name, "count": len(arrays)}
@@ -71,9 +70,22 @@ class FileClientState(ClientState):
                 "sizes": [len(a.data) for _, a in arrays],
             }
         super().set(name, ConfigRecord(reference))
-        keep = {path.name, self._committed[name]}
+        self._remove_uncommitted(stem, keep=path.name, committed=self._committed[name])
+
+    def delete(self, name: str) -> None:
+        """Forget ``name``; a file the node's committed state refers to goes only with
+        :meth:`release_superseded`, one written by this message at once."""
+        self._remember_committed(name)
+        super().delete(name)
+        self._remove_uncommitted(_UNSAFE.sub("_", name), keep=None, committed=self._committed[name])
+
+    def _remember_committed(self, name: str) -> None:
+        if name not in self._committed:
+            self._committed[name] = _file_of(super().get(name))
+
+    def _remove_uncommitted(self, stem: str, keep: str | None, committed: str | None) -> None:
         for old in self.folder.glob(f"{stem}.*.arrays"):
-            if old.name not in keep:
+            if old.name not in (keep, committed):
                 old.unlink(missing_ok=True)
 
     def release_superseded(self) -> None:
@@ -105,6 +117,15 @@ class FileClientState(ClientState):
             )
             offset += size
         return ArrayRecord(arrays)
+
+
+def _create(path: Path) -> BinaryIO:
+    """``path`` opened for writing, its folder made on the first write (not a mkdir per write)."""
+    try:
+        return path.open("xb")
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.open("xb")
 
 
 def _file_of(record: Record | None) -> str | None:

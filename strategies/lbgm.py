@@ -44,6 +44,7 @@ from strategies.base import ARRAYS, METRICS, ClientAlgorithm, ClientUpdate, FedS
 from strategies.compression import COMPRESSORS, Codec, CodecError, make_codec
 from strategies.fedavg import weighted_average, weighted_mean
 from strategies.job import ClientJob, ConfigScalar
+from strategies.lbg_book import ClientLBGs
 from strategies.lbg_store import STORE_DTYPES, STORES, make_store
 from strategies.registry import Algorithm, register_algorithm
 from strategies.validation import ReplyError, all_finite, check_finite_metric, require_record
@@ -54,8 +55,6 @@ MODEL_UNIT = "model"
 VERSIONS = "lbgm-versions"  # downlink, per client: ConfigRecord {"versions": [int per unit]}
 LBGM = "lbgm"  # uplink: MetricRecord {"rho:<unit>": float, "version:<unit>": int} (reused units)
 RESIDUAL = "compress-residual"  # client state: error-feedback residual per layer
-LBG, LBG_META = "lbgm-lbg", "lbgm-lbg-versions"  # client state: acknowledged LBGs
-CANDIDATE, CANDIDATE_META = "lbgm-candidate", "lbgm-candidate-versions"  # sent, not yet acked
 CLIENT_COUNTS = ("lbgm-reused", "lbgm-units", "lbgm-checked", "lbgm-phase-error-sum")
 
 
@@ -373,47 +372,6 @@ class Lbgm(PseudoGradient):
 
 
 # ------------------------------------------------------------------------- client half
-def _read(state: ClientState, arrays: str, meta: str) -> dict[str, tuple[int, np.ndarray]]:
-    record, versions = state.get(arrays), state.get(meta)
-    if not isinstance(record, ArrayRecord) or not isinstance(versions, ConfigRecord):
-        return {}
-    return {unit: (int(versions[unit]), to_numpy(record[unit])) for unit in record}
-
-
-def _write(
-    state: ClientState, arrays: str, meta: str, entries: dict[str, tuple[int, np.ndarray]]
-) -> None:
-    """Store ``entries``; skipped when the stored versions already match (an unchanged set is
-    not re-encoded: it is a model's worth of bytes per client per round)."""
-    stored = state.get(meta)
-    if isinstance(stored, ConfigRecord) and dict(stored) == {
-        u: version for u, (version, _) in entries.items()
-    }:
-        return
-    state.set(arrays, to_array_record({u: v for u, (_, v) in entries.items()}))
-    state.set(meta, ConfigRecord({u: version for u, (version, _) in entries.items()}))
-
-
-def acknowledged_lbgs(
-    state: ClientState, server_versions: dict[str, int]
-) -> dict[str, tuple[int, np.ndarray]]:
-    """The LBGs the client may reuse: its own whose version the server advertises.
-
-    A candidate is promoted when its version is advertised; stale entries are dropped.
-    """
-    held = _read(state, LBG, LBG_META)
-    held.update(
-        (unit, entry)
-        for unit, entry in _read(state, CANDIDATE, CANDIDATE_META).items()
-        if server_versions.get(unit) == entry[0]
-    )
-    return {
-        unit: entry
-        for unit, entry in held.items()
-        if entry[0] >= 0 and server_versions.get(unit) == entry[0]
-    }
-
-
 class PseudoGradientClient(ClientAlgorithm):
     """Trains like FedAvg, then sends the (compressed, LBGM-reduced) pseudo-gradient."""
 
@@ -487,11 +445,12 @@ class PseudoGradientClient(ClientAlgorithm):
                 f"lbgm: expected {len(units)} LBG versions from the server, got "
                 f"{self.server_versions!r}"
             )
-        lbgs = acknowledged_lbgs(state, dict(zip(units, self.server_versions, strict=True)))
+        book = ClientLBGs(state)
+        lbgs = book.acknowledged(dict(zip(units, self.server_versions, strict=True)))
         delta = float(job.params["delta"])
         lbgm: dict[str, int | float] = {}
         full: list[str] = []
-        candidates: dict[str, tuple[int, np.ndarray]] = {}
+        candidates: dict[str, np.ndarray] = {}
         counts: dict[str, int | float] = dict.fromkeys(CLIENT_COUNTS, 0)
         counts["lbgm-units"] = len(units)
         for unit, names in units.items():
@@ -507,9 +466,8 @@ class PseudoGradientClient(ClientAlgorithm):
                 counts["lbgm-reused"] += 1
             else:
                 full.extend(names)
-                candidates[unit] = (job.server_round, vector.astype(np.float32, copy=False))
-        _write(state, LBG, LBG_META, lbgs)
-        _write(state, CANDIDATE, CANDIDATE_META, candidates)
+                candidates[unit] = vector.astype(np.float32, copy=False)
+        book.commit(job.server_round, candidates)
         return MetricRecord(lbgm), full, counts
 
 

@@ -102,6 +102,10 @@ class ClientState:
     def set(self, name: str, record: Record) -> None:
         self._node_state[client_key(self._client_id, name)] = record
 
+    def delete(self, name: str) -> None:
+        """Forget the record ``name`` (nothing happens when there is none)."""
+        self._node_state.pop(client_key(self._client_id, name), None)
+
     def release_superseded(self) -> None:
         """Free what this message's writes replaced once it has succeeded (nothing: the context
         holds the records themselves)."""

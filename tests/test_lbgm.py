@@ -22,7 +22,8 @@ from strategies.base import CONFIG, METRICS
 from strategies.cohort import ClientDirectory
 from strategies.compression import topk_count
 from strategies.job import ClientJob
-from strategies.lbgm import CANDIDATE, LBG, LBGM, PseudoGradientClient, projection
+from strategies.lbg_book import INDEX, ClientLBGs
+from strategies.lbgm import LBGM, PseudoGradientClient, projection
 from strategies.wire import ClientState, RecordDict, pack_clients, unpack_clients
 
 TOY_RUN = [
@@ -212,12 +213,25 @@ def test_layer_sent_twice_or_missing_is_rejected(make_grid) -> None:
 def test_client_promotes_candidates_only_when_acknowledged(make_grid) -> None:
     fed = Federation(make_grid, "strategy=lbgm", clients=1)
     fed.round(1, lambda c: 0.01, deliver=set())
-    state = ClientState(fed.states[0], 0)
-    assert len(state.get(CANDIDATE)) == len(fed.direction) and len(state.get(LBG)) == 0
+    book = ClientLBGs(ClientState(fed.states[0], 0))
+    assert len(book.candidates) == len(fed.direction) and not book.acked
     fed.round(2, lambda c: 0.01)  # server still holds nothing: candidates replaced, none kept
-    assert fed.reused(0) == 0 and len(state.get(LBG)) == 0
+    book = ClientLBGs(ClientState(fed.states[0], 0))
+    assert fed.reused(0) == 0 and not book.acked
     fed.round(3, lambda c: 0.01)
-    assert fed.reused(0) == len(fed.direction) and len(state.get(LBG)) == len(fed.direction)
+    book = ClientLBGs(ClientState(fed.states[0], 0))
+    assert fed.reused(0) == len(fed.direction) and len(book.acked) == len(fed.direction)
+
+
+def _candidates(state: ClientState) -> dict[str, np.ndarray]:
+    """The client's candidate vectors (units sent in full, not yet acknowledged)."""
+    book = ClientLBGs(state)
+    return {
+        unit: vector
+        for unit, (_, vector) in book.acknowledged(
+            {unit: version for unit, (version, _) in book.candidates.items()}
+        ).items()
+    }
 
 
 def test_topk_stacking_feeds_lbgm_the_sparse_vector(make_grid) -> None:
@@ -228,7 +242,7 @@ def test_topk_stacking_feeds_lbgm_the_sparse_vector(make_grid) -> None:
     store = fed.strategy.store
     for name, direction in fed.direction.items():
         k = topk_count(direction.size, 0.1)
-        candidate = ClientState(fed.states[0], 0).get(CANDIDATE)[name].numpy()
+        candidate = _candidates(ClientState(fed.states[0], 0))[name]
         assert np.count_nonzero(candidate) == k  # the LBG is sparse, not g + residual
         assert np.array_equal(store.get(0, name, 1), candidate)
     # the constant direction: round 2's top-k (of g + residual) differs, so LBGM decides on it
@@ -312,7 +326,7 @@ def test_state_persists_on_the_node_and_reuse_cuts_uplink(tmp_path: Path) -> Non
     assert rows[0]["lbgm_reuse_frac"] == 0.0 and rows[1]["lbgm_reuse_frac"] > 0.8
     assert rows[1]["uplink_bytes"] < 0.2 * fedavg[1]["uplink_bytes"]
     for context in grid.contexts.values():  # the node keeps the LBGs of its client
-        assert any(key.endswith("/" + LBG) for key in context.state)
+        assert any(key.endswith("/" + INDEX) for key in context.state)
 
 
 def test_disk_store_run_equals_memory_store_run(tmp_path: Path) -> None:

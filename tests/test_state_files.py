@@ -96,6 +96,23 @@ def test_a_succeeded_message_leaves_one_file_per_record(tmp_path) -> None:
         assert reread.get("residual")["scalar"].numpy() == 10 * value
 
 
+def test_a_deleted_record_keeps_its_committed_file_until_the_message_succeeds(tmp_path) -> None:
+    node_state = RecordDict()
+    folder = tmp_path / "run-1" / "client-0"
+    FileClientState(node_state, 0, tmp_path, 1).set("old", _record(1))  # message 1 commits
+    committed = dict(node_state)
+    state = FileClientState(node_state, 0, tmp_path, 1)  # message 2
+    state.set("new", _record(2))
+    state.delete("new")  # written and deleted within the message: gone at once
+    state.delete("old")
+    assert state.get("old") is None and state.get("new") is None
+    assert len(_files(folder)) == 1  # "old" still backs the committed state
+    assert FileClientState(RecordDict(committed), 0, tmp_path, 1).get("old") is not None
+    state.release_superseded()
+    assert _files(folder) == []
+    state.delete("never-written")  # no record: nothing to do
+
+
 def test_a_missing_state_file_says_what_to_configure(tmp_path) -> None:
     node_state = RecordDict()
     FileClientState(node_state, 0, tmp_path, 1).set("lbg", _record(1))
