@@ -99,11 +99,43 @@ def _check_number(key: str, value: Any, ok: bool, requirement: str) -> None:
         raise ValueError(f"strategy.{key}={value!r}: {requirement}")
 
 
+@dataclass(frozen=True)
+class Scaled:
+    """A reused layer's pseudo-gradient ρ·LBG, rebuilt slice by slice where it is summed.
+
+    A round where most clients reuse would otherwise hold a rebuilt model per client until the
+    aggregation; this holds ρ and a view of the stored LBG. Each slice is computed exactly as
+    the whole product would be (elementwise, in the LBG's float32), so sums are bit for bit the
+    same.
+    """
+
+    rho: float
+    lbg: np.ndarray  # the layer's part of the stored LBG, in the layer's shape (read-only)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.lbg.shape
+
+    @property
+    def size(self) -> int:
+        return self.lbg.size
+
+    def reshape(self, *shape: int) -> Scaled:
+        return Scaled(self.rho, self.lbg.reshape(*shape))
+
+    def __getitem__(self, part: slice) -> np.ndarray:
+        return self.lbg[part] * self.rho
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        values = self.lbg * self.rho
+        return values if dtype is None else values.astype(dtype, copy=False)
+
+
 @dataclass
 class Decoded:
     """One client's reply decoded: pseudo-gradient per layer, buffers, and LBGM bookkeeping."""
 
-    grads: dict[str, np.ndarray]
+    grads: dict[str, np.ndarray | Scaled]
     buffers: dict[str, np.ndarray]
     units: int = 0
     ages: list[int] = field(default_factory=list)
@@ -220,7 +252,7 @@ class PseudoGradient(FedSparseStrategy):
         return to_array_record(new)
 
     def delta_norms(self, payload: Decoded) -> dict[str, float]:
-        return {name: l2_norm(grad) for name, grad in payload.grads.items()}  # ‖Δ_c‖ = ‖g_c‖
+        return {name: l2_norm(np.asarray(g)) for name, g in payload.grads.items()}  # ‖Δ_c‖ = ‖g_c‖
 
     def mean_client_delta(self) -> dict[str, np.ndarray] | None:
         return self._mean_delta
@@ -339,14 +371,16 @@ class Lbgm(PseudoGradient):
             reused[unit] = (rho, version)
         full_layers = [n for unit, names in self.units.items() if unit not in reused for n in names]
         wire = self._wire(update, full_layers)
-        grads: dict[str, np.ndarray] = {name: self._layer(wire, name) for name in full_layers}
+        grads: dict[str, np.ndarray | Scaled] = {
+            name: self._layer(wire, name) for name in full_layers
+        }
         ages = []
         for unit, (rho, version) in reused.items():
-            vector = rho * self.store.get(update.client_id, unit, version)
+            lbg = self.store.get(update.client_id, unit, version)
             offset = 0
             for name in self.units[unit]:
                 shape = self.layers[name]
-                grads[name] = vector[offset : offset + math.prod(shape)].reshape(shape)
+                grads[name] = Scaled(rho, lbg[offset : offset + math.prod(shape)].reshape(shape))
                 offset += math.prod(shape)
             ages.append(self.server_round - version)
         for unit, names in self.units.items():  # the reply is valid: commit its full units

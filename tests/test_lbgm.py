@@ -21,9 +21,10 @@ from strategies.arrays import l2_norm
 from strategies.base import CONFIG, METRICS
 from strategies.cohort import ClientDirectory
 from strategies.compression import topk_count
+from strategies.fedavg import weighted_mean
 from strategies.job import ClientJob
 from strategies.lbg_book import INDEX, ClientLBGs
-from strategies.lbgm import LBGM, PseudoGradientClient, projection
+from strategies.lbgm import LBGM, PseudoGradientClient, Scaled, projection
 from strategies.wire import ClientState, RecordDict, pack_clients, unpack_clients
 
 TOY_RUN = [
@@ -137,7 +138,7 @@ def test_monitor_norms_are_the_rebuilt_pseudo_gradients_norms(make_grid) -> None
         fed.round(server_round, lambda c: 0.01 * (c + 1))
         for update in fed.strategy.last_updates:
             grads = update.payload.grads
-            assert update.delta_norms == {n: l2_norm(g) for n, g in grads.items()}
+            assert update.delta_norms == {n: l2_norm(np.asarray(g)) for n, g in grads.items()}
             assert sorted(update.delta_norms) == sorted(fed.direction)
             assert all(value > 0 for value in update.delta_norms.values())
 
@@ -431,3 +432,15 @@ def test_a_restarted_node_full_sends_and_nothing_is_rejected(tmp_path: Path) -> 
     assert restarted[2]["uplink_bytes"] > steady[2]["uplink_bytes"]
     assert restarted[2]["lbgm_reuse_frac"] < steady[2]["lbgm_reuse_frac"]
     assert restarted[3]["lbgm_reuse_frac"] > 0
+
+
+def test_a_lazily_rebuilt_layer_sums_bit_for_bit_like_the_rebuilt_one() -> None:
+    rng = np.random.default_rng(0)
+    lbgs = [rng.standard_normal((300, 700)).astype(np.float32) for _ in range(3)]  # > 2 slices
+    rhos = [0.3, -1.7, 2.0 / 3.0]
+    lazy = [{"w": Scaled(rho, lbg)} for rho, lbg in zip(rhos, lbgs, strict=True)]
+    built = [{"w": rho * lbg} for rho, lbg in zip(rhos, lbgs, strict=True)]
+    assert built[0]["w"].dtype == np.float32
+    weights = [5, 11, 2]
+    assert np.array_equal(weighted_mean(lazy, weights)["w"], weighted_mean(built, weights)["w"])
+    assert np.array_equal(np.asarray(lazy[2]["w"]), built[2]["w"])
