@@ -108,6 +108,7 @@ def test_for_each_slice_reraises_errors() -> None:
 def four_cpus(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Four CPUs, and arrays handed to threads from one element on, or never."""
     monkeypatch.setattr(slices, "MIN_SLICE", request.param)
+    monkeypatch.setattr(slices, "MIN_MAPPED", request.param)
     monkeypatch.setattr(slices.os, "cpu_count", lambda: 4)
 
 
@@ -121,7 +122,7 @@ def test_map_arrays_gives_every_result_in_the_given_order(four_cpus: None) -> No
 def test_map_arrays_raises_the_first_error_in_order_after_all_ran(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(slices, "MIN_SLICE", 1)
+    monkeypatch.setattr(slices, "MIN_MAPPED", 1)
     monkeypatch.setattr(slices.os, "cpu_count", lambda: 4)
     ran: list[str] = []
 
