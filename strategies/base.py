@@ -2,8 +2,10 @@
 
 ``FedSparseStrategy`` is a ``flwr.serverapp.strategy.Strategy`` that works on *clients*, not
 messages: it samples clients, sends one message per hosting node, validates each client's
-reply on its own, counts bytes per client, and hands the valid updates (sorted by client id,
-so float sums are reproducible) to the algorithm's ``aggregate``.
+reply on its own, counts bytes per client, and hands each valid update to the algorithm's
+``fold`` in client-id order (so float sums are reproducible) as soon as the replies of every
+earlier client are in, then asks ``aggregate`` for the new global arrays. A strategy that sums
+as it folds never holds a round's updates together.
 ``ClientAlgorithm`` is the client half the generic ClientApp runtime calls.
 """
 
@@ -69,6 +71,11 @@ class ClientUpdate:
     payload: Any = None
     delta_norms: dict[str, float] = field(default_factory=dict)  # ‖Δ_c‖ per array (monitor)
 
+    def release(self) -> None:
+        """Drop the reply's arrays once they are folded into the aggregate (metrics stay)."""
+        self.records = {}
+        self.payload = None
+
 
 @dataclass
 class RoundStats:
@@ -93,6 +100,25 @@ class RoundStats:
             "client_train_s": self.client_train_s,
             "rejected": dict(self.rejected),
         }
+
+
+class _InOrder:
+    """Hands nodes' updates to ``fold`` in the nodes' given order, holding back those that
+    arrive before an earlier node's (nothing is held without a ``fold``)."""
+
+    def __init__(self, nodes: list[int], fold) -> None:
+        self.nodes, self.known, self.fold = nodes, set(nodes), fold
+        self.next = 0
+        self.waiting: dict[int, list[ClientUpdate]] = {}
+
+    def arrived(self, node_id: int, updates: list[ClientUpdate]) -> None:
+        if self.fold is None or node_id not in self.known:
+            return
+        self.waiting[node_id] = updates
+        while self.next < len(self.nodes) and self.nodes[self.next] in self.waiting:
+            for update in self.waiting.pop(self.nodes[self.next]):
+                self.fold(update)
+            self.next += 1
 
 
 class FedSparseStrategy(Strategy):
@@ -191,7 +217,15 @@ class FedSparseStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        updates = self._drop_heavy(self._collect(replies, self.stats, self._decode_train))
+        self.begin_aggregation(server_round)
+        streaming = self.max_client_weight is None  # the weight cap needs every claim first
+        updates = self._collect(
+            replies, self.stats, self._decode_train, fold=self.fold if streaming else None
+        )
+        updates = self._drop_heavy(updates)
+        if not streaming:
+            for update in updates:
+                self.fold(update)
         self.last_updates = updates
         if updates:
             losses = [u.metrics["train-loss"] for u in updates]
@@ -260,9 +294,18 @@ class FedSparseStrategy(Strategy):
     def decode(self, update: ClientUpdate) -> Any:
         """Validate and decode one client's payload; raise ReplyError to drop it."""
 
+    def begin_aggregation(self, server_round: int) -> None:
+        """Start a round's running aggregate (default: none, ``aggregate`` sees every payload)."""
+
+    def fold(self, update: ClientUpdate) -> None:
+        """Add one valid update to the running aggregate, in client-id order, as soon as every
+        earlier client's reply is in; may release its arrays (default: keep it for
+        ``aggregate``)."""
+
     @abstractmethod
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
-        """New global arrays from the decoded updates (sorted by client id)."""
+        """New global arrays from the folded aggregate or the decoded updates (sorted by
+        client id)."""
 
     @property
     def global_arrays(self) -> ArrayRecord:
@@ -304,15 +347,29 @@ class FedSparseStrategy(Strategy):
 
     # ------------------------------------------------------------------------ plumbing
     def _collect(
-        self, replies: Iterable[Message], stats: RoundStats, decode, min_examples: int = 1
+        self,
+        replies: Iterable[Message],
+        stats: RoundStats,
+        decode,
+        min_examples: int = 1,
+        fold=None,
     ) -> list[ClientUpdate]:
-        """Validate every client's reply; count failures and rejections; never raise."""
+        """Validate every client's reply; count failures and rejections; never raise.
+
+        ``fold`` gets each valid update in client-id order as soon as every node hosting
+        earlier clients has replied (or failed): nodes host consecutive client ids, so a node's
+        updates wait only for the nodes before it, and the order never depends on cohort size.
+        """
         updates: list[ClientUpdate] = []
+        pending = _InOrder(list(self._sent), fold)
         for reply in replies:
-            cohort = self._sent.pop(reply.metadata.src_node_id, [])
+            node_id = reply.metadata.src_node_id
+            cohort = self._sent.pop(node_id, [])
+            node_updates: list[ClientUpdate] = []
             if reply.has_error():
-                log.warning("node %d failed: %s", reply.metadata.src_node_id, reply.error.reason)
+                log.warning("node %d failed: %s", node_id, reply.error.reason)
                 stats.failures += len(cohort)
+                pending.arrived(node_id, node_updates)
                 continue
             per_client = unpack_clients(reply.content)
             for client_id in cohort:
@@ -326,14 +383,17 @@ class FedSparseStrategy(Strategy):
                     update = ClientUpdate(
                         client_id, check_num_examples(metrics, min_examples), metrics, records
                     )
-                    updates.append(decode(update))
+                    node_updates.append(decode(update))
                 except ReplyError as err:
                     log.warning("client %d reply dropped: %s", client_id, err)
                     stats.rejected[err.reason] += 1
                     stats.failures += 1
+            updates.extend(node_updates)
+            pending.arrived(node_id, node_updates)
         for node_id, cohort in self._sent.items():
             log.warning("node %d did not reply (clients %s)", node_id, cohort)
             stats.failures += len(cohort)
+            pending.arrived(node_id, [])
         self._sent = {}
         stats.clients = len(updates)
         return sorted(updates, key=lambda u: u.client_id)

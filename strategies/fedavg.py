@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -15,40 +15,48 @@ from strategies.slices import for_each_slice, map_arrays
 from strategies.validation import arrays_like, require_record
 
 
-def weighted_mean(
-    arrays: Sequence[dict[str, np.ndarray]], weights: Sequence[int]
-) -> dict[str, np.ndarray]:
-    """Per-name weighted mean in float64: each client's values times its share (in the values'
-    own precision: a Python float is a weak scalar), summed in the given order. Large arrays
-    are summed in slices on several threads, which gives the same bits (see
-    :mod:`strategies.slices`)."""
-    total = float(sum(weights))
-    shares = [weight / total for weight in weights]
-    means: dict[str, np.ndarray] = {}
-    for name, first in arrays[0].items():
-        acc = np.zeros(first.size, dtype=np.float64)
-        columns = [values[name].reshape(-1) for values in arrays]
+class WeightedSum:
+    """Σ_c w_c·x_c per name, added one client at a time, and the mean Σ_c w_c·x_c / Σ_c w_c.
 
-        def accumulate(part: slice, acc: np.ndarray = acc, columns: list = columns) -> None:
-            for column, share in zip(columns, shares, strict=True):
-                acc[part] += column[part] * share
-
-        for_each_slice(first.size, accumulate)
-        means[name] = acc.reshape(first.shape)
-    return means
-
-
-def weighted_average(
-    arrays: Sequence[dict[str, np.ndarray]], weights: Sequence[int]
-) -> dict[str, np.ndarray]:
-    """:func:`weighted_mean` cast back to each array's dtype.
-
-    Integer arrays (e.g. BatchNorm's ``num_batches_tracked``) are rounded to the nearest integer.
+    The server folds each client's update in as soon as the clients before it are in, so it
+    never holds a round's updates together. A float32 value times an integer weight is exact
+    in float64, so the only roundings are the running float64 sum, taken in client-id order
+    (the same bits whatever the cohort size), and the final division. Large arrays are added
+    in slices on threads, which gives the same bits (see :mod:`strategies.slices`).
     """
-    return _cast_like(weighted_mean(arrays, weights), arrays[0])
+
+    def __init__(self) -> None:
+        self.sums: dict[str, np.ndarray] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.weight = 0
+
+    def add(self, values: Mapping[str, Any], weight: int) -> None:
+        """Add ``weight`` times each array of ``values`` (arrays, or anything that reshapes and
+        slices like one, such as LBGM's lazily rebuilt layers)."""
+        for name, value in values.items():
+            flat = value.reshape(-1)
+            if name not in self.sums:
+                self.sums[name] = np.zeros(flat.size, dtype=np.float64)
+                self.shapes[name] = tuple(value.shape)
+            acc = self.sums[name]
+
+            def accumulate(part: slice, acc: np.ndarray = acc, flat: Any = flat) -> None:
+                acc[part] += np.multiply(flat[part], weight, dtype=np.float64)
+
+            for_each_slice(flat.size, accumulate)
+        self.weight += weight
+
+    def mean(self) -> dict[str, np.ndarray]:
+        """The weighted mean per name, in float64 and the arrays' shapes."""
+        return {
+            name: (acc / self.weight).reshape(self.shapes[name]) for name, acc in self.sums.items()
+        }
 
 
-def _cast_like(means: dict[str, np.ndarray], like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def cast_like(
+    means: dict[str, np.ndarray], like: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Each mean in the dtype of the same name in ``like``; integers rounded to the nearest."""
     cast = {}
     for name, mean in means.items():
         if like[name].dtype.kind in "iu":
@@ -66,6 +74,7 @@ class FedAvg(FedSparseStrategy):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._scratch: dict[str, np.ndarray] = {}  # one client's delta at a time (monitor)
+        self._sum = WeightedSum()
 
     def decode(self, update: ClientUpdate) -> dict[str, np.ndarray]:
         return arrays_like(require_record(update.records, ARRAYS, ArrayRecord), self.global_arrays)
@@ -85,14 +94,20 @@ class FedAvg(FedSparseStrategy):
     def mean_client_delta(self) -> dict[str, np.ndarray] | None:
         return self._mean_delta
 
+    def begin_aggregation(self, server_round: int) -> None:
+        self._sum = WeightedSum()
+
+    def fold(self, update: ClientUpdate) -> None:
+        self._sum.add(update.payload, update.num_examples)
+        update.release()
+
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
-        payloads = [u.payload for u in updates]
-        means = weighted_mean(payloads, [u.num_examples for u in updates])
+        means = self._sum.mean()
         base = to_numpy_dict(self.global_arrays)
         self._mean_delta = {  # Σ s_c (θ_c − W) = θ − W, the shares summing to 1
             name: mean - base[name] for name, mean in means.items() if base[name].dtype.kind == "f"
         }
-        return to_array_record(_cast_like(means, payloads[0]))
+        return to_array_record(cast_like(means, base))
 
 
 register_algorithm(Algorithm("fedavg", FedAvg, ClientAlgorithm))

@@ -42,7 +42,7 @@ from data.federated import DataSpec, dataset_info
 from strategies.arrays import l2_norm, to_array_record, to_numpy, to_numpy_dict
 from strategies.base import ARRAYS, METRICS, ClientAlgorithm, ClientUpdate, FedSparseStrategy
 from strategies.compression import COMPRESSORS, Codec, CodecError, make_codec
-from strategies.fedavg import weighted_average, weighted_mean
+from strategies.fedavg import WeightedSum, cast_like
 from strategies.job import ClientJob, ConfigScalar
 from strategies.lbg_book import ClientLBGs
 from strategies.lbg_store import STORE_DTYPES, STORES, make_store
@@ -174,6 +174,7 @@ class PseudoGradient(FedSparseStrategy):
         self.server_lr, self.server_momentum = float(server_lr), float(server_momentum)
         self.velocity: dict[str, np.ndarray] = {}
         self.server_round = 0
+        self._grads, self._buffers = WeightedSum(), WeightedSum()  # the round's running sums
 
     @cached_property
     def layers(self) -> dict[str, tuple[int, ...]]:
@@ -228,15 +229,18 @@ class PseudoGradient(FedSparseStrategy):
         return Decoded(grads, buffers, units=len(grads))
 
     # --------------------------------------------------------------- aggregation
+    def begin_aggregation(self, server_round: int) -> None:
+        self._grads, self._buffers = WeightedSum(), WeightedSum()
+
+    def fold(self, update: ClientUpdate) -> None:
+        self._grads.add(update.payload.grads, update.num_examples)
+        self._buffers.add(update.payload.buffers, update.num_examples)
+        update.payload.grads, update.payload.buffers = {}, {}  # counts and ages stay
+        update.records = {}
+
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
-        buffers = (
-            weighted_average(
-                [u.payload.buffers for u in updates], [u.num_examples for u in updates]
-            )
-            if updates[0].payload.buffers
-            else {}
-        )
-        means = weighted_mean([u.payload.grads for u in updates], [u.num_examples for u in updates])
+        buffers = cast_like(self._buffers.mean(), to_numpy_dict(self.global_arrays))
+        means = self._grads.mean()
         self._mean_delta = {name: -mean for name, mean in means.items()}  # Δ_c = −g_c
         new: dict[str, np.ndarray] = {}
         for name, array in self.global_arrays.items():

@@ -20,7 +20,7 @@ from flwr.app import (
 from strategies import slices
 from strategies.arrays import l2_norm
 from strategies.cohort import ClientDirectory
-from strategies.fedavg import FedAvg, weighted_average
+from strategies.fedavg import FedAvg, WeightedSum, cast_like
 from strategies.job import ClientJob
 from strategies.validation import ReplyError, all_finite, arrays_like
 from strategies.wire import pack_clients, record_bytes, shared_payload_bytes, unpack_clients
@@ -28,11 +28,19 @@ from strategies.wire import pack_clients, record_bytes, shared_payload_bytes, un
 NPY_HEADER_MAX = 256  # generous bound on the .npy header + key length per array
 
 
-# ----------------------------------------------------------------------------- weighted_average
+# ----------------------------------------------------------------------------- WeightedSum
+def _average(arrays: list[dict[str, np.ndarray]], weights: list[int]) -> dict[str, np.ndarray]:
+    """The weighted average as the strategies take it: folded in order, cast like the inputs."""
+    total = WeightedSum()
+    for values, weight in zip(arrays, weights, strict=True):
+        total.add(values, weight)
+    return cast_like(total.mean(), arrays[0])
+
+
 def test_weighted_average_by_hand() -> None:
     a = {"w": np.array([1.0, 2.0, 4.0], dtype=np.float64), "b": np.array([[0.0]], dtype=np.float64)}
     b = {"w": np.array([3.0, 6.0, 0.0], dtype=np.float64), "b": np.array([[8.0]], dtype=np.float64)}
-    result = weighted_average([a, b], [1, 3])
+    result = _average([a, b], [1, 3])
     np.testing.assert_array_equal(result["w"], [2.5, 5.0, 1.0])  # (1*a + 3*b) / 4
     np.testing.assert_array_equal(result["b"], [[6.0]])
     assert list(result) == ["w", "b"]
@@ -40,12 +48,12 @@ def test_weighted_average_by_hand() -> None:
 
 def test_weighted_average_equal_weights_is_the_mean() -> None:
     arrays = [{"x": np.array([v], dtype=np.float64)} for v in (1.0, 2.0, 6.0)]
-    np.testing.assert_array_equal(weighted_average(arrays, [5, 5, 5])["x"], [3.0])
+    np.testing.assert_array_equal(_average(arrays, [5, 5, 5])["x"], [3.0])
 
 
 def test_weighted_average_single_client_is_identity() -> None:
     x = np.arange(6, dtype=np.float32).reshape(2, 3) / 7
-    result = weighted_average([{"x": x}], [13])
+    result = _average([{"x": x}], [13])
     assert result["x"].dtype == np.float32
     np.testing.assert_array_equal(result["x"], x)
 
@@ -53,7 +61,7 @@ def test_weighted_average_single_client_is_identity() -> None:
 def test_weighted_average_rounds_integer_arrays_and_keeps_dtypes() -> None:
     a = {"count": np.array([1], dtype=np.int64), "u": np.array([10, 0], dtype=np.uint8)}
     b = {"count": np.array([2], dtype=np.int64), "u": np.array([20, 3], dtype=np.uint8)}
-    result = weighted_average([a, b], [1, 3])
+    result = _average([a, b], [1, 3])
     assert result["count"].dtype == np.int64 and result["count"].shape == (1,)
     np.testing.assert_array_equal(result["count"], [2])  # 0.25*1 + 0.75*2 = 1.75 -> 2
     assert result["u"].dtype == np.uint8
@@ -74,12 +82,11 @@ def test_weighted_average_in_slices_gives_the_same_bits_as_one_loop(
         for c in rng.integers(0, 50, size=30)
     ]
     weights = [int(w) for w in rng.integers(1, 100, size=30)]
-    total = float(sum(weights))
     expected = np.zeros((5, 9))
     for values, weight in zip(arrays, weights, strict=True):
-        expected += values["w"] * (weight / total)
-    result = weighted_average(arrays, weights)
-    np.testing.assert_array_equal(result["w"], expected.astype(np.float32))
+        expected += values["w"].astype(np.float64) * weight  # exact products, summed in order
+    result = _average(arrays, weights)
+    np.testing.assert_array_equal(result["w"], (expected / sum(weights)).astype(np.float32))
     assert result["w"].dtype == np.float32 and result["n"].shape == ()
 
 
@@ -137,14 +144,14 @@ def test_map_arrays_raises_the_first_error_in_order_after_all_ran(
 
 
 def test_weighted_average_keeps_zero_dim_float_arrays() -> None:
-    result = weighted_average([{"t": np.array(1.0)}, {"t": np.array(4.0)}], [2, 1])
+    result = _average([{"t": np.array(1.0)}, {"t": np.array(4.0)}], [2, 1])
     assert isinstance(result["t"], np.ndarray) and result["t"].shape == ()
     assert float(result["t"]) == 2.0
 
 
 def test_weighted_average_keeps_zero_dim_integer_arrays() -> None:
     a, b = {"count": np.array(1, dtype=np.int64)}, {"count": np.array(2, dtype=np.int64)}
-    result = weighted_average([a, b], [1, 3])
+    result = _average([a, b], [1, 3])
     assert isinstance(result["count"], np.ndarray)
     assert result["count"].dtype == np.int64 and result["count"].shape == ()
     assert int(result["count"]) == 2
@@ -153,7 +160,7 @@ def test_weighted_average_keeps_zero_dim_integer_arrays() -> None:
 def test_weighted_average_keeps_float32() -> None:
     a = {"w": np.array([1.0, 3.0], dtype=np.float32)}
     b = {"w": np.array([2.0, 5.0], dtype=np.float32)}
-    result = weighted_average([a, b], [1, 1])
+    result = _average([a, b], [1, 1])
     assert result["w"].dtype == np.float32
     np.testing.assert_array_equal(result["w"], np.array([1.5, 4.0], dtype=np.float32))
 
@@ -206,7 +213,7 @@ def _replies(
 
 
 def _expected(template: ArrayRecord, client_ids: list[int]) -> dict[str, np.ndarray]:
-    return weighted_average(
+    return _average(
         [_client_arrays(template, c) for c in sorted(client_ids)],
         [10 * (c + 1) for c in sorted(client_ids)],
     )
@@ -304,7 +311,7 @@ def round_setup(make_grid, make_job, model_arrays):
     return build
 
 
-def test_aggregate_train_is_the_weighted_average(round_setup) -> None:
+def test_aggregate_train_is_the__average(round_setup) -> None:
     strategy, template, messages = round_setup()
     assert len(messages) == 3
     replies = _replies(messages, template)
@@ -555,6 +562,59 @@ def test_reply_order_does_not_change_the_aggregate(round_setup) -> None:
     for other in results[1:]:
         for name, values in results[0].items():
             assert values.tobytes() == other[name].tobytes()
+
+
+def _logged(strategy: FedAvg, replies: list[Message]) -> tuple[list, object]:
+    """A log of replies handed over and clients folded, and the replies as a logging stream."""
+    log: list = []
+    fold = strategy.fold
+
+    def logging_fold(update) -> None:
+        log.append(update.client_id)
+        fold(update)
+
+    strategy.fold = logging_fold
+
+    def stream():
+        for reply in replies:
+            log.append(f"node {reply.metadata.src_node_id - 1000}")
+            yield reply
+
+    return log, stream()
+
+
+def test_updates_are_folded_in_client_order_as_soon_as_earlier_nodes_are_in(round_setup) -> None:
+    strategy, template, messages = round_setup()  # nodes 0, 1, 2 host clients 0-1, 2-3, 4-5
+    replies = _replies(messages, template)
+    log, stream = _logged(strategy, [replies[2], replies[0], replies[1]])
+    arrays, _ = strategy.aggregate_train(1, stream)
+    assert log == ["node 2", "node 0", 0, 1, "node 1", 2, 3, 4, 5]
+    _assert_record_equals(arrays, _expected(template, list(range(6))))
+    assert all(u.payload is None and u.records == {} for u in strategy.last_updates)
+    assert [u.client_id for u in strategy.last_updates] == list(range(6))  # metrics stay
+
+
+def test_a_failed_or_silent_node_does_not_hold_back_the_others(round_setup) -> None:
+    strategy, template, messages = round_setup()
+    replies = _replies(messages, template)
+    failed = Message(Error(code=0, reason="boom"), reply_to=messages[1])
+    log, stream = _logged(strategy, [replies[2], failed])  # node 0 never replies
+    arrays, _ = strategy.aggregate_train(1, stream)
+    assert log == ["node 2", "node 1", 4, 5]  # node 0 is given up only once the round ends
+    _assert_record_equals(arrays, _expected(template, [4, 5]))
+    assert strategy.stats.failures == 4
+
+
+def test_with_a_weight_cap_every_update_is_held_then_folded_alike(round_setup) -> None:
+    streamed, template, messages = round_setup()
+    expected, _ = streamed.aggregate_train(1, _replies(messages, template))
+    capped, template, messages = round_setup()
+    capped.max_client_weight = 100.0  # needs every claim's median before folding
+    log, stream = _logged(capped, _replies(messages, template))
+    arrays, _ = capped.aggregate_train(1, stream)
+    assert log == ["node 0", "node 1", "node 2", 0, 1, 2, 3, 4, 5]
+    for name, values in expected.items():
+        assert values.numpy().tobytes() == arrays[name].numpy().tobytes()
 
 
 def test_fedavg_aggregates_a_batchnorm_counter(make_grid, make_job) -> None:

@@ -21,7 +21,7 @@ from strategies.arrays import l2_norm
 from strategies.base import CONFIG, METRICS
 from strategies.cohort import ClientDirectory
 from strategies.compression import topk_count
-from strategies.fedavg import weighted_mean
+from strategies.fedavg import WeightedSum
 from strategies.job import ClientJob
 from strategies.lbg_book import INDEX, ClientLBGs
 from strategies.lbgm import LBGM, PseudoGradientClient, Scaled, projection
@@ -78,6 +78,15 @@ class Federation:
             for n, p in self.model.named_parameters()
         }
         self.replies: dict[int, dict] = {}
+        self.decoded: dict[int, dict[str, np.ndarray]] = {}  # rebuilt grads, before fold frees them
+        fold = self.strategy.fold
+
+        def keep_then_fold(update) -> None:
+            grads = update.payload.grads
+            self.decoded[update.client_id] = {n: np.asarray(g) for n, g in grads.items()}
+            fold(update)
+
+        self.strategy.fold = keep_then_fold
 
     def round(self, server_round: int, step, deliver=None, tamper=None):
         """One round; client c moves by -step(c) * direction; replies of ``deliver`` arrive."""
@@ -137,8 +146,8 @@ def test_monitor_norms_are_the_rebuilt_pseudo_gradients_norms(make_grid) -> None
     for server_round in (1, 2):
         fed.round(server_round, lambda c: 0.01 * (c + 1))
         for update in fed.strategy.last_updates:
-            grads = update.payload.grads
-            assert update.delta_norms == {n: l2_norm(np.asarray(g)) for n, g in grads.items()}
+            grads = fed.decoded[update.client_id]
+            assert update.delta_norms == {n: l2_norm(g) for n, g in grads.items()}
             assert sorted(update.delta_norms) == sorted(fed.direction)
             assert all(value > 0 for value in update.delta_norms.values())
 
@@ -260,7 +269,7 @@ def test_topk_residual_plus_sent_is_the_pseudo_gradient(make_grid) -> None:
     fed = Federation(make_grid, "strategy=topk", "strategy.topk_ratio=0.25", clients=1)
     fed.round(1, lambda c: 0.01)
     residual = ClientState(fed.states[0], 0).get("compress-residual")
-    decoded = fed.strategy.last_updates[0].payload.grads
+    decoded = fed.decoded[0]
     for name, direction in fed.direction.items():
         np.testing.assert_allclose(
             decoded[name] + residual[name].numpy(), 0.01 * direction, atol=1e-7
@@ -441,6 +450,9 @@ def test_a_lazily_rebuilt_layer_sums_bit_for_bit_like_the_rebuilt_one() -> None:
     lazy = [{"w": Scaled(rho, lbg)} for rho, lbg in zip(rhos, lbgs, strict=True)]
     built = [{"w": rho * lbg} for rho, lbg in zip(rhos, lbgs, strict=True)]
     assert built[0]["w"].dtype == np.float32
-    weights = [5, 11, 2]
-    assert np.array_equal(weighted_mean(lazy, weights)["w"], weighted_mean(built, weights)["w"])
+    sums = WeightedSum(), WeightedSum()
+    for total, updates in zip(sums, (lazy, built), strict=True):
+        for update, weight in zip(updates, [5, 11, 2], strict=True):
+            total.add(update, weight)
+    assert np.array_equal(sums[0].mean()["w"], sums[1].mean()["w"])
     assert np.array_equal(np.asarray(lazy[2]["w"]), built[2]["w"])
