@@ -104,16 +104,18 @@ class RoundStats:
 
 class _InOrder:
     """Hands nodes' updates to ``fold`` in the nodes' given order, holding back those that
-    arrive before an earlier node's (nothing is held without a ``fold``)."""
+    arrive before an earlier node's (nothing is held without a ``fold``). Only a node's first
+    arrival counts."""
 
     def __init__(self, nodes: list[int], fold) -> None:
-        self.nodes, self.known, self.fold = nodes, set(nodes), fold
+        self.nodes, self.expected, self.fold = nodes, set(nodes), fold
         self.next = 0
         self.waiting: dict[int, list[ClientUpdate]] = {}
 
     def arrived(self, node_id: int, updates: list[ClientUpdate]) -> None:
-        if self.fold is None or node_id not in self.known:
+        if self.fold is None or node_id not in self.expected:
             return
+        self.expected.discard(node_id)
         self.waiting[node_id] = updates
         while self.next < len(self.nodes) and self.nodes[self.next] in self.waiting:
             for update in self.waiting.pop(self.nodes[self.next]):
