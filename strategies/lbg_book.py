@@ -88,7 +88,8 @@ class ClientLBGs:
 
     def commit(self, server_round: int, candidates: dict[str, np.ndarray]) -> None:
         """Keep ``candidates`` (the units sent in full this round) and store the book: one new
-        block, an index, and the removal of blocks no longer referred to."""
+        block, an index, and the removal of blocks no longer referred to. Called after
+        :meth:`acknowledged`, whose vectors a compaction copies."""
         vectors = {_key(unit, server_round): v for unit, v in candidates.items()}
         self.candidates = {unit: (server_round, server_round) for unit in candidates}
         if self._fragmented(vectors):
