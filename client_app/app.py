@@ -43,6 +43,7 @@ TEMPLATES_KEPT = 4
 TEMPLATE_SEED = 0
 
 app = ClientApp()
+keep_freed_memory()  # once per process hosting clients: each allocates and frees model-sized arrays
 
 
 @lru_cache(maxsize=4096)
@@ -123,7 +124,6 @@ def reset_to(model: nn.Module, template: nn.Module) -> None:
 
 
 def _prepare(msg: Message, context: Context) -> tuple[ClientJob, torch.device]:
-    keep_freed_memory()  # every client allocates and frees model-sized arrays
     job = ClientJob.from_record(msg.content[CONFIG])
     hosted = hosted_clients(context.node_config, job.num_clients, job.clients_per_node)
     if set(job.client_ids) - set(hosted):

@@ -70,22 +70,23 @@ class FileClientState(ClientState):
                 "sizes": [len(a.data) for _, a in arrays],
             }
         super().set(name, ConfigRecord(reference))
-        self._remove_uncommitted(stem, keep=path.name, committed=self._committed[name])
+        self._remove_uncommitted(name, keep=path.name)
 
     def delete(self, name: str) -> None:
         """Forget ``name``; a file the node's committed state refers to goes only with
         :meth:`release_superseded`, one written by this message at once."""
         self._remember_committed(name)
         super().delete(name)
-        self._remove_uncommitted(_UNSAFE.sub("_", name), keep=None, committed=self._committed[name])
+        self._remove_uncommitted(name, keep=None)
 
     def _remember_committed(self, name: str) -> None:
         if name not in self._committed:
             self._committed[name] = _file_of(super().get(name))
 
-    def _remove_uncommitted(self, stem: str, keep: str | None, committed: str | None) -> None:
-        for old in self.folder.glob(f"{stem}.*.arrays"):
-            if old.name not in (keep, committed):
+    def _remove_uncommitted(self, name: str, keep: str | None) -> None:
+        """Remove ``name``'s files but ``keep`` and the one the committed state refers to."""
+        for old in self.folder.glob(f"{_UNSAFE.sub('_', name)}.*.arrays"):
+            if old.name not in (keep, self._committed[name]):
                 old.unlink(missing_ok=True)
 
     def release_superseded(self) -> None:

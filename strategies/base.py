@@ -71,10 +71,11 @@ class ClientUpdate:
     payload: Any = None
     delta_norms: dict[str, float] = field(default_factory=dict)  # ‖Δ_c‖ per array (monitor)
 
-    def release(self) -> None:
-        """Drop the reply's arrays once they are folded into the aggregate (metrics stay)."""
+    def release(self, keep: Any = None) -> None:
+        """Drop the reply's arrays once they are folded into the aggregate; metrics stay, and
+        ``keep`` replaces the payload (what the round's metrics still need, or nothing)."""
         self.records = {}
-        self.payload = None
+        self.payload = keep
 
 
 @dataclass

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from typing import Any
 
@@ -235,8 +235,7 @@ class PseudoGradient(FedSparseStrategy):
     def fold(self, update: ClientUpdate) -> None:
         self._grads.add(update.payload.grads, update.num_examples)
         self._buffers.add(update.payload.buffers, update.num_examples)
-        update.payload.grads, update.payload.buffers = {}, {}  # counts and ages stay
-        update.records = {}
+        update.release(keep=replace(update.payload, grads={}, buffers={}))  # units, ages stay
 
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
         buffers = cast_like(self._buffers.mean(), to_numpy_dict(self.global_arrays))
