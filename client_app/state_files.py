@@ -18,15 +18,22 @@ from __future__ import annotations
 import ast
 import re
 import uuid
+from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.common.constant import SType
 
+from strategies.arrays import npy_header, npy_values, to_numpy
 from strategies.wire import ClientState, Record
 
 FILE_KEY = "state-file"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_Written = tuple[str, str, tuple[int, ...], str, tuple[bytes | np.ndarray, ...]]
+"""An array as written: name, dtype, shape, stype, and the chunks of its bytes."""
 
 
 class MissingStateFileError(RuntimeError):
@@ -54,20 +61,49 @@ class FileClientState(ClientState):
         if not isinstance(record, ArrayRecord):
             super().set(name, record)
             return
-        stem = _UNSAFE.sub("_", name)
-        path = self.folder / f"{stem}.{uuid.uuid4().hex}.arrays"
-        arrays = list(record.items())
+        arrays = record.items()
+        self._write(name, [(k, a.dtype, tuple(a.shape), a.stype, (a.data,)) for k, a in arrays])
+
+    def set_arrays(self, name: str, arrays: Mapping[str, np.ndarray]) -> None:
+        """As ``set(name, to_array_record(arrays))`` (the same file and reference), written
+        straight from the arrays' memory."""
+        self._remember_committed(name)
+        entries = []
+        for key, values in arrays.items():
+            values = values if values.flags.c_contiguous else np.ascontiguousarray(values)
+            header = npy_header(values.dtype.str, values.shape)
+            entries.append((key, str(values.dtype), values.shape, SType.NUMPY, (header, values)))
+        self._write(name, entries)
+
+    def get_arrays(self, name: str) -> dict[str, np.ndarray] | None:
+        """The arrays of ``name``, read with one file read and viewed in place (read-only)."""
+        reference = super().get(name)
+        if not (isinstance(reference, ConfigRecord) and FILE_KEY in reference):
+            return super().get_arrays(name)
+        data = self._read_file(reference)
+        arrays = {}
+        for key, dtype, shape, stype, offset, size in _entries(reference):
+            values = npy_values(data, dtype, shape, offset, size) if stype == SType.NUMPY else None
+            if values is None:
+                values = to_numpy(_array(data, dtype, shape, stype, offset, size))
+            arrays[key] = values
+        return arrays
+
+    def _write(self, name: str, entries: list[_Written]) -> None:
+        """Write ``entries`` to a new file of ``name`` and keep only a reference to it inline."""
+        path = self.folder / f"{_UNSAFE.sub('_', name)}.{uuid.uuid4().hex}.arrays"
         with _create(path) as file:
-            for _, array in arrays:
-                file.write(array.data)
-        reference: dict = {FILE_KEY: path.name, "count": len(arrays)}
-        if arrays:  # Flower cannot count the bytes of an empty list
+            for *_, chunks in entries:
+                for chunk in chunks:
+                    file.write(chunk)
+        reference: dict = {FILE_KEY: path.name, "count": len(entries)}
+        if entries:  # Flower cannot count the bytes of an empty list
             reference |= {
-                "names": [n for n, _ in arrays],
-                "dtypes": [a.dtype for _, a in arrays],
-                "shapes": [repr(tuple(a.shape)) for _, a in arrays],
-                "stypes": [a.stype for _, a in arrays],
-                "sizes": [len(a.data) for _, a in arrays],
+                "names": [key for key, *_ in entries],
+                "dtypes": [dtype for _, dtype, *_ in entries],
+                "shapes": [repr(tuple(shape)) for _, _, shape, *_ in entries],
+                "stypes": [stype for *_, stype, _ in entries],
+                "sizes": [sum(memoryview(c).nbytes for c in chunks) for *_, chunks in entries],
             }
         super().set(name, ConfigRecord(reference))
         self._remove_uncommitted(name, keep=path.name)
@@ -98,26 +134,42 @@ class FileClientState(ClientState):
         self._committed.clear()
 
     def _read(self, reference: ConfigRecord) -> ArrayRecord:
+        data = self._read_file(reference)
+        return ArrayRecord({entry[0]: _array(data, *entry[1:]) for entry in _entries(reference)})
+
+    def _read_file(self, reference: ConfigRecord) -> bytes:
         path = self.folder / str(reference[FILE_KEY])
         try:
-            data = path.read_bytes()
+            return path.read_bytes()
         except FileNotFoundError:
             raise MissingStateFileError(
                 f"client state file {path} is missing: engine.client_state_dir must be a folder "
                 "every Ray worker sees (a shared file system on a Ray cluster), or null to keep "
                 "client state in Flower's context"
             ) from None
-        arrays, offset = {}, 0
-        for i in range(int(reference["count"])):
-            size = int(reference["sizes"][i])
-            arrays[str(reference["names"][i])] = Array(
-                dtype=str(reference["dtypes"][i]),
-                shape=tuple(ast.literal_eval(str(reference["shapes"][i]))),
-                stype=str(reference["stypes"][i]),
-                data=data[offset : offset + size],
-            )
-            offset += size
-        return ArrayRecord(arrays)
+
+
+def _entries(reference: ConfigRecord) -> list[tuple[str, str, tuple[int, ...], str, int, int]]:
+    """(name, dtype, shape, stype, offset, size) of each array in a state file, in file order."""
+    entries, offset = [], 0
+    for i in range(int(reference["count"])):
+        size = int(reference["sizes"][i])
+        shape = _shape(str(reference["shapes"][i]))
+        dtype, stype = str(reference["dtypes"][i]), str(reference["stypes"][i])
+        entries.append((str(reference["names"][i]), dtype, shape, stype, offset, size))
+        offset += size
+    return entries
+
+
+@lru_cache(maxsize=1024)
+def _shape(text: str) -> tuple[int, ...]:
+    return tuple(ast.literal_eval(text))
+
+
+def _array(
+    data: bytes, dtype: str, shape: tuple[int, ...], stype: str, offset: int, size: int
+) -> Array:
+    return Array(dtype=dtype, shape=shape, stype=stype, data=data[offset : offset + size])
 
 
 def _create(path: Path) -> BinaryIO:

@@ -89,23 +89,35 @@ def to_array_record(values: Mapping[str, np.ndarray | torch.Tensor]) -> ArrayRec
     return record
 
 
+def npy_values(
+    data: bytes | np.ndarray, dtype_name: str, shape: tuple[int, ...], offset: int, size: int
+) -> np.ndarray | None:
+    """The values of ``data[offset : offset + size]`` read in place (read-only) when those bytes
+    are a plain C-ordered .npy of ``dtype_name`` and ``shape``; None when they are not."""
+    try:
+        dtype = np.dtype(dtype_name)
+    except TypeError:
+        return None
+    if dtype.hasobject:
+        return None
+    header = npy_header(dtype.str, shape)
+    count = math.prod(shape)
+    if size != len(header) + dtype.itemsize * count:
+        return None
+    if memoryview(data)[offset : offset + len(header)] != header:
+        return None
+    values = np.frombuffer(data, dtype=dtype, count=count, offset=offset + len(header))
+    return values.reshape(shape)
+
+
 def to_numpy(array: Array) -> np.ndarray:
     """``array.numpy()``, read in place (read-only) when the payload is a plain .npy of the
     declared dtype and shape; anything else goes through Flower's parser."""
     if array.stype == SType.NUMPY:
-        try:
-            dtype = np.dtype(array.dtype)
-        except TypeError:
-            return array.numpy()
         shape = tuple(int(n) for n in array.shape)
-        if not dtype.hasobject:
-            header = npy_header(dtype.str, shape)
-            data = array.data
-            if (
-                len(data) == len(header) + dtype.itemsize * math.prod(shape)
-                and memoryview(data)[: len(header)] == header
-            ):
-                return np.frombuffer(data, dtype=dtype, offset=len(header)).reshape(shape)
+        values = npy_values(array.data, array.dtype, shape, 0, len(array.data))
+        if values is not None:
+            return values
     return array.numpy()
 
 

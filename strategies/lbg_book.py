@@ -18,9 +18,8 @@ so the state stays within four models' worth of bytes (two live vectors per unit
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ConfigRecord
 
-from strategies.arrays import to_array_record, to_numpy
 from strategies.wire import ClientState
 
 INDEX = "lbgm-index"
@@ -76,14 +75,14 @@ class ClientLBGs:
                     acked[unit] = entry
                     break
         self.acked, self.candidates = acked, {}
-        blocks: dict[int, ArrayRecord] = {}
+        blocks: dict[int, dict[str, np.ndarray]] = {}
         for unit, (version, block) in acked.items():
             if block not in blocks:
-                record = self.state.get(_block_name(block))
-                if not isinstance(record, ArrayRecord):
+                vectors = self.state.get_arrays(_block_name(block))
+                if vectors is None:
                     raise ValueError(f"lbgm: the client's block {block} of LBGs is missing")
-                blocks[block] = record
-            self._vectors[unit] = to_numpy(blocks[block][_key(unit, version)])
+                blocks[block] = vectors
+            self._vectors[unit] = blocks[block][_key(unit, version)]
         return {unit: (version, self._vectors[unit]) for unit, (version, _) in acked.items()}
 
     def commit(self, server_round: int, candidates: dict[str, np.ndarray]) -> None:
@@ -97,7 +96,7 @@ class ClientLBGs:
                 vectors[_key(unit, version)] = self._vectors[unit]
                 self.acked[unit] = (version, server_round)
         if vectors:
-            self.state.set(_block_name(server_round), to_array_record(vectors))
+            self.state.set_arrays(_block_name(server_round), vectors)
             self.block_bytes[server_round] = sum(v.nbytes for v in vectors.values())
         live = {block for _, block in [*self.acked.values(), *self.candidates.values()]}
         for block in set(self.block_bytes) - live:

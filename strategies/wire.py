@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import ClassVar
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from strategies.arrays import to_tensors
+from strategies.arrays import to_array_record, to_numpy_dict, to_tensors
 
 Record = ArrayRecord | ConfigRecord | MetricRecord
 SEPARATOR = "/"
@@ -105,6 +106,19 @@ class ClientState:
     def delete(self, name: str) -> None:
         """Forget the record ``name`` (nothing happens when there is none)."""
         self._node_state.pop(client_key(self._client_id, name), None)
+
+    def get_arrays(self, name: str) -> dict[str, np.ndarray] | None:
+        """The ArrayRecord ``name`` as read-only numpy arrays, or None when there is none."""
+        record = self.get(name)
+        if record is None:
+            return None
+        if not isinstance(record, ArrayRecord):
+            raise TypeError(f"client state {name!r} is a {type(record).__name__}, not arrays")
+        return to_numpy_dict(record)
+
+    def set_arrays(self, name: str, arrays: Mapping[str, np.ndarray]) -> None:
+        """Store ``arrays`` as the ArrayRecord ``name`` (read back by :meth:`get_arrays`)."""
+        self.set(name, to_array_record(arrays))
 
     def release_superseded(self) -> None:
         """Free what this message's writes replaced once it has succeeded (nothing: the context

@@ -40,21 +40,25 @@ TOY_RUN = [
 # --------------------------------------------------------------------------- projection
 def test_rho_is_the_least_squares_multiplier_and_e_its_relative_error() -> None:
     rng = np.random.default_rng(0)
-    g, lbg = rng.standard_normal(50), rng.standard_normal(50)
-    rho, e = projection(g.astype(np.float32), lbg.astype(np.float32))
-    g32, b32 = g.astype(np.float32).astype(np.float64), lbg.astype(np.float32).astype(np.float64)
-    best = np.linalg.lstsq(b32[:, None], g32, rcond=None)[0][0]
-    assert rho == pytest.approx(best, rel=1e-9)
-    residual = g32 - rho * b32
-    assert e == pytest.approx(residual @ residual / (g32 @ g32), rel=1e-9)
+    g, lbg = rng.standard_normal(50_000), rng.standard_normal(50_000)
+    g = (0.3 * lbg + g).astype(np.float32)  # e ≈ 0.92: a real direction, not orthogonal noise
+    lbg = lbg.astype(np.float32)
+    rho, e = projection(g, lbg)
+    g64, b64 = g.astype(np.float64), lbg.astype(np.float64)
+    best = np.linalg.lstsq(b64[:, None], g64, rcond=None)[0][0]
+    assert rho == pytest.approx(best, rel=1e-5)  # float32 dot products
+    residual = g64 - best * b64
+    assert e == pytest.approx(residual @ residual / (g64 @ g64), rel=1e-5)
     for other in (rho * 0.9, rho * 1.1, rho + 0.01):
-        assert np.sum((g32 - other * b32) ** 2) > residual @ residual
+        assert np.sum((g64 - other * b64) ** 2) > residual @ residual
 
 
 def test_projection_guards_zero_vectors() -> None:
     assert projection(np.ones(4, np.float32), np.zeros(4, np.float32)) is None
     assert projection(np.zeros(4, np.float32), np.ones(4, np.float32)) == (0.0, 0.0)
     assert projection(3 * np.ones(4, np.float32), np.ones(4, np.float32)) == (3.0, 0.0)
+    huge = np.full(4, 1e30, np.float32)  # finite, but its squares overflow float32
+    assert projection(huge, np.ones(4, np.float32)) is None
 
 
 # ------------------------------------------------------------ direct server/client rounds

@@ -55,6 +55,54 @@ def test_arrays_round_trip_byte_for_byte_and_only_a_reference_stays_inline(tmp_p
     assert _files(tmp_path / "run-3" / "client-7") and state.get("missing") is None
 
 
+def _values(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "w": rng.standard_normal((3, 4)).astype(np.float32),
+        "scalar": np.array(seed, dtype=np.int64),
+        "empty": np.zeros((0, 2), dtype=np.float16),
+        "mask": rng.integers(0, 2, size=5).astype(bool),
+        "strided": rng.standard_normal((4, 6))[:, ::2],  # not C-ordered: stored as a copy
+    }
+
+
+@pytest.mark.parametrize("in_files", [True, False])
+def test_set_arrays_is_set_of_an_array_record_and_get_arrays_reads_it_back(
+    tmp_path, in_files: bool
+) -> None:
+    node_state = RecordDict()
+
+    def state(client_id: int) -> ClientState:
+        if in_files:
+            return FileClientState(node_state, client_id, tmp_path, 3)
+        return ClientState(node_state, client_id)
+
+    values = _values(2)
+    state(1).set_arrays("lbg", values)
+    state(2).set("lbg", ArrayRecord({k: Array(v) for k, v in values.items()}))
+    for client_id in (1, 2):
+        back = state(client_id).get_arrays("lbg")
+        assert list(back) == list(values)
+        for name, value in values.items():
+            assert back[name].dtype == value.dtype and np.array_equal(back[name], value)
+        record = state(client_id).get("lbg")  # the same bytes as Flower's own Array(values)
+        assert [bytes(a.data) for a in record.values()] == [Array(v).data for v in values.values()]
+    assert state(1).get_arrays("missing") is None
+    state(1).set("meta", ConfigRecord({"k": 1}))
+    with pytest.raises(TypeError, match="'meta' is a ConfigRecord"):
+        state(1).get_arrays("meta")
+
+
+def test_get_arrays_reads_a_payload_it_cannot_view_through_flower(tmp_path) -> None:
+    node_state = RecordDict()
+    fortran = np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4))
+    record = ArrayRecord({"f": Array(fortran), "c": Array(np.arange(3.0))})
+    assert b"'fortran_order': True" in bytes(record["f"].data)  # not a plain C-ordered .npy
+    FileClientState(node_state, 1, tmp_path, 1).set("odd", record)
+    back = FileClientState(node_state, 1, tmp_path, 1).get_arrays("odd")
+    assert np.array_equal(back["f"], fortran) and np.array_equal(back["c"], np.arange(3.0))
+
+
 def test_an_empty_record_round_trips(tmp_path) -> None:
     node_state = RecordDict()
     FileClientState(node_state, 0, tmp_path, 1).set("residual", ArrayRecord())
