@@ -17,7 +17,8 @@ off the sampled-mask accuracy, ``strategy.eval_samples=0``: 5 more evaluations b
 
 A round's time is the gap between two successive per-round progress lines as this script reads
 them, so it covers everything a round does (fedsparse: also the checkpoint and monitor); the
-first round (actor start-up, imports) is excluded and the median of the rest reported. Peak
+first round (actor start-up, imports) is excluded and the median of the rest reported (at up
+to 100 clients every row runs at least 12 rounds, ``--small-rounds``). Peak
 memory is the largest sum of PSS over the whole process tree (Ray's daemons and actors
 included), sampled every 0.5 s; peak GPU memory is the device's largest ``memory.used``
 (``nvidia-smi``) during the row. Writes ``benchmarks/results/<name>.{json,md,png}``
@@ -57,6 +58,9 @@ SAMPLE_S = 0.5
 TIMEOUT_S = 1800
 CPUS = os.cpu_count() or 1
 AUTO_ROUNDS = 5  # K=auto rows run at least 5 rounds: the 1,000-client memory check
+# Up to 100 clients a round takes one or two seconds, and Flower's 0.1 s dispatch poll alone moves
+# a median of 3 by ~10%: every row at those sizes runs at least 12 rounds (a median of 11).
+SMALL_CLIENTS, SMALL_ROUNDS = 100, 12
 # Every row evaluates centrally once per round; FedPM's sampled-mask accuracy would add
 # strategy.eval_samples (default 5) more central evaluations, so its rows turn it off.
 SAME_WORK = {"fedpm": ["strategy.eval_samples=0"]}
@@ -228,10 +232,11 @@ def _stop_tree(proc: subprocess.Popen) -> None:
 def commands(args: argparse.Namespace, clients: int) -> list[tuple[Row, list[str]]]:
     """Every row at ``clients`` clients, with the command that measures it."""
     python = sys.executable
+    least = args.rounds if clients > SMALL_CLIENTS else max(args.rounds, args.small_rounds)
     plan = [
-        (Row("floor-1", clients, rounds=args.rounds), ["-m", "benchmarks.scale.floor"]),
-        (Row("floor-2", clients, rounds=args.rounds), ["-m", "benchmarks.scale.floor"]),
-        (Row("flower", clients, rounds=args.rounds), ["-m", "benchmarks.scale.plain_flower"]),
+        (Row("floor-1", clients, rounds=least), ["-m", "benchmarks.scale.floor"]),
+        (Row("floor-2", clients, rounds=least), ["-m", "benchmarks.scale.floor"]),
+        (Row("flower", clients, rounds=least), ["-m", "benchmarks.scale.plain_flower"]),
     ]
     if not args.baselines:
         plan = []
@@ -243,7 +248,7 @@ def commands(args: argparse.Namespace, clients: int) -> list[tuple[Row, list[str
         )
     for k in args.cohorts.split(","):
         for strategy in args.strategies.split(","):
-            rounds = args.rounds if k == "1" else max(args.rounds, args.auto_rounds)
+            rounds = least if k == "1" else max(least, args.auto_rounds)
             row = Row("fedsparse", clients, strategy, k, rounds)
             run_dir = args.runs / f"{strategy}_k{k}_n{clients}"
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -361,15 +366,16 @@ def report(args: argparse.Namespace) -> None:
         "momentum 0.9), all clients sampled every round, one central evaluation every round "
         "(FedPM rows: `strategy.eval_samples=0`, its sampled-mask evaluations off), "
         f"1 CPU and {run_setup['client_gpus']} GPU per Ray actor ({actors} actors). Median "
-        "seconds per round after the first round; peak = largest PSS sum of the whole process "
-        "tree; client training s / actor = the clients' own training seconds (`client_train_s`) "
+        "seconds per round after the first round (rounds: how many were measured); peak = "
+        "largest PSS sum of the whole process tree; client training s / actor = the clients' "
+        "own training seconds (`client_train_s`) "
         f"over the {actors} actors, i.e. the compute share of a fedsparse round"
         + ("; peak GPU = the device's largest memory in use during the row." if with_gpu else "."),
         "",
-        "| clients | row | K | s/round | × plain Flower | × 2-process floor "
+        "| clients | row | K | rounds | s/round | × plain Flower | × 2-process floor "
         "| × fedsparse FedAvg (same K) | client training s / actor | peak MB |"
         + (" peak GPU MB |" if with_gpu else ""),
-        "|---|---|---|---|---|---|---|---|---|" + ("---|" if with_gpu else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if with_gpu else ""),
     ]
     for row in rows:
         flower = find("flower", row.clients)
@@ -381,7 +387,7 @@ def report(args: argparse.Namespace) -> None:
             seconds += f" (failed after round {len(row.round_s) + 1} of {row.rounds})"
         lines.append(
             f"| {row.clients} | {row.name} | {row.clients_per_node or '–'} "
-            f"| {seconds} | {_ratio(row, flower)} | {_ratio(row, floor)} "
+            f"| {len(row.round_s)} | {seconds} | {_ratio(row, flower)} | {_ratio(row, floor)} "
             f"| {_ratio(row, fedavg) if fedavg is not row else '1.00×'} "
             f"| {'–' if math.isnan(row.train_s) else f'{row.train_s / actors:.2f}'} "
             f"| {row.peak_mb:.0f} |" + (f" {row.gpu_peak_mb:.0f} |" if with_gpu else "")
@@ -461,6 +467,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument(
         "--auto-rounds", type=int, default=AUTO_ROUNDS, help="fewest rounds of a K=auto row"
+    )
+    parser.add_argument(
+        "--small-rounds",
+        type=int,
+        default=SMALL_ROUNDS,
+        help=f"fewest rounds of every row at up to {SMALL_CLIENTS} clients",
     )
     parser.add_argument("--runs", type=Path, default=REPO / "benchmarks/runs/scale")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks/results")
