@@ -84,8 +84,8 @@ def projection(g: np.ndarray, lbg: np.ndarray) -> tuple[float, float] | None:
 
     None when ``lbg`` is zero (no direction to reuse) or a product overflows. A zero ``g``
     gives (0, 0): ρ·LBG = g. The three dot products run in the vectors' own precision (BLAS,
-    float32 for a model's gradients): casting both to float64 first cost ~8× more and changed
-    ρ and e by ~1e-6 relative, far below anything δ or the float32 product ρ·LBG resolves.
+    float32 for a model's gradients): casting both to float64 first cost ~8× more, and ρ and e
+    differ from the float64 values by ~1e-6 relative, far finer than any useful δ.
     """
     with np.errstate(over="ignore"):  # an overflow is answered below: no fit
         bb, gb, gg = float(lbg @ lbg), float(g @ lbg), float(g @ g)
