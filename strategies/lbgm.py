@@ -42,12 +42,12 @@ from data.federated import DataSpec, dataset_info
 from strategies.arrays import l2_norm, to_array_record, to_numpy, to_numpy_dict
 from strategies.base import ARRAYS, METRICS, ClientAlgorithm, ClientUpdate, FedSparseStrategy
 from strategies.compression import COMPRESSORS, Codec, CodecError, make_codec
-from strategies.fedavg import WeightedSum, cast_like
 from strategies.job import ClientJob, ConfigScalar
 from strategies.lbg_book import ClientLBGs
 from strategies.lbg_store import STORE_DTYPES, STORES, make_store
 from strategies.registry import Algorithm, register_algorithm
 from strategies.validation import ReplyError, all_finite, check_finite_metric, require_record
+from strategies.weighted_sum import WeightedSum, cast_like
 from strategies.wire import ClientState, Record, client_key
 
 GRANULARITIES = ("layer", "model")

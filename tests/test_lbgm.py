@@ -21,10 +21,10 @@ from strategies.arrays import l2_norm
 from strategies.base import CONFIG, METRICS
 from strategies.cohort import ClientDirectory
 from strategies.compression import topk_count
-from strategies.fedavg import WeightedSum
 from strategies.job import ClientJob
 from strategies.lbg_book import INDEX, ClientLBGs
 from strategies.lbgm import LBGM, PseudoGradientClient, Scaled, projection
+from strategies.weighted_sum import WeightedSum
 from strategies.wire import ClientState, RecordDict, pack_clients, unpack_clients
 
 TOY_RUN = [
