@@ -21,6 +21,11 @@ from server_app.results import SUMMARY_FILE, read_metrics
 IGNORED_KEYS = {"seed", "resume", "engine"}  # engine settings never change the numbers
 
 
+def _ignored(key: str) -> bool:
+    """``key`` (flattened, e.g. ``engine.client_state_dir``) is or lies under an ignored key."""
+    return key.split(".", 1)[0] in IGNORED_KEYS
+
+
 @dataclass
 class Group:
     """Runs that differ only by seed."""
@@ -58,7 +63,7 @@ def group_runs(runs: list[Path]) -> list[Group]:
     configs = {
         run: _flatten(OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))) for run in runs
     }
-    keys = sorted({k for c in configs.values() for k in c} - IGNORED_KEYS)
+    keys = sorted({k for c in configs.values() for k in c if not _ignored(k)})
     varying = [  # a key only some runs have (added by a later version) does not split groups
         k for k in keys if len({json.dumps(c[k]) for c in configs.values() if k in c}) > 1
     ]

@@ -15,6 +15,8 @@ def _run(root: Path, name: str, strategy: dict, seed: int, accuracies: list[floa
     run = root / name
     run.mkdir(parents=True)
     config = {"seed": seed, "num_rounds": len(accuracies), "strategy": strategy, "lr": 0.05}
+    # engine settings differ per run (client_state_dir=auto resolves into the run dir)
+    config["engine"] = {"client_state_dir": str(run / "client-state"), "clients_per_node": seed + 1}
     (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
     rows = [
         {"round": i + 1, "accuracy": a, "uplink_bytes": 1_000_000, "downlink_bytes": 2_000_000}
