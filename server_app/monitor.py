@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from flwr.app import ArrayRecord
 
+from strategies.arrays import dot, l2_norm
+
 
 def is_layer_weight(name: str, values: np.ndarray) -> bool:
     """Conv and linear weight tensors (the layers the monitor reports)."""
@@ -41,7 +43,7 @@ def relative_layer_update(previous: ArrayRecord, current: ArrayRecord) -> dict[s
     """‖W_t − W_{t−1}‖ / ‖W_{t−1}‖ for every conv/linear weight."""
     old = _layers(previous)
     return {
-        name: _ratio(float(np.linalg.norm(new - old[name])), float(np.linalg.norm(old[name])))
+        name: _ratio(l2_norm(new - old[name]), l2_norm(old[name]))
         for name, new in _layers(current).items()
     }
 
@@ -59,10 +61,7 @@ def aggregation_effectiveness(
         for name, value in client.items():
             if name in mean and is_layer_weight(name, mean[name]):
                 spread[name] = spread.get(name, 0.0) + s * value
-    return {
-        name: _ratio(float(np.linalg.norm(mean[name].ravel())), total)
-        for name, total in spread.items()
-    }
+    return {name: _ratio(l2_norm(mean[name]), total) for name, total in spread.items()}
 
 
 class LayerMonitor:
@@ -91,14 +90,13 @@ class LayerMonitor:
         if self.reference and server_round >= self.ref_round:
             values["layer_cos_ref"] = {
                 name: _ratio(
-                    float(np.vdot(ref, layers[name])),
-                    float(np.linalg.norm(ref) * np.linalg.norm(layers[name])),
+                    dot(ref, layers[name]),
+                    l2_norm(ref) * l2_norm(layers[name]),
                 )
                 for name, ref in self.reference.items()
             }
             values["layer_l2_ref"] = {
-                name: float(np.linalg.norm(layers[name] - ref))
-                for name, ref in self.reference.items()
+                name: l2_norm(layers[name] - ref) for name, ref in self.reference.items()
             }
         if mean_delta is not None and weights and any(norms):
             values["layer_agg_eff"] = aggregation_effectiveness(mean_delta, norms, weights)

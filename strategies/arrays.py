@@ -121,10 +121,19 @@ def to_numpy(array: Array) -> np.ndarray:
     return array.numpy()
 
 
+def dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Σ a·b over all elements, accumulated in the arrays' own precision by numpy itself.
+
+    Not BLAS: OpenBLAS splits a float64 dot product over its threads, so its low bits depend
+    on the thread count (1 vs 2 threads differ), and a Ray actor, a test process and a
+    SuperNode each run with their own. Numbers that reach results must not depend on that.
+    """
+    return float(np.einsum("i,i->", a.ravel(), b.ravel()))
+
+
 def l2_norm(values: np.ndarray) -> float:
-    """‖values‖ accumulated in the values' own precision (for monitoring, not aggregation)."""
-    flat = values.ravel()
-    return math.sqrt(float(np.dot(flat, flat)))
+    """‖values‖ accumulated in the values' own precision (see :func:`dot`)."""
+    return math.sqrt(dot(values, values))
 
 
 def to_numpy_dict(record: ArrayRecord) -> dict[str, np.ndarray]:

@@ -1,9 +1,14 @@
-"""The fast Array codec: byte-identical to Flower's, and never wrong on odd payloads."""
+"""The fast Array codec: byte-identical to Flower's, and never wrong on odd payloads; dot
+products that do not depend on the BLAS thread count."""
 
 from __future__ import annotations
 
 import copy
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +104,35 @@ def test_flowers_network_encoding_round_trips_our_arrays() -> None:
     back = Array.inflate(array.deflate(), children=array.children)
     assert back.data == array.data and back.object_id == Array(values).object_id
     assert np.array_equal(back.numpy(), values)
+
+
+_DOTS = """
+import numpy as np
+from server_app.monitor import aggregation_effectiveness
+from strategies.arrays import dot, l2_norm
+from strategies.lbgm import projection
+rng = np.random.default_rng(0)
+a, b = rng.standard_normal(1_000_003), rng.standard_normal(1_000_003)
+values = [dot(a, b), l2_norm(a), *projection(a.astype(np.float32), b.astype(np.float32))]
+mean = {"l.weight": a.reshape(1000003, 1)}
+values += aggregation_effectiveness(mean, [{"l.weight": 1.0}], [1]).values()
+print(" ".join(float(v).hex() for v in values))
+"""
+
+
+def test_dot_products_that_reach_results_do_not_depend_on_the_blas_thread_count() -> None:
+    """OpenBLAS splits float64 dot products over its threads (1 vs 2 threads differ in the low
+    bits); LBGM's projection and the monitor must give the same bits in any process."""
+    outputs = set()
+    for threads in ("1", "2", "4"):
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+        run = subprocess.run(
+            [sys.executable, "-c", _DOTS],
+            env=env,
+            cwd=Path(__file__).resolve().parents[1],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        outputs.add(run.stdout)
+    assert len(outputs) == 1, outputs
