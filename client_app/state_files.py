@@ -70,6 +70,8 @@ class FileClientState(ClientState):
         self._remember_committed(name)
         entries = []
         for key, values in arrays.items():
+            if values.dtype.hasobject:  # raw bytes of an object array are pointers
+                raise ValueError(f"client state {name!r}: {key!r} is an object array")
             values = values if values.flags.c_contiguous else np.ascontiguousarray(values)
             header = npy_header(values.dtype.str, values.shape)
             entries.append((key, str(values.dtype), values.shape, SType.NUMPY, (header, values)))

@@ -88,6 +88,8 @@ def test_set_arrays_is_set_of_an_array_record_and_get_arrays_reads_it_back(
         record = state(client_id).get("lbg")  # the same bytes as Flower's own Array(values)
         assert [bytes(a.data) for a in record.values()] == [Array(v).data for v in values.values()]
     assert state(1).get_arrays("missing") is None
+    with pytest.raises(ValueError, match=r"[Oo]bject array"):  # never pointers in a file
+        state(1).set_arrays("objects", {"o": np.array([object()], dtype=object)})
     state(1).set("meta", ConfigRecord({"k": 1}))
     with pytest.raises(TypeError, match="'meta' is a ConfigRecord"):
         state(1).get_arrays("meta")
