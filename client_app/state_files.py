@@ -27,7 +27,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.common.constant import SType
 
-from strategies.arrays import npy_header, npy_values, to_numpy
+from strategies.arrays import npy_parts, npy_values, to_numpy
 from strategies.wire import ClientState, Record
 
 FILE_KEY = "state-file"
@@ -72,8 +72,7 @@ class FileClientState(ClientState):
         for key, values in arrays.items():
             if values.dtype.hasobject:  # raw bytes of an object array are pointers
                 raise ValueError(f"client state {name!r}: {key!r} is an object array")
-            values = values if values.flags.c_contiguous else np.ascontiguousarray(values)
-            header = npy_header(values.dtype.str, values.shape)
+            header, values = npy_parts(values)
             entries.append((key, str(values.dtype), values.shape, SType.NUMPY, (header, values)))
         self._write(name, entries)
 

@@ -35,6 +35,14 @@ def npy_header(dtype_str: str, shape: tuple[int, ...]) -> bytes:
     return buffer.getvalue()
 
 
+def npy_parts(values: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """The .npy bytes of ``values`` in two parts: the header ``np.save`` writes, and the values
+    in C order (copied only when they are not)."""
+    if not values.flags.c_contiguous:
+        values = np.ascontiguousarray(values)
+    return npy_header(values.dtype.str, tuple(values.shape)), values
+
+
 class Payload(np.ndarray):
     """An Array's bytes in a flat uint8 array: compared like ``bytes``, pickled like a numpy
     array (out of band under protocol 5, so Ray moves it without copying it into the stream).
@@ -67,11 +75,9 @@ def to_array(values: np.ndarray | torch.Tensor) -> Array:
     its bytes in a :class:`Payload`."""
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
-    if not values.flags.c_contiguous:
-        values = np.ascontiguousarray(values)
     if values.dtype.hasobject:
         return Array(values)  # Flower refuses object arrays with its own message
-    header = npy_header(values.dtype.str, tuple(values.shape))
+    header, values = npy_parts(values)
     payload = np.empty(len(header) + values.nbytes, dtype=np.uint8).view(Payload)
     payload[: len(header)] = np.frombuffer(header, dtype=np.uint8)
     payload[len(header) :] = values.reshape(-1).view(np.uint8)
