@@ -25,17 +25,19 @@ MIN_SLICE = 1 << 16  # below this many elements a thread costs more than it save
 # 1.34 ms of CPU for the same wall; ResNet-18 (11M) stays on the pool, where more cores help.
 MIN_MAPPED = 1 << 22
 MAX_THREADS = 8
+THREADS = min(os.cpu_count() or 1, MAX_THREADS)
+"""Threads the server's array work may use: the machine's cores, at most ``MAX_THREADS``."""
 
 
 @cache
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, MAX_THREADS))
+    return ThreadPoolExecutor(max_workers=THREADS)
 
 
 def for_each_slice(size: int, work: Callable[[slice], None]) -> None:
     """Call ``work(s)`` for contiguous slices ``s`` covering ``range(size)`` exactly once each,
     in parallel when ``size`` is large enough; returns when all are done (errors re-raised)."""
-    threads = min(os.cpu_count() or 1, MAX_THREADS, max(size // MIN_SLICE, 1))
+    threads = min(THREADS, max(size // MIN_SLICE, 1))
     if threads == 1:
         work(slice(0, size))
         return
@@ -49,7 +51,7 @@ def map_arrays(work: Callable[[str], R], sizes: Mapping[str, int]) -> dict[str, 
     """``{name: work(name)}`` for every name of ``sizes`` (element counts), in that order; on
     the pool's threads, largest arrays first, when there are enough elements to pay for them.
     The first error in ``sizes`` order is re-raised once all are done."""
-    threads = min(os.cpu_count() or 1, MAX_THREADS)
+    threads = THREADS
     if threads == 1 or sum(sizes.values()) < MIN_MAPPED:
         return {name: work(name) for name in sizes}
     largest_first = sorted(sizes, key=sizes.__getitem__, reverse=True)

@@ -31,7 +31,7 @@ NPY_HEADER_MAX = 256  # generous bound on the .npy header + key length per array
 
 def test_for_each_slice_covers_every_element_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(slices, "MIN_SLICE", 3)
-    monkeypatch.setattr(slices.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(slices, "THREADS", 4)
     for size in (0, 1, 5, 12, 13, 1000):
         seen = np.zeros(size, dtype=int)
 
@@ -55,7 +55,7 @@ def four_cpus(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     """Four CPUs, and arrays handed to threads from one element on, or never."""
     monkeypatch.setattr(slices, "MIN_SLICE", request.param)
     monkeypatch.setattr(slices, "MIN_MAPPED", request.param)
-    monkeypatch.setattr(slices.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(slices, "THREADS", 4)
 
 
 def test_map_arrays_gives_every_result_in_the_given_order(four_cpus: None) -> None:
@@ -69,7 +69,7 @@ def test_map_arrays_raises_the_first_error_in_order_after_all_ran(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(slices, "MIN_MAPPED", 1)
-    monkeypatch.setattr(slices.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(slices, "THREADS", 4)
     ran: list[str] = []
 
     def work(name: str) -> None:

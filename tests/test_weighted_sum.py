@@ -55,7 +55,7 @@ def test_weighted_average_in_slices_gives_the_same_bits_as_one_loop(
     """However the parameters are sliced over threads, every element sums the same clients in
     the same order: the result equals a plain per-client loop bit for bit."""
     monkeypatch.setattr(slices, "MIN_SLICE", min_slice)
-    monkeypatch.setattr(slices.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(slices, "THREADS", 4)
     rng = np.random.default_rng(0)
     arrays = [
         {"w": rng.standard_normal((5, 9)).astype(np.float32), "n": np.array(int(c))}
