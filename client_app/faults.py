@@ -36,8 +36,8 @@ class FaultPlan:
 def plan_faults(job: ClientJob, client_id: int) -> FaultPlan:
     """The faults of ``client_id`` in ``job.server_round`` (none unless a rate is set).
 
-    With every rate at zero nothing is drawn: seeding a generator per client costs ~0.1 ms,
-    a few percent of a small client's whole training.
+    With every rate at zero nothing is drawn: seeding a generator per client costs ~10 µs,
+    work every client would pay for nothing.
     """
     if not (job.fault_error_rate or job.fault_corrupt_rate or job.fault_slow_rate):
         return FaultPlan()
