@@ -10,6 +10,9 @@ import torch
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+import models
+import strategies
+from data.datasets import DATASETS
 from server_app.settings import (
     ConfigError,
     build_strategy,
@@ -220,3 +223,20 @@ def test_build_strategy(base_cfg: DictConfig) -> None:
     assert (strategy.clients_per_round, strategy.min_replies) == (4, 2)
     assert strategy.directory is directory
     assert strategy.job == client_job(cfg)
+
+
+def _group_cases() -> list[tuple[str, str]]:
+    selectable_models = [m for m in models.available_models() if not m.startswith("masked_")]
+    return (
+        [("model", name) for name in selectable_models]
+        + [("dataset", name) for name in DATASETS]
+        + [("strategy", name) for name in strategies.available_algorithms()]
+    )
+
+
+@pytest.mark.parametrize(("group", "name"), _group_cases())
+def test_every_registered_choice_is_a_config_option(group: str, name: str) -> None:
+    """What the registries offer (and the README lists) is selectable as ``group=name``."""
+    cfg = compose_config([f"{group}={name}"])
+    assert cfg[group].name == name
+
