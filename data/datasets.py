@@ -18,17 +18,20 @@ from typing import Any
 
 import numpy as np
 
-DATASETS: tuple[str, ...] = (
-    "mnist5k",
-    "digits",
-    "mnist",
-    "fashion_mnist",
-    "emnist",
-    "cifar10",
-    "cifar100",
-    "tiny_imagenet",
-    "cifar10_synthetic",
-)
+INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
+    "mnist5k": (1, 28, 28),
+    "digits": (1, 8, 8),
+    "mnist": (1, 28, 28),
+    "fashion_mnist": (1, 28, 28),
+    "emnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "cifar100": (3, 32, 32),
+    "tiny_imagenet": (3, 64, 64),
+    "cifar10_synthetic": (3, 32, 32),
+}
+"""(C, H, W) of each data set's images, known before loading so a config can be checked
+without the data; every load checks its images against it."""
+DATASETS: tuple[str, ...] = tuple(INPUT_SHAPES)
 
 DEFAULT_ROOT = "~/.cache/fedsparse/data"
 
@@ -169,6 +172,13 @@ def _load_cached(name: str, root: str, download: bool) -> DatasetSplits:
         train, test = _synthetic_cifar10()
     else:
         train, test = _load_torchvision(name, root, download)
+    input_shape = (int(train.x.shape[1]), int(train.x.shape[2]), int(train.x.shape[3]))
+    if input_shape != INPUT_SHAPES[name] or test.x.shape[1:] != train.x.shape[1:]:
+        raise ValueError(
+            f"data set {name!r} under {root} holds images of shape {tuple(train.x.shape[1:])} "
+            f"(train) and {tuple(test.x.shape[1:])} (test), expected {INPUT_SHAPES[name]}: "
+            "are these the right files?"
+        )
     for part in (train, test):
         part.x.setflags(write=False)
         part.y.setflags(write=False)
@@ -178,7 +188,7 @@ def _load_cached(name: str, root: str, download: bool) -> DatasetSplits:
         train=train,
         test=test,
         num_classes=int(max(train.y.max(), test.y.max())) + 1,
-        input_shape=(int(train.x.shape[1]), int(train.x.shape[2]), int(train.x.shape[3])),
+        input_shape=input_shape,
         mean=mean,
         std=std,
     )

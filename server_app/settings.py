@@ -18,7 +18,7 @@ import models
 import strategies
 from client_app.batchnorm import BN_POLICIES
 from client_app.faults import CORRUPT_KINDS
-from data.datasets import DATASETS
+from data.datasets import DATASETS, INPUT_SHAPES
 from data.partition import PARTITIONS
 from server_app.engine import AUTO, with_clients_per_node
 from strategies.base import FedSparseStrategy
@@ -109,6 +109,7 @@ def validate(cfg: DictConfig) -> None:
         lambda v: v in strategies.available_algorithms(),
         f"choose one of: {', '.join(strategies.available_algorithms())}",
     )
+    _check_model_takes_images(cfg.model.name, cfg.dataset.name)
     if cfg.partition.name == "dirichlet":
         _check(cfg, "partition.alpha", lambda v: _is_number(v) and v > 0, "must be a number > 0")
         _check(
@@ -156,6 +157,35 @@ def validate(cfg: DictConfig) -> None:
             "invalid config: device='cuda': torch sees no GPU; use device=auto or cpu"
         )
     build_strategy(with_clients_per_node(cfg, actors=None), ClientDirectory(cfg.num_clients, 1))
+
+
+def _build_error(model: str, input_shape: tuple[int, int, int]) -> str | None:
+    """Why ``model`` cannot be built for ``input_shape`` (None if it can). Built on the meta
+    device, which allocates nothing and takes milliseconds."""
+    try:
+        with torch.device("meta"):
+            models.build_model(model, input_shape, num_classes=10)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def _check_model_takes_images(model: str, dataset: str) -> None:
+    """A model too deep for the data set's images fails here, before Ray starts."""
+    shape = INPUT_SHAPES[dataset]
+    error = _build_error(model, shape)
+    if error is None:
+        return
+    fitting = [
+        name
+        for name in models.available_models()
+        if not name.startswith("masked_") and _build_error(name, shape) is None
+    ]
+    raise ConfigError(
+        f"invalid config: model={model} cannot take dataset={dataset} images "
+        f"({'×'.join(map(str, shape))}): {error}; choose a model that can "
+        f"({', '.join(fitting)}) or a data set with larger images"
+    )
 
 
 def strategy_params(cfg: DictConfig) -> dict[str, Any]:

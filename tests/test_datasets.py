@@ -139,6 +139,16 @@ def test_emnist_is_loaded_upright(tmp_path: Path) -> None:
     np.testing.assert_array_equal(splits.test.y, [1, 2, 3])
 
 
+def test_images_of_another_shape_than_the_data_set_has_are_refused(tmp_path: Path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix in ("train", "t10k"):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", np.zeros((3, 20, 20)))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"\(1, 20, 20\).*expected \(1, 28, 28\)"):
+        load_dataset("mnist", root=str(tmp_path))
+
+
 def test_missing_tiny_imagenet_explains_where_to_get_it(tmp_path: Path) -> None:
     with pytest.raises(DataNotFoundError) as info:
         load_dataset("tiny_imagenet", root=str(tmp_path))

@@ -240,3 +240,14 @@ def test_every_registered_choice_is_a_config_option(group: str, name: str) -> No
     cfg = compose_config([f"{group}={name}"])
     assert cfg[group].name == name
 
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedpm"])
+def test_model_too_deep_for_the_images_is_a_config_error(strategy: str) -> None:
+    cfg = compose_config([f"strategy={strategy}", "model=conv10", "dataset=digits"])
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    message = str(info.value)
+    assert "model=conv10" in message and "dataset=digits" in message and "1×8×8" in message
+    choices = message.split("choose a model that can (")[1].split(")")[0].split(", ")
+    assert "conv10" not in choices and {"cnn", "conv4"} <= set(choices)
+    validate(compose_config([f"strategy={strategy}", "model=conv10", "dataset=cifar10_synthetic"]))
