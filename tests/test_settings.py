@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -251,3 +252,23 @@ def test_model_too_deep_for_the_images_is_a_config_error(strategy: str) -> None:
     choices = message.split("choose a model that can (")[1].split(")")[0].split(", ")
     assert "conv10" not in choices and {"cnn", "conv4"} <= set(choices)
     validate(compose_config([f"strategy={strategy}", "model=conv10", "dataset=cifar10_synthetic"]))
+
+
+def _readme_swap_commands() -> list[str]:
+    """The single-run ``fedsparse`` lines of the README's "Swapping things" block."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("## Swapping things", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = [line.split("#", 1)[0].strip() for line in block.splitlines()]
+    return [line for line in lines if line.startswith("fedsparse ") and " --" not in line]
+
+
+@pytest.mark.parametrize("command", _readme_swap_commands())
+def test_readme_examples_validate(command: str) -> None:
+    """Each example the README tells users to type is a valid config (a GPU share only where
+    torch sees a GPU)."""
+    cfg = compose_config(command.removeprefix("fedsparse "))
+    if cfg.engine.client_gpus > 0 and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no GPU"):
+            validate(cfg)
+        return
+    validate(cfg)
