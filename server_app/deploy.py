@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, options before, between or after the overrides (as the usage line
+    and the README write them: ``CONNECTION --run-dir DIR overrides...``)."""
+    return _parser().parse_intermixed_args(argv)
+
+
 def resolve_run_dir(overrides: list[str], run_dir: str | None) -> Path:
     """Absolute run folder: ``--run-dir``, else ``hydra.run.dir=``, else a timestamped one."""
     if run_dir is None:
@@ -118,7 +124,7 @@ def run_status(connection: str, run_id: str) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Validate, run with ``flwr run``, then report how the run ended (0 = completed)."""
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     if not (args.app / "pyproject.toml").is_file():
         raise SystemExit(
             f"fedsparse-deploy: --app {args.app} holds no pyproject.toml; pass the fedsparse "

@@ -55,6 +55,20 @@ def test_run_config_carries_overrides_and_an_absolute_run_dir(tmp_path: Path) ->
     assert deploy.resolve_run_dir(overrides, str(tmp_path)) == tmp_path
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["fed", "--run-dir", "/r", "--app", "/a", "strategy=lips", "seed=1"],
+        ["fed", "strategy=lips", "--run-dir", "/r", "seed=1", "--app", "/a"],
+        ["fed", "strategy=lips", "seed=1", "--app", "/a", "--run-dir", "/r"],
+    ],
+)
+def test_options_go_anywhere_among_the_overrides(argv: list[str]) -> None:
+    args = deploy.parse_args(argv)
+    assert (args.connection, args.run_dir, args.app) == ("fed", "/r", Path("/a"))
+    assert args.overrides == ["strategy=lips", "seed=1"]
+
+
 def test_overrides_are_checked_like_the_server_app_does() -> None:
     deploy.check_overrides(["dataset=digits", "num_clients=2", "clients_per_round=2"])
     with pytest.raises(ConfigError, match="partition/nope"):
