@@ -14,6 +14,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from data.datasets import DataNotFoundError
+from data.federated import dataset_info
 from server_app.checkpoint import CheckpointError
 from server_app.engine import (
     actor_pool_size,
@@ -22,7 +24,7 @@ from server_app.engine import (
     with_clients_per_node,
 )
 from server_app.experiment import initial_arrays, starting_point
-from server_app.settings import ConfigError, validate
+from server_app.settings import ConfigError, client_job, validate
 from strategies.cohort import expected_nodes
 
 log = logging.getLogger(__name__)
@@ -56,15 +58,17 @@ def _drop_run_simulation_deprecation(record: logging.LogRecord) -> bool:
 
 @hydra.main(config_path="pkg://conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    """Validate the composed config, then run it; config errors exit with a one-line message."""
+    """Validate the composed config and load the data, then run; a config error, missing data
+    or a run folder that cannot be used exits with a one-line message before Ray starts."""
     flwr_log = logging.getLogger("flwr")
     flwr_log.propagate = False  # flwr logs once, through its own handler
     flwr_log.addFilter(_drop_run_simulation_deprecation)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         validate(cfg)
+        dataset_info(client_job(cfg).data_spec())  # missing data fails here, before Ray starts
         starting_point(run_dir, cfg)
-    except (ConfigError, CheckpointError) as err:
+    except (ConfigError, CheckpointError, DataNotFoundError) as err:
         raise SystemExit(f"fedsparse: {err}") from None
     try:
         run_simulation(cfg, run_dir)

@@ -24,6 +24,7 @@ from pathlib import Path
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from data.datasets import DataNotFoundError
 from server_app.settings import ConfigError, compose_config, validate
 
 RUN_DIR_OVERRIDE = "hydra.run.dir="
@@ -134,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         check_overrides(args.overrides)
     except ConfigError as err:
         raise SystemExit(f"fedsparse-deploy: {err}") from None
+    except DataNotFoundError as err:
+        raise SystemExit(
+            f"fedsparse-deploy: {err} (the config is checked on this machine first, and "
+            "strategy=fedpm builds its model from the data set's classes: it must be readable "
+            "here too)"
+        ) from None
     run_dir = resolve_run_dir(args.overrides, args.run_dir)
     with tempfile.TemporaryDirectory(prefix="fedsparse-deploy-") as tmp:
         config_file = Path(tmp) / "run-config.toml"

@@ -69,6 +69,15 @@ def test_options_go_anywhere_among_the_overrides(argv: list[str]) -> None:
     assert args.overrides == ["strategy=lips", "seed=1"]
 
 
+def test_missing_data_for_the_local_check_is_one_line(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    argv = ["fed", "strategy=fedpm", "dataset=cifar10", f"dataset.root={root}"]
+    with pytest.raises(SystemExit) as info:
+        deploy.main(argv)
+    message = str(info.value.code)
+    assert "not found" in message and str(root) in message and "readable here too" in message
+
+
 def test_overrides_are_checked_like_the_server_app_does() -> None:
     deploy.check_overrides(["dataset=digits", "num_clients=2", "clients_per_round=2"])
     with pytest.raises(ConfigError, match="partition/nope"):

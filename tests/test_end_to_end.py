@@ -159,6 +159,26 @@ def test_bad_config_fails_before_starting(tmp_path: Path) -> None:
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
+@pytest.mark.parametrize("strategy", ["fedavg", "fedpm"])
+def test_missing_data_fails_in_one_line_before_ray_starts(tmp_path: Path, strategy: str) -> None:
+    result = run_command(
+        [
+            sys.executable,
+            "-m",
+            "server_app.cli",
+            f"strategy={strategy}",
+            "dataset=cifar10",
+            f"dataset.root={tmp_path / 'data'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        REPO,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "not found" in result.stdout and str(tmp_path / "data") in result.stdout
+    assert "Traceback" not in result.stdout and "Ray" not in result.stdout
+
+
 def test_unknown_group_option_lists_choices(tmp_path: Path) -> None:
     result = run_command(
         [sys.executable, "-m", "server_app.cli", "partition=nope", f"hydra.run.dir={tmp_path}"],
