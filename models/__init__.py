@@ -5,6 +5,20 @@ Importing this package registers the built-in models: ``cnn``, ``conv4``, ``conv
 """
 
 from models import cnn, conv, masked, resnet, vgg  # noqa: F401  (imported to register the built-ins)
+from models.masked import MASKED_BUILDERS
 from models.registry import ModelBuilder, available_models, build_model, register_model
 
-__all__ = ["ModelBuilder", "available_models", "build_model", "register_model"]
+
+def configurable_models() -> list[str]:
+    """The names ``model=`` takes: every registered model but the supermask twins, which
+    ``strategy=fedpm`` picks itself for the model chosen."""
+    return [name for name in available_models() if name not in MASKED_BUILDERS]
+
+
+__all__ = [
+    "ModelBuilder",
+    "available_models",
+    "build_model",
+    "configurable_models",
+    "register_model",
+]

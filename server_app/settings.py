@@ -96,8 +96,8 @@ def validate(cfg: DictConfig) -> None:
     _check(
         cfg,
         "model.name",
-        lambda v: v in models.available_models(),
-        f"choose one of: {', '.join(models.available_models())}",
+        lambda v: v in models.configurable_models(),
+        f"choose one of: {', '.join(models.configurable_models())}",
     )
     _check(cfg, "dataset.name", lambda v: v in DATASETS, f"choose one of: {', '.join(DATASETS)}")
     _check(
@@ -176,11 +176,7 @@ def _check_model_takes_images(model: str, dataset: str) -> None:
     error = _build_error(model, shape)
     if error is None:
         return
-    fitting = [
-        name
-        for name in models.available_models()
-        if not name.startswith("masked_") and _build_error(name, shape) is None
-    ]
+    fitting = [name for name in models.configurable_models() if _build_error(name, shape) is None]
     raise ConfigError(
         f"invalid config: model={model} cannot take dataset={dataset} images "
         f"({'×'.join(map(str, shape))}): {error}; choose a model that can "

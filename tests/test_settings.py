@@ -121,6 +121,16 @@ def test_invalid_value_names_the_key(base_cfg: DictConfig, values: dict, key: st
     assert f"{key}=" in str(info.value)
 
 
+def test_supermask_twins_are_not_model_choices(base_cfg: DictConfig) -> None:
+    """``masked_cnn`` & co. are what strategy=fedpm trains for model=cnn & co.: the model error
+    neither accepts nor lists them."""
+    with pytest.raises(ConfigError, match=r"model\.name='masked_cnn'") as info:
+        validate(_changed(base_cfg, model__name="masked_cnn"))
+    choices = str(info.value).split("choose one of: ")[1].split(", ")
+    assert choices == models.configurable_models() and "cnn" in choices
+    assert not any(name.startswith("masked_") for name in choices)
+
+
 def test_classes_per_client_checked_for_pathological(pathological_cfg: DictConfig) -> None:
     validate(pathological_cfg)
     with pytest.raises(ConfigError, match=r"partition\.classes_per_client=0"):
@@ -227,9 +237,8 @@ def test_build_strategy(base_cfg: DictConfig) -> None:
 
 
 def _group_cases() -> list[tuple[str, str]]:
-    selectable_models = [m for m in models.available_models() if not m.startswith("masked_")]
     return (
-        [("model", name) for name in selectable_models]
+        [("model", name) for name in models.configurable_models()]
         + [("dataset", name) for name in DATASETS]
         + [("strategy", name) for name in strategies.available_algorithms()]
     )
