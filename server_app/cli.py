@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -51,6 +55,37 @@ def run_simulation(cfg: DictConfig, run_dir: Path) -> None:
         )
 
 
+@contextmanager
+def stop_on_interrupt(run_dir: Path) -> Iterator[None]:
+    """Ctrl-C (SIGINT) or SIGTERM ends the run at once, Ray included, with how to resume.
+
+    Flower's simulation runs the ServerApp in a thread that the main thread's
+    KeyboardInterrupt never reaches: without this the process lived on after Ctrl-C, its
+    rounds waiting for nodes that had stopped. Stopping mid-round loses nothing: the checkpoint
+    of the last finished round is written atomically, and ``resume=true`` continues from it.
+    """
+
+    def stop(signum: int, _frame: object) -> None:
+        print(
+            f"\n[fedsparse] {signal.Signals(signum).name}: stopped; resume=true "
+            f"hydra.run.dir={run_dir} continues after the last finished round",
+            file=sys.stderr,
+            flush=True,
+        )
+        import ray
+
+        ray.shutdown()  # a private local Ray stops; an attached cluster is only disconnected
+        logging.shutdown()
+        os._exit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _drop_run_simulation_deprecation(record: logging.LogRecord) -> bool:
     """fedsparse chooses the in-process engine on purpose; Flower's notice about it is noise."""
     return "`run_simulation` function is deprecated" not in record.getMessage()
@@ -71,7 +106,8 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, CheckpointError, DataNotFoundError) as err:
         raise SystemExit(f"fedsparse: {err}") from None
     try:
-        run_simulation(cfg, run_dir)
+        with stop_on_interrupt(run_dir):
+            run_simulation(cfg, run_dir)
     except ConnectionError as err:
         raise SystemExit(f"fedsparse: {err}") from None
     log.info("results in %s", run_dir)

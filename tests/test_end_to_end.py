@@ -9,7 +9,9 @@ uninterrupted 4, whatever the cohort size). One more run attaches to a Ray head 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import kill_tree, run_command
+from tests.processes import descendants, kill_tree, run_command
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_RUN = [
@@ -262,6 +264,43 @@ def test_sigkill_mid_round_then_resume_equals_uninterrupted(
     assert [r["round"] for r in resumed] == [1, 2, 3, 4]
     for key in ("accuracy", "loss", "train_loss", "uplink_bytes", "fed_accuracy"):
         assert [r[key] for r in resumed] == [r[key] for r in full], key
+
+
+def test_ctrl_c_stops_the_run_and_its_ray_at_once(tmp_path: Path) -> None:
+    """SIGINT to the process group (a terminal's Ctrl-C) during round 2: the run exits within
+    seconds with 130, leaves no process behind, and says how to resume."""
+    run_dir, log = tmp_path / "interrupted", tmp_path / "output.txt"
+    args = [
+        sys.executable,
+        "-m",
+        "server_app.cli",
+        *SMALL_RUN,
+        "faults.slow_rate=1.0",
+        "faults.slow_s=0.5",
+        "num_rounds=50",
+        f"hydra.run.dir={run_dir}",
+    ]
+    with log.open("w") as output:
+        proc = subprocess.Popen(
+            args, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    started: list[int] = []
+    try:
+        deadline = time.monotonic() + 240
+        while not (run_dir / "metrics.jsonl").exists() or len(rows(run_dir)) < 1:
+            assert proc.poll() is None, log.read_text()[-4000:]
+            assert time.monotonic() < deadline, "the run did not reach round 1 in time"
+            time.sleep(0.1)
+        started = descendants(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        kill_tree(proc)
+    assert proc.returncode == 130, log.read_text()[-4000:]
+    assert "resume=true" in log.read_text() and "Traceback" not in log.read_text()
+    time.sleep(2)
+    assert started and not [pid for pid in started if Path(f"/proc/{pid}").exists()]
+    assert 1 <= len(rows(run_dir)) < 50
 
 
 def test_lbgm_client_state_persists_across_rounds_on_ray(tmp_path: Path) -> None:
