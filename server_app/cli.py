@@ -19,7 +19,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from data.datasets import DataNotFoundError
-from data.federated import dataset_info
 from server_app.checkpoint import CheckpointError
 from server_app.engine import (
     actor_pool_size,
@@ -28,7 +27,7 @@ from server_app.engine import (
     with_clients_per_node,
 )
 from server_app.experiment import initial_arrays, starting_point
-from server_app.settings import ConfigError, client_job, validate
+from server_app.settings import ConfigError, check_data, validate
 from strategies.cohort import expected_nodes
 
 log = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         validate(cfg)
-        dataset_info(client_job(cfg).data_spec())  # missing data fails here, before Ray starts
+        check_data(cfg)
         starting_point(run_dir, cfg)
     except (ConfigError, CheckpointError, DataNotFoundError) as err:
         raise SystemExit(f"fedsparse: {err}") from None

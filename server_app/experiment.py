@@ -19,7 +19,13 @@ import strategies
 from client_app.allocator import keep_freed_memory
 from client_app.training import TensorData, evaluate, resolve_device
 from data.federated import central_test, dataset_info
-from server_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from server_app.checkpoint import (
+    LATEST,
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from server_app.engine import with_clients_per_node
 from server_app.monitor import LayerMonitor
 from server_app.plots import plot_run
@@ -50,10 +56,12 @@ def starting_point(run_dir: Path, cfg: DictConfig) -> Checkpoint | None:
     """The checkpoint to resume from (None for a fresh run), checked before anything starts.
 
     A fresh run never overwrites an earlier run's results, and a resumed run must be the same
-    experiment: either would mix two runs in one directory.
+    experiment: either would mix two runs in one directory. A run that stopped before finishing
+    any round left nothing to keep: the folder is reused as if empty, resumed or not.
     """
+    finished = _finished_any_round(run_dir)
     if not cfg.resume:
-        if (run_dir / METRICS_FILE).exists() or (run_dir / CHECKPOINT_DIR).exists():
+        if finished:
             raise ConfigError(
                 f"{run_dir} already holds a run; continue it with resume=true or choose another "
                 "hydra.run.dir"
@@ -64,6 +72,9 @@ def starting_point(run_dir: Path, cfg: DictConfig) -> Checkpoint | None:
             f"resume=true but {run_dir} holds no run; pass the directory of the run to continue "
             "with hydra.run.dir=<that directory>, or drop resume=true"
         )
+    if not finished:
+        log.info("%s holds no finished round: starting from round 1", run_dir)
+        return None
     stored = OmegaConf.load(run_dir / CONFIG_FILE)
     current = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     for key in RESUMABLE_KEYS:
@@ -77,6 +88,21 @@ def starting_point(run_dir: Path, cfg: DictConfig) -> Checkpoint | None:
             f"{list(RESUMABLE_KEYS)} may change when resuming"
         )
     return load_checkpoint(run_dir / CHECKPOINT_DIR)
+
+
+def _resume_hint(run_dir: Path) -> str:
+    """What a stopped run left to continue from."""
+    if (run_dir / CHECKPOINT_DIR / LATEST).exists():
+        return f"the last checkpoint is in {run_dir / CHECKPOINT_DIR} (resume=true continues it)"
+    return "no round finished, so nothing was checkpointed"
+
+
+def _finished_any_round(run_dir: Path) -> bool:
+    """Whether a run in ``run_dir`` finished a round: it checkpointed, or logged metrics."""
+    metrics = run_dir / METRICS_FILE
+    return (run_dir / CHECKPOINT_DIR / LATEST).exists() or (
+        metrics.exists() and metrics.stat().st_size > 0
+    )
 
 
 class CentralEvaluator:
@@ -139,7 +165,7 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
             raise RuntimeError(
                 f"round {server_round}: only {strategy.stats.clients} valid replies, fewer than "
                 f"min_replies={cfg.min_replies} (failures {strategy.stats.failures}, rejected "
-                f"{dict(strategy.stats.rejected)}); the last checkpoint is in {checkpoint_dir}"
+                f"{dict(strategy.stats.rejected)}); {_resume_hint(run_dir)}"
             )
         row = {"round": server_round, **strategy.stats.to_metrics()}
         row.update(

@@ -19,6 +19,7 @@ import strategies
 from client_app.batchnorm import BN_POLICIES
 from client_app.faults import CORRUPT_KINDS
 from data.datasets import DATASETS, INPUT_SHAPES
+from data.federated import client_partition, dataset_info
 from data.partition import PARTITIONS
 from server_app.engine import AUTO, with_clients_per_node
 from strategies.base import FedSparseStrategy
@@ -157,6 +158,21 @@ def validate(cfg: DictConfig) -> None:
             "invalid config: device='cuda': torch sees no GPU; use device=auto or cpu"
         )
     build_strategy(with_clients_per_node(cfg, actors=None), ClientDirectory(cfg.num_clients, 1))
+
+
+def check_data(cfg: DictConfig) -> None:
+    """Load the data set and split it among the clients as the run will (both are cached), so
+    missing data (``DataNotFoundError``) or a split that cannot be made fails before Ray
+    starts, not in every client."""
+    spec = client_job(cfg).data_spec()
+    dataset_info(spec)
+    try:
+        client_partition(spec)
+    except ValueError as err:
+        raise ConfigError(
+            f"invalid config: partition={cfg.partition.name} of dataset={cfg.dataset.name} "
+            f"cannot be made: {err}"
+        ) from None
 
 
 def _build_error(model: str, input_shape: tuple[int, int, int]) -> str | None:

@@ -10,7 +10,7 @@ import pytest
 
 from client_app.faults import plan_faults
 from server_app.checkpoint import load_checkpoint
-from server_app.experiment import run_experiment
+from server_app.experiment import run_experiment, starting_point
 from server_app.inprocess import InProcessGrid
 from server_app.settings import client_job, compose_config
 
@@ -93,10 +93,17 @@ def test_raising_clients_are_counted_and_the_round_goes_on(tmp_path: Path) -> No
 
 
 def test_a_round_without_enough_valid_replies_fails_clearly(tmp_path: Path) -> None:
-    cfg = compose_config([*RUN, "faults.corrupt_rate=1.0", "faults.corrupt_kind=non-finite"])
-    with pytest.raises(RuntimeError, match=r"round 1: only 0 valid replies.*min_replies=1"):
+    """...and a run that finished no round leaves a folder the next try may use, fresh or with
+    resume=true (before, the first was refused as holding a run, the second found no
+    checkpoint)."""
+    faults = ["faults.corrupt_rate=1.0", "faults.corrupt_kind=non-finite"]
+    cfg = compose_config([*RUN, *faults])
+    with pytest.raises(RuntimeError, match=r"round 1: only 0 valid replies.*min_replies=1") as info:
         run_experiment(InProcessGrid(cfg.num_clients), cfg, tmp_path / "run")
+    assert "no round finished" in str(info.value)
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == ""
+    assert starting_point(tmp_path / "run", compose_config(RUN)) is None
+    assert starting_point(tmp_path / "run", compose_config([*RUN, "resume=true"])) is None
 
 
 @pytest.mark.parametrize(

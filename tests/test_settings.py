@@ -17,6 +17,7 @@ from data.datasets import DATASETS
 from server_app.settings import (
     ConfigError,
     build_strategy,
+    check_data,
     client_job,
     compose_config,
     strategy_params,
@@ -281,3 +282,21 @@ def test_readme_examples_validate(command: str) -> None:
             validate(cfg)
         return
     validate(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        (["partition=pathological", "partition.classes_per_client=11"], "classes_per_client"),
+        (["partition=pathological", "num_clients=4"], "class slots"),
+        (["num_clients=3000", "partition=iid"], "number of samples"),
+        (["partition.min_size=500"], "min_size=500"),
+    ],
+)
+def test_a_split_that_cannot_be_made_is_a_config_error(overrides: list[str], reason: str) -> None:
+    """Checked with the data before Ray starts; before, every client failed on it in round 1."""
+    cfg = compose_config(["dataset=digits", *overrides])
+    validate(cfg)
+    with pytest.raises(ConfigError, match=r"partition=\w+ of dataset=digits cannot") as info:
+        check_data(cfg)
+    assert reason in str(info.value)
