@@ -93,7 +93,8 @@ def validate(cfg: DictConfig) -> None:
         f"choose one of: {', '.join(CORRUPT_KINDS)}",
     )
     _check(cfg, "device", lambda v: v in DEVICES, f"choose one of: {', '.join(DEVICES)}")
-    _check(cfg, "resume", lambda v: isinstance(v, bool), "must be true or false")
+    for key in ("resume", "federated_eval", "plots", "dataset.download"):
+        _check(cfg, key, lambda v: isinstance(v, bool), "must be true or false")
     _check(
         cfg,
         "model.name",

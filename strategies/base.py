@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from abc import abstractmethod
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,14 @@ CONFIG = "config"
 METRICS = "metrics"
 SAMPLE_TRAIN, SAMPLE_EVALUATE = 0, 1
 REPLY_SLACK_BYTES = 1 << 16
+
+
+def check_number(key: str, value: Any, ok: Callable[[float], bool], requirement: str) -> None:
+    """A ValueError naming ``strategy.<key>`` unless ``value`` is a number (not a bool) for
+    which ``ok`` holds; ``ok`` is asked only once ``value`` is a number, so a string gets this
+    message rather than a comparison's TypeError."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
+        raise ValueError(f"strategy.{key}={value!r}: {requirement}")
 
 
 def _finite(value: object) -> float:

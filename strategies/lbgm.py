@@ -40,7 +40,14 @@ from torch import nn
 import models
 from data.federated import DataSpec, dataset_info
 from strategies.arrays import dot, l2_norm, to_array_record, to_numpy, to_numpy_dict
-from strategies.base import ARRAYS, METRICS, ClientAlgorithm, ClientUpdate, FedSparseStrategy
+from strategies.base import (
+    ARRAYS,
+    METRICS,
+    ClientAlgorithm,
+    ClientUpdate,
+    FedSparseStrategy,
+    check_number,
+)
 from strategies.compression import COMPRESSORS, Codec, CodecError, make_codec
 from strategies.job import ClientJob, ConfigScalar
 from strategies.lbg_book import ClientLBGs
@@ -95,11 +102,6 @@ def projection(g: np.ndarray, lbg: np.ndarray) -> tuple[float, float] | None:
     if gg == 0:
         return 0.0, 0.0
     return gb / bb, min(max(1.0 - gb * gb / (gg * bb), 0.0), 1.0)
-
-
-def _check_number(key: str, value: Any, ok: bool, requirement: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not ok:
-        raise ValueError(f"strategy.{key}={value!r}: {requirement}")
 
 
 @dataclass(frozen=True)
@@ -166,11 +168,9 @@ class PseudoGradient(FedSparseStrategy):
             raise ValueError(
                 f"strategy.compressor={compressor!r}: choose one of: {', '.join(COMPRESSORS)}"
             )
-        _check_number("topk_ratio", topk_ratio, 0 < topk_ratio <= 1, "must be in (0, 1]")
-        _check_number("server_lr", server_lr, server_lr > 0, "must be a number > 0")
-        _check_number(
-            "server_momentum", server_momentum, 0 <= server_momentum < 1, "must be in [0, 1)"
-        )
+        check_number("topk_ratio", topk_ratio, lambda v: 0 < v <= 1, "must be in (0, 1]")
+        check_number("server_lr", server_lr, lambda v: v > 0, "must be a number > 0")
+        check_number("server_momentum", server_momentum, lambda v: 0 <= v < 1, "must be in [0, 1)")
         if not isinstance(error_feedback, bool):
             raise ValueError(f"strategy.error_feedback={error_feedback!r}: must be true or false")
         self.codec: Codec = make_codec(compressor, float(topk_ratio))
@@ -310,8 +310,12 @@ class Lbgm(PseudoGradient):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        _check_number(
-            "delta", delta, delta < 1, "must be a number < 1 (at 1 round one would reuse nothing)"
+        check_number(
+            "delta",
+            delta,
+            lambda v: v < 1,
+            "must be a number < 1 (a phase error is at most 1, so at δ ≥ 1 every look-back "
+            "gradient would be reused forever and no layer sent again after round 1)",
         )
         if granularity not in GRANULARITIES:
             raise ValueError(

@@ -23,7 +23,7 @@ from flwr.app import MetricRecord
 from torch import nn
 
 from client_app.training import TensorData, round_seed
-from strategies.base import METRICS, ClientAlgorithm
+from strategies.base import METRICS, ClientAlgorithm, check_number
 from strategies.fedavg import FedAvg
 from strategies.job import ClientJob, ConfigScalar
 from strategies.registry import Algorithm, register_algorithm
@@ -128,15 +128,18 @@ class Lips(FedAvg):
         super().__init__(*args, **kwargs)
         if not isinstance(period, int) or period < 1:
             raise ValueError(f"strategy.period={period!r}: must be an integer >= 1")
-        if not 0 < d0 <= 1:
-            raise ValueError(f"strategy.d0={d0!r}: must be in (0, 1]")
+        check_number("d0", d0, lambda v: 0 < v <= 1, "must be in (0, 1]")
         if horizon is not None and (not isinstance(horizon, int) or horizon < 1):
             raise ValueError(f"strategy.horizon={horizon!r}: must be null (= num_rounds) or >= 1")
         if score not in SCORES:
             raise ValueError(f"strategy.score={score!r}: choose one of: {', '.join(SCORES)}")
+        if not isinstance(include_shortcuts, bool):
+            raise ValueError(
+                f"strategy.include_shortcuts={include_shortcuts!r}: must be true or false"
+            )
         self.period, self.d0, self.score = period, float(d0), score
         self.horizon = horizon or self.num_rounds
-        self.include_shortcuts = bool(include_shortcuts)
+        self.include_shortcuts = include_shortcuts
 
     def density(self, server_round: int) -> float:
         return lips_density(server_round, self.period, self.d0, self.horizon)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,9 @@ def test_invalid_override_names_the_key(overrides: list[str], key: str) -> None:
         ({"local_test_fraction": 1.0}, "local_test_fraction"),
         ({"round_timeout_s": 0}, "round_timeout_s"),
         ({"resume": "yes"}, "resume"),
+        ({"federated_eval": "off"}, "federated_eval"),
+        ({"plots": "no"}, "plots"),
+        ({"dataset__download": "yes"}, "dataset.download"),
         ({"model__name": "nope"}, "model.name"),
         ({"dataset__name": "nope"}, "dataset.name"),
         ({"strategy__name": "nope"}, "strategy.name"),
@@ -300,3 +304,22 @@ def test_a_split_that_cannot_be_made_is_a_config_error(overrides: list[str], rea
     with pytest.raises(ConfigError, match=r"partition=\w+ of dataset=digits cannot") as info:
         check_data(cfg)
     assert reason in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["strategy=topk", "strategy.topk_ratio=abc"],
+        ["strategy=lbgm", "strategy.delta=x"],
+        ["strategy=lbgm", "strategy.server_lr=fast"],
+        ["strategy=lips", "strategy.d0=abc"],
+        ["strategy=lips", "strategy.include_shortcuts=no"],
+    ],
+)
+def test_a_strategy_parameter_of_the_wrong_type_is_named(overrides: list[str]) -> None:
+    """A string where a number or a bool belongs: the key and the requirement, not a
+    comparison's TypeError."""
+    key, value = overrides[1].split("=")
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}='{value}': must be") as info:
+        validate(compose_config(overrides))
+    assert "not supported" not in str(info.value)
