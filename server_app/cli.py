@@ -101,9 +101,12 @@ def main(cfg: DictConfig) -> None:
     try:
         validate(cfg)
         check_data(cfg)
-        starting_point(run_dir, cfg)
+        checkpoint = starting_point(run_dir, cfg)
     except (ConfigError, CheckpointError, DataNotFoundError) as err:
         raise SystemExit(f"fedsparse: {err}") from None
+    if checkpoint is not None and checkpoint.round == cfg.num_rounds:
+        print(f"[fedsparse] {run_dir} has finished all {cfg.num_rounds} rounds: nothing to resume")
+        return
     try:
         with stop_on_interrupt(run_dir):
             run_simulation(cfg, run_dir)

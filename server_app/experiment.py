@@ -87,7 +87,13 @@ def starting_point(run_dir: Path, cfg: DictConfig) -> Checkpoint | None:
             f"resume=true but the config differs from the run in {run_dir} in {changed}; only "
             f"{list(RESUMABLE_KEYS)} may change when resuming"
         )
-    return load_checkpoint(run_dir / CHECKPOINT_DIR)
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT_DIR)
+    if checkpoint.round > cfg.num_rounds:
+        raise ConfigError(
+            f"resume=true with num_rounds={cfg.num_rounds}, but the run in {run_dir} has "
+            f"finished {checkpoint.round} rounds; pass num_rounds={checkpoint.round} or more"
+        )
+    return checkpoint
 
 
 def _resume_hint(run_dir: Path) -> str:

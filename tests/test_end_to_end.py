@@ -211,6 +211,23 @@ def test_fresh_run_never_overwrites_a_finished_one(uninterrupted: tuple[Path, st
     assert (run_dir / "metrics.jsonl").read_bytes() == before
 
 
+def test_resuming_a_finished_run_changes_nothing(uninterrupted: tuple[Path, str]) -> None:
+    """resume=true on a run that has all its rounds: exit 0 before Ray starts, files untouched;
+    fewer rounds than it has finished is a config error."""
+    run_dir, _ = uninterrupted
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    base = [sys.executable, "-m", "server_app.cli", *SMALL_RUN, "resume=true"]
+    done = run_command([*base, "num_rounds=4", f"hydra.run.dir={run_dir}"], REPO, timeout=60)
+    assert done.returncode == 0 and "nothing to resume" in done.stdout
+    fewer = run_command([*base, "num_rounds=2", f"hydra.run.dir={run_dir}"], REPO, timeout=60)
+    assert fewer.returncode != 0 and "finished 4 rounds" in fewer.stdout
+    assert "Ray" not in done.stdout + fewer.stdout
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert {k: v for k, v in after.items() if k != "cli.log"} == {
+        k: v for k, v in before.items() if k != "cli.log"
+    }
+
+
 def test_resume_refuses_a_different_experiment(uninterrupted: tuple[Path, str]) -> None:
     run_dir, _ = uninterrupted
     result = run_command(
