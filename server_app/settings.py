@@ -6,8 +6,10 @@ ServerApp composes the same tree from the overrides carried in the run config.
 
 from __future__ import annotations
 
+import difflib
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import cache
 from typing import Any
 
 import torch
@@ -105,6 +107,7 @@ def validate(cfg: DictConfig) -> None:
     _check(
         cfg, "partition.name", lambda v: v in PARTITIONS, f"choose one of: {', '.join(PARTITIONS)}"
     )
+    _check_known_keys(cfg)
     _check(
         cfg,
         "strategy.name",
@@ -159,6 +162,40 @@ def validate(cfg: DictConfig) -> None:
             "invalid config: device='cuda': torch sees no GPU; use device=auto or cpu"
         )
     build_strategy(with_clients_per_node(cfg, actors=None), ClientDirectory(cfg.num_clients, 1))
+
+
+OWN_KEY_CHECKS = ("strategy", "hydra")  # the strategy names its unknown parameters itself
+
+
+def _paths(node: DictConfig, prefix: str = "") -> Iterator[str]:
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        yield path
+        if isinstance(value, DictConfig):
+            yield from _paths(value, f"{path}.")
+
+
+@cache
+def _known_keys(partition: str) -> frozenset[str]:
+    """Every key conf/ defines with this partition (the one group whose options differ in keys;
+    the strategy group checks its own)."""
+    return frozenset(_paths(compose_config([f"partition={partition}"])))
+
+
+def _check_known_keys(cfg: DictConfig) -> None:
+    """A key conf/ does not define (``+num_round=5``, ``+partition.alpha`` under iid) would be
+    silently ignored: name it, with the nearest known keys."""
+    known = _known_keys(str(cfg.partition.name))
+    for path in _paths(cfg):
+        if path in known or path.split(".")[0] in OWN_KEY_CHECKS:
+            continue
+        near = difflib.get_close_matches(path, sorted(known), n=3)
+        hint = f"did you mean {' or '.join(near)}? " if near else ""
+        where = f" of partition={cfg.partition.name}" if path.startswith("partition.") else ""
+        raise ConfigError(
+            f"invalid config: unknown key {path}{where}; {hint}`fedsparse --cfg job` prints "
+            "every key"
+        )
 
 
 def check_data(cfg: DictConfig) -> None:

@@ -149,8 +149,9 @@ def test_invalid_device_lists_choices(base_cfg: DictConfig) -> None:
     assert all(choice in str(info.value) for choice in ("auto", "cpu", "cuda"))
 
 
-def test_alpha_is_only_checked_for_dirichlet(pathological_cfg: DictConfig) -> None:
-    validate(_changed(pathological_cfg, partition__alpha=0))
+def test_alpha_belongs_to_dirichlet_only(pathological_cfg: DictConfig) -> None:
+    with pytest.raises(ConfigError, match=r"key partition\.alpha of partition=pathological"):
+        validate(_changed(pathological_cfg, partition__alpha=0.5))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
@@ -323,3 +324,21 @@ def test_a_strategy_parameter_of_the_wrong_type_is_named(overrides: list[str]) -
     with pytest.raises(ConfigError, match=rf"{re.escape(key)}='{value}': must be") as info:
         validate(compose_config(overrides))
     assert "not supported" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "unknown", "suggested"),
+    [
+        (["+num_round=5"], "num_round", "num_rounds"),
+        (["partition=iid", "+partition.alpha=0.1"], "partition.alpha of partition=iid", None),
+        (["+engine.gpus=1"], "engine.gpus", "engine.client_gpus"),
+    ],
+)
+def test_a_key_conf_does_not_define_is_named(
+    overrides: list[str], unknown: str, suggested: str | None
+) -> None:
+    """Hydra adds ``+key=value`` as asked; fedsparse would then ignore it without a word."""
+    with pytest.raises(ConfigError, match=re.escape(f"unknown key {unknown}")) as info:
+        validate(compose_config(overrides))
+    if suggested:
+        assert f"did you mean {suggested}" in str(info.value)
