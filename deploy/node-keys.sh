@@ -7,7 +7,9 @@
 # flower-supernode --auth-supernode-private-key) and DIR/NAME.pub (ECDSA P-384, OpenSSH format).
 # With -c, registers each public key on the SuperLink of CONNECTION ($FLWR_HOME/config.toml)
 # with `flwr supernode register`; that SuperLink must run with --enable-supernode-auth and TLS.
-# Existing key pairs are kept (and registered again with -c), so the script can be re-run.
+# Existing key pairs are kept and registered again with -c; a key the SuperLink already has is
+# reported ("NAME: already registered") and skipped, so the script can be re-run. Any other
+# registration failure stops the script with flwr's message.
 set -euo pipefail
 
 usage() { echo "usage: $0 [-o DIR] [-c CONNECTION] NAME..." >&2; exit 2; }
@@ -23,6 +25,10 @@ done
 shift $((OPTIND - 1))
 [ $# -ge 1 ] || usage
 command -v ssh-keygen >/dev/null || { echo "$0: ssh-keygen not found; install openssh-client" >&2; exit 1; }
+if [ -n "$connection" ] && ! command -v flwr >/dev/null; then
+  echo "$0: -c $connection: flwr not found on PATH; activate the venv fedsparse is installed in" >&2
+  exit 1
+fi
 
 mkdir -p "$out"
 for name in "$@"; do
@@ -32,6 +38,19 @@ for name in "$@"; do
     echo "wrote $out/$name and $out/$name.pub"
   fi
   if [ -n "$connection" ]; then
-    flwr supernode register "$out/$name.pub" "$connection" --name "$name"
+    # flwr reports a key that is already registered as "[code: 23] Public key already in use."
+    if reply=$(flwr supernode register "$out/$name.pub" "$connection" --name "$name" 2>&1); then
+      printf '%s\n' "$reply"
+    else
+      status=$?
+      if [[ $reply == *"Public key already in use"* ]]; then
+        echo "$name: already registered"
+      else
+        printf '%s\n' "$reply" >&2
+        echo "$0: registering $out/$name.pub ($name) on connection '$connection' failed" \
+          "(flwr exit status $status, message above); fix that and run the script again" >&2
+        exit 1
+      fi
+    fi
   fi
 done
