@@ -181,7 +181,7 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
                 new_arrays,
                 strategy.mean_client_delta(),
                 [u.delta_norms for u in strategy.last_updates],
-                [u.num_examples for u in strategy.last_updates],
+                strategy.monitor_weights(),
             )
         )
         arrays = new_arrays

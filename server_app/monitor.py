@@ -9,6 +9,17 @@ Per conv/linear weight and per round:
   near 0, their updates cancel out. The strategy supplies Σ_c w_c Δ_c (its aggregate holds it)
   and each client's ‖Δ_c‖, taken when its reply arrived (``FedSparseStrategy.delta_norms``), so
   the monitor never needs the clients' updates again.
+
+FedPM's global model is not a weight tensor but a mask probability θ = σ(score) per frozen
+random weight, and its global arrays hold the scores, one ``<layer>.weight_score`` per conv/linear
+weight (``models.masked``). The monitor reports such a layer under its weight's name,
+``<layer>.weight``, and computes every value above on θ (W_t = θ_t = σ(score_t), in float64):
+``layer_rel_update`` is ‖θ_t − θ_{t−1}‖ / ‖θ_{t−1}‖ and the reference is θ after ``ref_round``.
+For ``layer_agg_eff`` FedPM supplies Δ_c = clip(m_c, ε, 1−ε) − θ_{t−1}, the ε-clipped mask the
+client sampled (exactly what the Beta posterior adds) minus the probabilities it trained from,
+every client weighted 1 as the posterior counts them. A sampled mask carries Bernoulli noise,
+so even clients that trained to the same θ_c show ``layer_agg_eff`` below 1 (about 1/√K for K
+clients when θ_c = θ_{t−1} = 1/2).
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import numpy as np
 from flwr.app import ArrayRecord
 
 from strategies.arrays import dot, l2_norm
+from strategies.fedpm import SCORE_SUFFIX, sigmoid
 
 
 def is_layer_weight(name: str, values: np.ndarray) -> bool:
@@ -26,12 +38,28 @@ def is_layer_weight(name: str, values: np.ndarray) -> bool:
     return name.endswith("weight") and values.ndim >= 2
 
 
+def layer_key(name: str, values: np.ndarray) -> str | None:
+    """The name the monitor reports array ``name`` under, None if it reports nothing for it:
+    a conv/linear weight under its own name, FedPM's mask scores of one
+    (``<layer>.weight_score``) under the weight's name ``<layer>.weight``."""
+    if is_layer_weight(name, values):
+        return name
+    if name.endswith(SCORE_SUFFIX) and is_layer_weight(name[: -len(SCORE_SUFFIX)], values):
+        return name[: -len(SCORE_SUFFIX)]
+    return None
+
+
 def _layers(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    """The monitored values per reported layer name, in float64: the weights themselves, or for
+    FedPM's mask scores the mask probabilities θ = σ(score)."""
     layers = {}
     for name, array in arrays.items():
         values = array.numpy()
-        if is_layer_weight(name, values):
+        key = layer_key(name, values)
+        if key == name:
             layers[name] = values.astype(np.float64)
+        elif key is not None:
+            layers[key] = sigmoid(values)
     return layers
 
 
@@ -40,7 +68,7 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 
 def relative_layer_update(previous: ArrayRecord, current: ArrayRecord) -> dict[str, float]:
-    """‖W_t − W_{t−1}‖ / ‖W_{t−1}‖ for every conv/linear weight."""
+    """‖W_t − W_{t−1}‖ / ‖W_{t−1}‖ for every conv/linear weight (θ for FedPM's scores)."""
     old = _layers(previous)
     return {
         name: _ratio(l2_norm(new - old[name]), l2_norm(old[name]))
@@ -54,14 +82,19 @@ def aggregation_effectiveness(
     weights: Sequence[float],
 ) -> dict[str, float]:
     """‖Σ w_c Δ_c‖ / Σ w_c ‖Δ_c‖ for every layer weight in ``mean`` (= Σ w_c Δ_c, the weights
-    normalised to sum to 1), given each client's ‖Δ_c‖ per array name in ``norms``."""
+    normalised to sum to 1), given each client's ‖Δ_c‖ per array name in ``norms``. The arrays
+    keep the strategy's names (FedPM's ``<layer>.weight_score``, its Δ_c already on θ); the
+    result is keyed by :func:`layer_key`."""
     share = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
     spread: dict[str, float] = {}
     for s, client in zip(share, norms, strict=True):
         for name, value in client.items():
-            if name in mean and is_layer_weight(name, mean[name]):
+            if name in mean and layer_key(name, mean[name]) is not None:
                 spread[name] = spread.get(name, 0.0) + s * value
-    return {name: _ratio(l2_norm(mean[name]), total) for name, total in spread.items()}
+    return {
+        layer_key(name, mean[name]): _ratio(l2_norm(mean[name]), total)
+        for name, total in spread.items()
+    }
 
 
 class LayerMonitor:

@@ -13,6 +13,8 @@ import matplotlib.ticker
 import numpy as np
 
 PLOTS = ("accuracy_vs_round.png", "accuracy_vs_uplink.png", "layer_updates.png")
+BYTE_UNITS = (("GB", 1e9), ("MB", 1e6), ("kB", 1e3), ("B", 1.0))
+LOG_SPAN = 10.0  # a log uplink axis only when the cumulative uplink spans at least a decade
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -21,49 +23,105 @@ def _save(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_run(rows: list[dict[str, Any]], out_dir: Path, title: str) -> None:
-    """Accuracy vs round, accuracy vs cumulative uplink (log x) and the per-layer update heatmap."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rounds = [r["round"] for r in rows]
-    accuracy = [r["accuracy"] for r in rows]
+def _integer_rounds(ax: plt.Axes) -> None:
+    """Round numbers on the x-axis: integer ticks only, even for a single round."""
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
 
+
+def _number(value: Any) -> float:
+    """A metrics value as a float; JSON null (a NaN when written) or a missing value is NaN."""
+    return float("nan") if value is None else float(value)
+
+
+def byte_unit(total: float) -> tuple[str, float]:
+    """The largest unit in which ``total`` bytes is at least 1 (bytes below 1 kB)."""
+    for unit, scale in BYTE_UNITS:
+        if total >= scale:
+            return unit, scale
+    return BYTE_UNITS[-1]
+
+
+def accuracy_vs_round(rows: list[dict[str, Any]], title: str) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(rounds, accuracy, marker="o", ms=3)
+    ax.plot([r["round"] for r in rows], [_number(r["accuracy"]) for r in rows], marker="o", ms=3)
     ax.set(xlabel="round", ylabel="central test accuracy", title=title)
+    _integer_rounds(ax)
     ax.grid(alpha=0.3)
-    _save(fig, out_dir / PLOTS[0])
+    return fig
 
+
+def accuracy_vs_uplink(rows: list[dict[str, Any]], title: str) -> plt.Figure:
+    """Accuracy vs cumulative uplink, in the unit that suits the run's total (kB, MB, GB); log x
+    only when the uplink spans at least a decade, with plain-number 1-2-5 ticks."""
+    uplink = np.cumsum([r["uplink_bytes"] for r in rows], dtype=float)
+    unit, scale = byte_unit(float(uplink[-1]) if len(uplink) else 0.0)
     fig, ax = plt.subplots(figsize=(6, 4))
-    uplink_mb = np.cumsum([r["uplink_bytes"] for r in rows]) / 1e6
-    ax.plot(uplink_mb, accuracy, marker="o", ms=3)
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set(xlabel="cumulative uplink (MB, measured)", ylabel="central test accuracy", title=title)
+    ax.plot(uplink / scale, [_number(r["accuracy"]) for r in rows], marker="o", ms=3)
+    if len(uplink) and uplink[0] > 0 and uplink[-1] / uplink[0] >= LOG_SPAN:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    else:
+        ax.ticklabel_format(axis="x", style="plain", useOffset=False)
+    ax.set(
+        xlabel=f"cumulative uplink ({unit}, measured)",
+        ylabel="central test accuracy",
+        title=title,
+    )
     ax.grid(alpha=0.3, which="both")
-    _save(fig, out_dir / PLOTS[1])
+    return fig
 
-    layers = list(rows[0].get("layer_rel_update", {})) if rows else []
+
+def layer_names(rows: list[dict[str, Any]]) -> list[str]:
+    """Every layer any row's ``layer_rel_update`` reports, in the order first seen."""
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row.get("layer_rel_update") or {}))
+    return list(names)
+
+
+def layer_updates(rows: list[dict[str, Any]]) -> plt.Figure:
+    """The layers × rounds heatmap of ``layer_rel_update`` (a missing or null value is blank);
+    a figure that says so when no row reports a layer."""
+    layers = layer_names(rows)
+    title = "relative update ‖W_t − W_{t−1}‖ / ‖W_{t−1}‖ per layer"
+    if not layers:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.set_axis_off()
+        ax.set_title(title)
+        ax.text(0.5, 0.5, "no layer reported in layer_rel_update", ha="center", va="center")
+        return fig
+    rounds = [r["round"] for r in rows]
     grid = np.array(
-        [
-            [r.get("layer_rel_update", {}).get(name, np.nan) or np.nan for r in rows]
-            for name in layers
-        ],
+        [[_number((r.get("layer_rel_update") or {}).get(name)) for r in rows] for name in layers],
         dtype=float,
-    ).reshape(len(layers), len(rows))
+    )
+    finite = grid[np.isfinite(grid)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if high <= low:  # one value everywhere: a colour scale around it, not an empty one
+        pad = 0.5 * abs(low) or 0.5
+        low, high = low - pad, high + pad
     fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.3), max(3, len(layers) * 0.35)))
     image = ax.imshow(
-        grid,
+        np.ma.masked_invalid(grid),
         aspect="auto",
         cmap="viridis",
         interpolation="nearest",
-        extent=(
-            min(rounds, default=0) - 0.5,
-            max(rounds, default=0) + 0.5,
-            len(layers) - 0.5,
-            -0.5,
-        ),
+        extent=(min(rounds) - 0.5, max(rounds) + 0.5, len(layers) - 0.5, -0.5),
+        vmin=low,
+        vmax=high,
     )
     ax.set_yticks(range(len(layers)), labels=layers, fontsize=7)
-    ax.set(xlabel="round", title="relative update ‖W_t − W_{t−1}‖ / ‖W_{t−1}‖ per layer")
+    ax.set(xlabel="round", title=title)
+    _integer_rounds(ax)
     fig.colorbar(image, ax=ax)
-    _save(fig, out_dir / PLOTS[2])
+    return fig
+
+
+def plot_run(rows: list[dict[str, Any]], out_dir: Path, title: str) -> None:
+    """Accuracy vs round, accuracy vs cumulative uplink and the per-layer update heatmap."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _save(accuracy_vs_round(rows, title), out_dir / PLOTS[0])
+    _save(accuracy_vs_uplink(rows, title), out_dir / PLOTS[1])
+    _save(layer_updates(rows), out_dir / PLOTS[2])

@@ -416,9 +416,14 @@ class FedSparseStrategy(Strategy):
         return {}
 
     def mean_client_delta(self) -> dict[str, np.ndarray] | None:
-        """Σ_c s_c Δ_c of the last aggregated round (s_c = num-examples shares), for the layer
-        monitor (None: unknown)."""
+        """Σ_c s_c Δ_c of the last aggregated round (s_c = the :meth:`monitor_weights` shares),
+        for the layer monitor (None: unknown)."""
         return None
+
+    def monitor_weights(self) -> list[float]:
+        """The weight of each of the last round's updates in :meth:`mean_client_delta`, as the
+        aggregation weighs them: num-examples, unless a strategy counts clients otherwise."""
+        return [float(u.num_examples) for u in self.last_updates]
 
     def finish(self, run_dir: Path) -> dict[str, Any]:
         """End-of-run hook: write the algorithm's artefacts; returns extra summary fields."""

@@ -11,6 +11,10 @@ and batch size are the top-level ``local_epochs`` / ``batch_size`` (paper: 3 and
 deviations from the authors' code: Adam state is fresh every round (as in the Flower port), the
 aggregation is an unweighted count (as in the authors' code, not the port's batch-count
 weighting), and the bpp entropy uses the true (unclipped) ones fraction.
+
+Layer monitor (``server_app.monitor``): it reads the global scores as θ = σ(score); this strategy
+supplies each client's Δ_c = clip(m_c, ε, 1−ε) − θ_{t−1} (its norm as the reply arrives) and
+their unweighted mean (the posterior's own count), for ``layer_agg_eff``.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from models.masked import (
     set_mask_rng,
     weight_hash,
 )
-from strategies.arrays import to_array_record, to_numpy
+from strategies.arrays import dot, to_array_record, to_numpy
 from strategies.base import (
     ARRAYS,
     METRICS,
@@ -61,6 +65,7 @@ TRAIN_MASK_STREAM = 0x7D2B  # the masks of every local training forward pass
 EVAL_STREAM = 0xE7A1  # the server's sampled-mask evaluation
 ONES_METRIC = "fedpm-ones-frac"
 EXPORT_FILE = "final_model.fedpm"
+SCORE_SUFFIX = "_score"  # models.masked names a layer's mask scores `<its weight's name>_score`
 
 
 # ------------------------------------------------------------------------------ model choice
@@ -130,6 +135,13 @@ def logit(theta: np.ndarray) -> np.ndarray:
     return np.log(theta) - np.log1p(-theta)
 
 
+def sigmoid(scores: np.ndarray) -> np.ndarray:
+    """θ = σ(score) = 1 / (1 + e^{−s}) in float64, the inverse of :func:`logit`; e^{−s} = inf
+    below s ≈ −709 gives θ = 0 exactly, without a warning."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-np.asarray(scores, dtype=np.float64)))
+
+
 # ------------------------------------------------------------------------------ aggregation
 def _prefixed(state: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     """The entries of a checkpointed state under ``prefix``, with the prefix removed."""
@@ -143,6 +155,7 @@ class BetaPosterior:
         self.lambda0, self.eps, self.reset_period = lambda0, eps, reset_period
         self.alpha: dict[str, np.ndarray] = {}
         self.beta: dict[str, np.ndarray] = {}
+        self.mean_clipped: dict[str, np.ndarray] = {}  # the last update's mean of clip(m, ε, 1−ε)
 
     def resets(self, server_round: int) -> bool:
         """Rounds 1, 1+ρ, 1+2ρ, … start from the prior."""
@@ -162,6 +175,7 @@ class BetaPosterior:
                 np.add(counts, mask[name], out=counts)
             # Σ clip(m, ε, 1−ε) over binary masks, from the count of ones: exact, no float sum
             ones = counts * (1.0 - 2.0 * self.eps) + len(masks) * self.eps
+            self.mean_clipped[name] = ones / len(masks)
             self.alpha[name] = self.alpha[name] + ones
             self.beta[name] = self.beta[name] + (len(masks) - ones)
             mode_num = self.alpha[name] - 1.0
@@ -248,6 +262,9 @@ class FedPM(FedSparseStrategy):
         self._evaluator: MaskEvaluator | None = None
         self._scores: dict[str, np.ndarray] = {}
         self._downlink: tuple[ArrayRecord | None, ArrayRecord] = (None, ArrayRecord())
+        self._theta: tuple[ArrayRecord | None, dict[str, np.ndarray]] = (None, {})
+        self._norm_terms: dict[str, tuple[float, np.ndarray]] = {}
+        self._mean_delta: dict[str, np.ndarray] | None = None
 
     def downlink(self, server_round: int, arrays: ArrayRecord, message_type: str) -> ArrayRecord:
         """Only the scores travel, in ``downlink_dtype``; the weights come from the seed. Encoded
@@ -274,8 +291,42 @@ class FedPM(FedSparseStrategy):
 
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
         theta = self.posterior.update(server_round, [u.payload for u in updates])
+        previous = self.previous_theta()
+        self._mean_delta = {k: v - previous[k] for k, v in self.posterior.mean_clipped.items()}
         self._scores = {k: logit(v).astype(np.float32) for k, v in theta.items()}
         return to_array_record(self._scores)
+
+    # ------------------------------------------------------------------- layer monitor
+    # A client's update is Δ_c = clip(m_c, ε, 1−ε) − θ_{t−1}: the ε-clipped mask it sampled
+    # (what the posterior adds) minus the probabilities θ_{t−1} = σ(score) it trained from.
+    def previous_theta(self) -> dict[str, np.ndarray]:
+        """θ_{t−1} = σ(score) of this round's global scores (float64), once per global model."""
+        arrays = self.global_arrays
+        if self._theta[0] is not arrays:
+            self._theta = (arrays, {name: sigmoid(to_numpy(a)) for name, a in arrays.items()})
+            eps = self.posterior.eps
+            self._norm_terms = {  # ‖Δ_c‖² = Σ (ε−θ)² + Σ m_c·((1−ε−θ)² − (ε−θ)²)
+                name: (dot(eps - theta, eps - theta), (1.0 - 2.0 * eps) * (1.0 - 2.0 * theta))
+                for name, theta in self._theta[1].items()
+            }
+        return self._theta[1]
+
+    def delta_norms(self, payload: dict[str, np.ndarray]) -> dict[str, float]:
+        """‖clip(m_c, ε, 1−ε) − θ_{t−1}‖ per mask array of one client's decoded masks: one dot
+        product of the mask with a per-round array, no model-sized temporary per client."""
+        self.previous_theta()
+        norms = {}
+        for name, mask in payload.items():
+            zeros_part, ones_gain = self._norm_terms[name]
+            norms[name] = math.sqrt(max(zeros_part + dot(mask, ones_gain), 0.0))
+        return norms
+
+    def monitor_weights(self) -> list[float]:
+        """Every client counts once in the posterior, whatever its num-examples."""
+        return [1.0] * len(self.last_updates)
+
+    def mean_client_delta(self) -> dict[str, np.ndarray] | None:
+        return self._mean_delta
 
     def round_metrics(self, server_round: int) -> dict[str, Any]:
         ones = [sum(int(m.sum()) for m in u.payload.values()) for u in self.last_updates]

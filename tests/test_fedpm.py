@@ -6,12 +6,13 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
 
 import strategies
@@ -31,7 +32,10 @@ from models.masked import (
 )
 from server_app.experiment import run_experiment
 from server_app.inprocess import InProcessGrid
+from server_app.monitor import LayerMonitor
+from server_app.plots import PLOTS
 from server_app.settings import ConfigError, build_strategy, compose_config
+from strategies.arrays import l2_norm
 from strategies.base import ARRAYS, ClientUpdate
 from strategies.cohort import ClientDirectory
 from strategies.fedpm import (
@@ -415,3 +419,90 @@ def test_mask_rng_draws_on_the_accelerator() -> None:
     draws = draw_mask(p, MaskRNG(3, "cuda"))
     assert draws.device == p.device
     assert torch.equal(draws, draw_mask(p, MaskRNG(3, "cuda")))
+
+
+# ---------------------------------------------------------------------------- layer monitor
+def _sigma(scores: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(scores, dtype=np.float64)))
+
+
+def _monitor_round(make_grid, scores: dict[str, np.ndarray], masks: list[dict], examples: list):
+    """One aggregation of hand-made masks from the global ``scores``: (strategy, updates, new
+    global arrays), each update decoded and its ‖Δ_c‖ taken as ``aggregate_train`` does."""
+    strategy = _strategy()
+    arrays = ArrayRecord({k: Array(v) for k, v in scores.items()})
+    list(strategy.configure_train(1, arrays, ConfigRecord(), make_grid(4, 1)))
+    updates = []
+    for client_id, (mask, n) in enumerate(zip(masks, examples, strict=True)):
+        packed = ArrayRecord({k: Array(pack_mask(v)) for k, v in mask.items()})
+        update = ClientUpdate(client_id, n, None, {ARRAYS: packed})
+        update.payload = strategy.decode(update)
+        update.delta_norms = strategy.delta_norms(update.payload)
+        updates.append(update)
+    new = strategy.aggregate(1, updates)
+    strategy.last_updates = updates
+    return strategy, updates, new, arrays
+
+
+def test_monitor_agg_eff_of_opposite_masks_by_hand(make_grid) -> None:
+    """θ = 1/2 everywhere; client 0 (1 example) sends all ones, client 1 (3 examples) all zeros:
+    Δ = ±0.49 everywhere and, counted once each as the posterior counts them, they cancel:
+    Σ s_c Δ_c = 0, agg_eff = 0; the posterior's θ stays 1/2, so no layer moves."""
+    shapes = _strategy().shapes
+    scores = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
+    masks = [{k: np.full(s, v, np.uint8) for k, s in shapes.items()} for v in (1, 0)]
+    strategy, updates, new, old = _monitor_round(make_grid, scores, masks, [1, 3])
+    for update in updates:
+        assert update.delta_norms == {
+            k: pytest.approx(0.49 * math.sqrt(math.prod(s))) for k, s in shapes.items()
+        }
+    mean = strategy.mean_client_delta()
+    assert sorted(mean) == sorted(shapes)
+    for name in shapes:
+        np.testing.assert_array_equal(mean[name], 0.0, err_msg=name)
+    assert strategy.monitor_weights() == [1.0, 1.0]
+    values = LayerMonitor(ref_round=2).observe(
+        1, old, new, mean, [u.delta_norms for u in updates], strategy.monitor_weights()
+    )
+    layers = {"conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"}
+    assert values["layer_agg_eff"] == {k: 0.0 for k in layers}
+    assert values["layer_rel_update"] == {k: 0.0 for k in layers}
+
+
+def test_monitor_deltas_are_clipped_masks_minus_the_previous_theta(make_grid) -> None:
+    """Δ_c = clip(m_c, ε, 1−ε) − σ(score_{t−1}); their mean counts every client once (as the
+    posterior does), and with one reset per round and λ0 = 1 it is the step θ_t − θ_{t−1}."""
+    rng = np.random.default_rng(3)
+    shapes = _strategy().shapes
+    scores = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+    masks = [{k: (rng.random(s) < 0.5).astype(np.uint8) for k, s in shapes.items()} for _ in "abc"]
+    strategy, updates, new, _ = _monitor_round(make_grid, scores, masks, [5, 1, 2])
+    theta = {k: _sigma(v) for k, v in scores.items()}
+    deltas = [{k: np.clip(m[k], 0.01, 0.99) - theta[k] for k in shapes} for m in masks]
+    for update, delta in zip(updates, deltas, strict=True):
+        for name in shapes:
+            assert update.delta_norms[name] == pytest.approx(l2_norm(delta[name]), rel=1e-12)
+    mean = strategy.mean_client_delta()
+    for name in shapes:
+        by_hand = np.mean([d[name] for d in deltas], axis=0)
+        np.testing.assert_allclose(mean[name], by_hand, rtol=1e-12, atol=1e-15)
+        step = _sigma(new[name].numpy()) - theta[name]  # new scores are float32 logit(θ_t)
+        np.testing.assert_allclose(mean[name], step, atol=1e-6)
+
+
+def test_run_reports_the_layer_monitor_on_theta_with_plots(tmp_path: Path) -> None:
+    """A whole FedPM run fills every monitor key per conv/linear layer, and plots without a
+    warning (it used to report no layer and warn about a blank heatmap every round)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", module=r"(server_app\.plots|matplotlib)")
+        rows = _run(tmp_path, "run", "plots=true", "monitor.ref_round=1")
+    layers = {"conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"}
+    for row in rows:
+        for key in ("layer_rel_update", "layer_cos_ref", "layer_l2_ref", "layer_agg_eff"):
+            assert set(row[key]) == layers, key
+        assert all(math.isfinite(v) and v > 0 for v in row["layer_rel_update"].values())
+        assert all(0 < v <= 1 for v in row["layer_agg_eff"].values())
+    assert rows[0]["layer_l2_ref"] == {k: 0.0 for k in layers}
+    assert all(v > 0 for v in rows[1]["layer_l2_ref"].values())
+    plots = tmp_path / "run" / "plots"
+    assert sorted(p.name for p in plots.iterdir()) == sorted(PLOTS)

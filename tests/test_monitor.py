@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -200,3 +201,69 @@ def test_agg_eff_is_one_when_clients_agree_and_reports_layer_weights_only() -> N
     }
     norms = [{n: k * l2_norm(v) for n, v in direction.items()} for k in scales]
     assert aggregation_effectiveness(mean, norms, weights) == {"w.weight": pytest.approx(1.0)}
+
+
+# ------------------------------------------------------------------- FedPM: mask probabilities
+def _scores(theta: list[list[float]]) -> np.ndarray:
+    """FedPM's wire form of mask probabilities θ: float32 logit(θ)."""
+    values = np.array(theta, dtype=np.float64)
+    return (np.log(values) - np.log1p(-values)).astype(np.float32)
+
+
+def _fedpm_record(weight: list[list[float]], bias: list[float]) -> ArrayRecord:
+    return ArrayRecord(
+        {
+            "fc.weight_score": Array(_scores(weight)),
+            "fc.bias_score": Array(_scores([bias])[0]),  # 1-D: a bias mask, not reported
+        }
+    )
+
+
+def test_fedpm_scores_are_reported_per_layer_on_theta_by_hand() -> None:
+    """FedPM's global arrays are logit(θ) named `<layer>.weight_score`: the monitor reports
+    `<layer>.weight` with every value computed on θ = σ(score), not on the scores."""
+    theta0 = [[0.5, 0.5], [0.5, 0.5]]
+    theta1 = [[0.8, 0.5], [0.5, 0.5]]
+    theta2 = [[0.8, 0.9], [0.5, 0.5]]
+    monitor = LayerMonitor(ref_round=1)
+    first = monitor.observe(
+        1, _fedpm_record(theta0, [0.5]), _fedpm_record(theta1, [0.9]), None, [], []
+    )
+    assert set(first) == {"layer_rel_update", "layer_cos_ref", "layer_l2_ref"}
+    # ‖θ1 − θ0‖ = 0.3, ‖θ0‖ = √(4 · 0.25) = 1 (on the scores it would be ln 4 / 0 = nan)
+    assert first["layer_rel_update"] == {"fc.weight": pytest.approx(0.3, rel=1e-6)}
+    assert first["layer_l2_ref"] == {"fc.weight": 0.0}
+    second = monitor.observe(2, _fedpm_record(theta1, [0.9]), _fedpm_record(theta2, [0.1]))
+    norm1 = math.sqrt(0.8**2 + 3 * 0.25)
+    norm2 = math.sqrt(0.8**2 + 0.9**2 + 2 * 0.25)
+    assert second["layer_rel_update"] == {"fc.weight": pytest.approx(0.4 / norm1, rel=1e-6)}
+    cos = (0.64 + 0.45 + 0.5) / (norm1 * norm2)
+    assert second["layer_cos_ref"] == {"fc.weight": pytest.approx(cos, rel=1e-6)}
+    assert second["layer_l2_ref"] == {"fc.weight": pytest.approx(0.4, rel=1e-6)}
+    assert monitor.state_dict().keys() == {"fc.weight"}
+    np.testing.assert_allclose(monitor.state_dict()["fc.weight"], theta1, rtol=1e-6)
+
+
+def test_fedpm_agg_eff_is_keyed_by_the_weight_name() -> None:
+    """FedPM supplies Σ s_c Δ_c and ‖Δ_c‖ under its score names, Δ_c already on θ."""
+    mean = {"fc.weight_score": np.full((2, 2), -0.245), "fc.bias_score": np.full(2, -0.245)}
+    norms = [{name: 0.49 * math.sqrt(v.size) for name, v in mean.items()} for _ in range(2)]
+    # Δ_1 = +0.49, Δ_2 = −0.49 everywhere, weights 1 and 3: ‖−0.245·1‖ / (0.49·‖1‖) = 0.5
+    assert aggregation_effectiveness(mean, norms, [1, 3]) == {"fc.weight": pytest.approx(0.5)}
+    values = LayerMonitor(ref_round=5).observe(
+        1, _fedpm_record([[0.5]], [0.5]), _fedpm_record([[0.5]], [0.5]), mean, norms, [1, 3]
+    )
+    assert values["layer_agg_eff"] == {"fc.weight": pytest.approx(0.5)}
+
+
+def test_fedpm_extreme_scores_give_probabilities_without_warnings() -> None:
+    record = ArrayRecord(
+        {"fc.weight_score": Array(np.array([[-1e30, -800.0], [800.0, 3e38]], np.float32))}
+    )
+    zeros = ArrayRecord({"fc.weight_score": Array(np.zeros((2, 2), np.float32))})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        values = LayerMonitor(ref_round=1).observe(1, zeros, record)
+    # θ: 0.5 everywhere -> (0, 0, 1, 1): ‖(−.5, −.5, .5, .5)‖ / ‖(.5, .5, .5, .5)‖ = 1
+    assert values["layer_rel_update"] == {"fc.weight": pytest.approx(1.0)}
+    assert values["layer_l2_ref"] == {"fc.weight": 0.0}
