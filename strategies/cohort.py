@@ -31,12 +31,20 @@ def hosted_clients(
 
     A node with ``partition-id`` p hosts clients ``[p*K, (p+1)*K)`` (clipped to ``num-clients``),
     where K is ``clients_per_node``. In deployment K is 1, so a node's
-    partition id is its client id.
+    partition id is its client id. A ``num-partitions`` that does not match the run's number of
+    nodes means the federation was started for another run: refused, not silently ignored.
     """
     if "partition-id" not in node_config:
         raise ValueError(
             "this node has no 'partition-id' in its node config; start the SuperNode with "
             "--node-config 'partition-id=<client id> num-partitions=<number of clients>'"
+        )
+    nodes = expected_nodes(num_clients, clients_per_node)
+    if "num-partitions" in node_config and int(node_config["num-partitions"]) != nodes:
+        raise ValueError(
+            f"node config num-partitions={node_config['num-partitions']}, but the run's "
+            f"{num_clients} clients ({clients_per_node} per node) need {nodes} nodes: start every "
+            f"SuperNode with num-partitions={nodes}, or without num-partitions"
         )
     first = int(node_config["partition-id"]) * clients_per_node
     if not 0 <= first < num_clients:

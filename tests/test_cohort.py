@@ -35,6 +35,15 @@ def test_hosted_clients_out_of_range(partition_id: int, num_clients: int, per_no
     assert f"{num_clients} clients" in message and f"{per_node} per node" in message
 
 
+def test_num_partitions_must_match_the_runs_nodes() -> None:
+    """A SuperNode started with another run's num-partitions is refused, not ignored."""
+    assert hosted_clients({"partition-id": 1, "num-partitions": 4}, 10, 3) == [3, 4, 5]
+    assert hosted_clients({"partition-id": 1, "num-partitions": "4"}, 10, 3) == [3, 4, 5]
+    with pytest.raises(ValueError, match="num-partitions=2, but") as info:
+        hosted_clients({"partition-id": 1, "num-partitions": 2}, 10, 3)
+    assert "need 4 nodes" in str(info.value) and "num-partitions=4" in str(info.value)
+
+
 def test_hosted_clients_without_partition_id() -> None:
     with pytest.raises(ValueError, match="no 'partition-id'") as info:
         hosted_clients({"num-partitions": 4}, 4, 1)
