@@ -85,8 +85,10 @@ def group_runs(runs: list[Path]) -> list[Group]:
 
 
 def _mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.4f} ± {std:.4f}"
+    """Mean ± sample std; one run has no spread to show (not a spread of 0)."""
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def table(groups: list[Group]) -> str:

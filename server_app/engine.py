@@ -96,7 +96,7 @@ def with_clients_per_node(cfg: DictConfig, actors: int | None, model_bytes: int 
     cfg.engine.clients_per_node = resolved
     if actors is not None:
         log.info(
-            "engine.clients_per_node=auto: %d clients per node (%d actors x %d messages)",
+            "engine.clients_per_node=auto: %d client(s) per node (%d actors x %d messages)",
             resolved,
             actors,
             MESSAGES_PER_ACTOR,

@@ -55,9 +55,17 @@ def test_table_reports_mean_and_sample_std(sweep: Path) -> None:
     assert "0.8000 ± 0.1414" in fedavg  # final accuracies 0.7 and 0.9
     assert "| 2.00 | 4.00 |" in fedavg  # uplink / downlink MB
     lips = next(line for line in table.splitlines() if "lips" in line)
-    assert "0.8000 ± 0.0000" in lips
+    assert "0.8000 ± 0.0000" in lips  # two seeds that agree
     assert (sweep / "compare.md").read_text() == table
     assert (sweep / "compare.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_single_run_shows_no_spread(tmp_path: Path) -> None:
+    _run(tmp_path, "0_fedavg_s0", {"name": "fedavg"}, 0, [0.5, 0.7])
+    _run(tmp_path, "1_lips_s0", {"name": "lips"}, 0, [0.6, 0.8])
+    lines = compare(tmp_path).splitlines()[2:]
+    assert len(lines) == 2 and all("±" not in line for line in lines)
+    assert "| 0.7000 | 0.7000 |" in lines[0] or "| 0.7000 | 0.7000 |" in lines[1]
 
 
 def test_no_runs_is_a_clear_error(tmp_path: Path) -> None:
