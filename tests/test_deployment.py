@@ -252,7 +252,7 @@ def test_deployed_run_writes_the_output_contract(
 @needs_tools
 def test_failed_run_gives_a_nonzero_exit(federation: Federation, tmp_path: Path) -> None:
     """The ServerApp refuses a run dir that holds a run: ``fedsparse-deploy`` must say so."""
-    (tmp_path / "metrics.jsonl").write_text("")
+    (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n')  # a run that finished a round
     result = subprocess.run(
         _deploy_args(tmp_path),
         cwd=REPO,
