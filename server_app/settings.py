@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 import models
@@ -308,5 +309,7 @@ def build_strategy(cfg: DictConfig, directory: ClientDirectory) -> FedSparseStra
 def compose_config(overrides: str | list[str]) -> DictConfig:
     """Compose conf/ with Hydra overrides (a list, or one shell-quoted string)."""
     items = shlex.split(overrides) if isinstance(overrides, str) else list(overrides)
+    if GlobalHydra.instance().is_initialized():  # inside the `fedsparse` Hydra app: conf/ is set
+        return compose(config_name="config", overrides=items)
     with initialize_config_module(config_module="conf", version_base=None):
         return compose(config_name="config", overrides=items)
