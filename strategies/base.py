@@ -267,12 +267,14 @@ class FedSparseStrategy(Strategy):
     def _drop_heavy(self, updates: list[ClientUpdate]) -> list[ClientUpdate]:
         """Drop replies claiming more than ``max_client_weight`` times the median num-examples.
 
-        Judged against the median claim, not the total, so even several inflated replies in one
-        round cannot hide behind each other.
+        Judged against the lower median claim, not the total, so inflated replies cannot hide
+        behind each other while they are at most half the round (the mean of the two middle
+        claims would let an even split of honest and inflated claims through).
         """
         if self.max_client_weight is None or len(updates) < 2:
             return updates
-        median = float(np.median([u.num_examples for u in updates]))
+        claims = sorted(u.num_examples for u in updates)
+        median = float(claims[(len(claims) - 1) // 2])
         kept = []
         for update in updates:
             ratio = update.num_examples / median

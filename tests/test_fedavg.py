@@ -19,6 +19,7 @@ from flwr.app import (
 
 from strategies import slices
 from strategies.arrays import l2_norm
+from strategies.base import ClientUpdate
 from strategies.cohort import ClientDirectory
 from strategies.fedavg import FedAvg
 from strategies.job import ClientJob
@@ -532,6 +533,22 @@ def test_with_a_weight_cap_every_update_is_held_then_folded_alike(round_setup) -
     assert log == ["node 0", "node 1", "node 2", 0, 1, 2, 3, 4, 5]
     for name, values in expected.items():
         assert values.numpy().tobytes() == arrays[name].numpy().tobytes()
+
+
+@pytest.mark.parametrize(
+    ("claims", "kept"),
+    [([288, 288, 288_000, 288_000], [0, 1]), ([288, 300, 310, 288_000, 288_000], [0, 1, 2])],
+)
+def test_weight_cap_holds_while_inflated_claims_are_at_most_half(
+    make_job, claims: list[int], kept: list[int]
+) -> None:
+    """Against the lower median: two honest and two inflated claims (the mean of the middle
+    two, 144,144, would make each inflated claim look 2x) still drop the inflated ones."""
+    strategy = _strategy(make_job(len(claims), 1), len(claims))
+    strategy.max_client_weight = 5.0
+    updates = [ClientUpdate(c, n, None, {}) for c, n in enumerate(claims)]
+    assert [u.client_id for u in strategy._drop_heavy(updates)] == kept
+    assert strategy.stats.rejected["weight"] == 2
 
 
 def test_fedavg_aggregates_a_batchnorm_counter(make_grid, make_job) -> None:
