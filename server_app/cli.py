@@ -45,7 +45,8 @@ def run_simulation(cfg: DictConfig, run_dir: Path) -> None:
     cpus, gpus = cfg.engine.client_cpus, float(cfg.engine.client_gpus)
     model_bytes = initial_arrays(cfg).count_bytes()
     cfg = with_clients_per_node(cfg, actor_pool_size(cpus, gpus), model_bytes)
-    with client_state_folder(cfg, run_dir) as cfg:
+    # after ray.init, which sets its own SIGTERM handler (a sys.exit that Flower's threads outlive)
+    with client_state_folder(cfg, run_dir) as cfg, stop_on_interrupt(run_dir):
         flower_run_simulation(
             server_app=make_server_app(cfg, run_dir),
             client_app=client_app,
@@ -108,8 +109,7 @@ def main(cfg: DictConfig) -> None:
         print(f"[fedsparse] {run_dir} has finished all {cfg.num_rounds} rounds: nothing to resume")
         return
     try:
-        with stop_on_interrupt(run_dir):
-            run_simulation(cfg, run_dir)
+        run_simulation(cfg, run_dir)
     except ConnectionError as err:
         raise SystemExit(f"fedsparse: {err}") from None
     log.info("results in %s", run_dir)

@@ -283,9 +283,15 @@ def test_sigkill_mid_round_then_resume_equals_uninterrupted(
         assert [r[key] for r in resumed] == [r[key] for r in full], key
 
 
-def test_ctrl_c_stops_the_run_and_its_ray_at_once(tmp_path: Path) -> None:
-    """SIGINT to the process group (a terminal's Ctrl-C) during round 2: the run exits within
-    seconds with 130, leaves no process behind, and says how to resume."""
+@pytest.mark.parametrize(
+    ("signum", "to_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["int", "term"]
+)
+def test_ctrl_c_or_kill_stops_the_run_and_its_ray_at_once(
+    tmp_path: Path, signum: int, to_group: bool
+) -> None:
+    """SIGINT to the process group (a terminal's Ctrl-C), or SIGTERM to the run's process (kill,
+    systemd), during round 2: the run exits within seconds with 128 + the signal, leaves no
+    process behind, and says how to resume."""
     run_dir, log = tmp_path / "interrupted", tmp_path / "output.txt"
     args = [
         sys.executable,
@@ -309,11 +315,14 @@ def test_ctrl_c_stops_the_run_and_its_ray_at_once(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the run did not reach round 1 in time"
             time.sleep(0.1)
         started = descendants(proc.pid)
-        os.killpg(proc.pid, signal.SIGINT)
+        if to_group:
+            os.killpg(proc.pid, signum)
+        else:
+            os.kill(proc.pid, signum)
         proc.wait(timeout=60)
     finally:
         kill_tree(proc)
-    assert proc.returncode == 130, log.read_text()[-4000:]
+    assert proc.returncode == 128 + signum, log.read_text()[-4000:]
     assert "resume=true" in log.read_text() and "Traceback" not in log.read_text()
     time.sleep(2)
     assert started and not [pid for pid in started if Path(f"/proc/{pid}").exists()]
