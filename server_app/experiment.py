@@ -31,7 +31,7 @@ from server_app.monitor import LayerMonitor
 from server_app.plots import plot_run
 from server_app.replies import stream_replies
 from server_app.results import METRICS_FILE, MetricsLog, summarize, write_summary
-from server_app.settings import ConfigError, build_strategy, client_job
+from server_app.settings import ConfigError, build_strategy, client_job, strategy_params
 from strategies.arrays import to_array_record
 from strategies.cohort import ClientDirectory
 
@@ -76,6 +76,7 @@ def starting_point(run_dir: Path, cfg: DictConfig) -> Checkpoint | None:
         log.info("%s holds no finished round: starting from round 1", run_dir)
         return None
     stored = OmegaConf.load(run_dir / CONFIG_FILE)
+    started_with = int(stored.num_rounds)
     current = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     for key in RESUMABLE_KEYS:
         stored.pop(key, None)
@@ -86,6 +87,16 @@ def starting_point(run_dir: Path, cfg: DictConfig) -> Checkpoint | None:
         raise ConfigError(
             f"resume=true but the config differs from the run in {run_dir} in {changed}; only "
             f"{list(RESUMABLE_KEYS)} may change when resuming"
+        )
+    algorithm = strategies.get_algorithm(cfg.strategy.name)
+    if started_with != cfg.num_rounds and algorithm.server.schedule_spans_num_rounds(
+        strategy_params(cfg)
+    ):
+        raise ConfigError(
+            f"resume=true with num_rounds={cfg.num_rounds}, but strategy={cfg.strategy.name} "
+            f"schedules its rounds over num_rounds ({started_with} in {run_dir}): the resumed "
+            f"rounds would follow another schedule. Resume with num_rounds={started_with}, or "
+            "start a new run (a fixed strategy.horizon lets a LIPS run be extended)"
         )
     checkpoint = load_checkpoint(run_dir / CHECKPOINT_DIR)
     if checkpoint.round > cfg.num_rounds:

@@ -211,6 +211,13 @@ class FedSparseStrategy(Strategy):
         """Per-round algorithm parameters for the train job (default: none)."""
         return {}
 
+    @classmethod
+    def schedule_spans_num_rounds(cls, params: Mapping[str, Any]) -> bool:
+        """Whether, with these strategy parameters, a schedule stretches over ``num_rounds``
+        itself, so a resumed run given another ``num_rounds`` would switch schedules mid-run
+        (default: no)."""
+        return False
+
     def downlink(self, server_round: int, arrays: ArrayRecord, message_type: str) -> ArrayRecord:
         """What the global model looks like on the wire (default: the dense arrays)."""
         return arrays

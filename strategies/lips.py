@@ -14,7 +14,7 @@ clients only, so partial participation is safe.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -143,6 +143,11 @@ class Lips(FedAvg):
 
     def density(self, server_round: int) -> float:
         return lips_density(server_round, self.period, self.d0, self.horizon)
+
+    @classmethod
+    def schedule_spans_num_rounds(cls, params: Mapping[str, Any]) -> bool:
+        """With ``horizon: null`` the density schedule ends at ``num_rounds``."""
+        return params.get("horizon") is None
 
     def round_params(self, server_round: int) -> dict[str, ConfigScalar]:
         return {"density": self.density(server_round)}

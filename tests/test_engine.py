@@ -99,3 +99,22 @@ def test_resume_may_change_the_engine_but_not_the_experiment(tmp_path: Path) -> 
     assert starting_point(tmp_path, moved).round == 1
     with pytest.raises(ConfigError, match=r"\['lr'\]"):
         starting_point(tmp_path, compose_config([*base, "resume=true", "lr=0.2"]))
+
+
+def test_a_lips_schedule_over_num_rounds_cannot_be_stretched_on_resume(tmp_path: Path) -> None:
+    """With horizon=null LIPS's densities end at num_rounds: extending the run would switch
+    schedules mid-run (round 3 got 0.467 instead of a fresh 6-round run's 0.333). A fixed
+    horizon, or FedAvg, may be extended."""
+    base = ["dataset=digits", "num_clients=2", "num_rounds=1", "plots=false"]
+    lips = [*base, "strategy=lips", "strategy.period=1"]
+    run_experiment(InProcessGrid(2), compose_config(lips), tmp_path / "lips")
+    with pytest.raises(ConfigError, match=r"num_rounds=6, but strategy=lips.*num_rounds=1"):
+        starting_point(tmp_path / "lips", compose_config([*lips, "resume=true", "num_rounds=6"]))
+    assert starting_point(tmp_path / "lips", compose_config([*lips, "resume=true"])).round == 1
+    fixed = [*lips, "strategy.horizon=6"]
+    run_experiment(InProcessGrid(2), compose_config(fixed), tmp_path / "fixed")
+    resumed = compose_config([*fixed, "resume=true", "num_rounds=6"])
+    assert starting_point(tmp_path / "fixed", resumed).round == 1
+    run_experiment(InProcessGrid(2), compose_config(base), tmp_path / "fedavg")
+    extended = compose_config([*base, "resume=true", "num_rounds=6"])
+    assert starting_point(tmp_path / "fedavg", extended).round == 1
