@@ -3,7 +3,8 @@
 A checkpoint is one ``.npz`` (global arrays under ``global/``, strategy state under
 ``strategy/``, layer-monitor state under ``monitor/``; no pickles) plus ``latest.json``
 naming it with its SHA-256, the round and the wall time spent so far. A checkpoint whose
-checksum does not match falls back to the previous one.
+checksum does not match falls back to the previous one; a damaged ``latest.json`` to the newest
+checkpoint file that loads.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,7 +100,7 @@ def _read_meta(directory: Path) -> dict | None:
 
 def _load(directory: Path, meta: dict) -> Checkpoint:
     path = directory / meta["file"]
-    if not path.exists() or _sha256(path) != meta["sha256"]:
+    if not path.exists() or (meta["sha256"] and _sha256(path) != meta["sha256"]):
         raise CheckpointError(f"checkpoint {path} is missing or its checksum does not match")
     try:
         with np.load(path, allow_pickle=False) as stored:
@@ -106,15 +108,34 @@ def _load(directory: Path, meta: dict) -> Checkpoint:
                 prefix: {k[len(prefix) :]: stored[k] for k in stored.files if k.startswith(prefix)}
                 for prefix in (GLOBAL, STRATEGY, MONITOR)
             }
-    except ValueError as err:
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"checkpoint {path} cannot be read safely: {err}") from err
     arrays = to_array_record(parts[GLOBAL])
     return Checkpoint(meta["round"], arrays, parts[STRATEGY], meta["wall_s"], parts[MONITOR])
 
 
+def _newest_readable(directory: Path, damage: CheckpointError) -> Checkpoint:
+    """With ``latest.json`` unreadable: the newest ``round-*.npz`` that loads (no checksum to
+    check it against, and its wall time unknown: the summary's ``wall_s`` restarts at 0)."""
+    for path in sorted(directory.glob("round-*.npz"), reverse=True):
+        meta = {"round": int(path.stem.removeprefix("round-")), "file": path.name, "sha256": ""}
+        try:
+            checkpoint = _load(directory, {**meta, "wall_s": 0.0})
+        except CheckpointError as err:
+            log.warning("%s", err)
+            continue
+        log.warning("%s; resuming from %s (wall time restarts at 0)", damage, path.name)
+        return checkpoint
+    raise CheckpointError(f"{damage}, and no round-*.npz in {directory} can be read") from damage
+
+
 def load_checkpoint(directory: Path) -> Checkpoint:
-    """The latest valid checkpoint in ``directory`` (falling back to the previous one)."""
-    meta = _read_meta(directory)
+    """The latest valid checkpoint in ``directory`` (falling back to the previous one, or with a
+    damaged ``latest.json`` to the newest checkpoint file that loads)."""
+    try:
+        meta = _read_meta(directory)
+    except CheckpointError as damage:
+        return _newest_readable(directory, damage)
     if meta is None:
         raise CheckpointError(
             f"resume=true but there is no checkpoint in {directory}; pass the run directory of the "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -132,10 +133,20 @@ def test_corrupted_single_checkpoint_has_no_fallback(tmp_path: Path) -> None:
         load_checkpoint(tmp_path)
 
 
-def test_corrupted_latest_json_raises(tmp_path: Path) -> None:
+def test_corrupted_latest_json_falls_back_to_the_newest_readable_file(tmp_path: Path) -> None:
+    for round_ in (1, 2):
+        save_checkpoint(tmp_path, _checkpoint(round_))
+    (tmp_path / LATEST).write_text('{"round": 2, "fi')
+    _assert_same(load_checkpoint(tmp_path), replace(_checkpoint(2), wall_s=0.0))
+    _flip_bytes(tmp_path / "round-00002.npz")
+    assert load_checkpoint(tmp_path).round == 1
+
+
+def test_corrupted_latest_json_and_files_raise(tmp_path: Path) -> None:
     save_checkpoint(tmp_path, _checkpoint(1))
     (tmp_path / LATEST).write_text("{not json")
-    with pytest.raises(CheckpointError, match="corrupted"):
+    _flip_bytes(tmp_path / "round-00001.npz")
+    with pytest.raises(CheckpointError, match=r"corrupted.*no round-\*\.npz"):
         load_checkpoint(tmp_path)
 
 
