@@ -26,6 +26,7 @@ LBGM residual (only the compressor keeps one); top-k + LBGM stores the sparse ve
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -57,9 +58,12 @@ from strategies.validation import ReplyError, all_finite, check_finite_metric, r
 from strategies.weighted_sum import WeightedSum, cast_like
 from strategies.wire import ClientState, Record, client_key
 
+log = logging.getLogger(__name__)
+
 GRANULARITIES = ("layer", "model")
 MODEL_UNIT = "model"
 VERSIONS = "lbgm-versions"  # downlink, per client: ConfigRecord {"versions": [int per unit]}
+TOPK_BREAK_EVEN = 0.5  # float32 value + int32 index per kept entry: 8 bytes against 4 dense
 LBGM = "lbgm"  # uplink: MetricRecord {"rho:<unit>": float, "version:<unit>": int} (reused units)
 RESIDUAL = "compress-residual"  # client state: error-feedback residual per layer
 CLIENT_COUNTS = ("lbgm-reused", "lbgm-units", "lbgm-checked", "lbgm-phase-error-sum")
@@ -173,6 +177,13 @@ class PseudoGradient(FedSparseStrategy):
         check_number("server_momentum", server_momentum, lambda v: 0 <= v < 1, "must be in [0, 1)")
         if not isinstance(error_feedback, bool):
             raise ValueError(f"strategy.error_feedback={error_feedback!r}: must be true or false")
+        if compressor == "topk" and topk_ratio >= TOPK_BREAK_EVEN:
+            log.warning(
+                "strategy.topk_ratio=%s: every kept value travels with its int32 index, so from "
+                "%s on top-k sends at least the dense layer's bytes; lower it, or send dense",
+                topk_ratio,
+                TOPK_BREAK_EVEN,
+            )
         self.codec: Codec = make_codec(compressor, float(topk_ratio))
         self.server_lr, self.server_momentum = float(server_lr), float(server_momentum)
         self.velocity: dict[str, np.ndarray] = {}

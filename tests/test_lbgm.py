@@ -4,6 +4,7 @@ stacking on top-k, FedAvg equivalence, store backends, config errors and uplink 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -358,6 +359,18 @@ def test_disk_store_run_equals_memory_store_run(tmp_path: Path) -> None:
         [r[k] for k in keys] for r in _rows(disk)
     ]
     assert len(list((tmp_path / "store").iterdir())) == 3
+
+
+@pytest.mark.parametrize(("ratio", "warned"), [(0.49, False), (0.5, True), (1.0, True)])
+def test_a_top_k_ratio_that_sends_more_than_dense_is_warned_about(
+    caplog: pytest.LogCaptureFixture, ratio: float, warned: bool
+) -> None:
+    """Each kept value goes with its int32 index: from half the entries on, top-k sends as many
+    bytes as the dense layer or more (measured: ratio 1 sent 1.71 MB against FedAvg's 0.85)."""
+    cfg = compose_config(["strategy=topk", f"strategy.topk_ratio={ratio}"])
+    with caplog.at_level(logging.WARNING, logger="strategies.lbgm"):
+        build_strategy(cfg, ClientDirectory(cfg.num_clients, 1))
+    assert any("int32 index" in r.getMessage() for r in caplog.records) == warned
 
 
 @pytest.mark.parametrize(
