@@ -7,6 +7,7 @@ ServerApp composes the same tree from the overrides carried in the run config.
 from __future__ import annotations
 
 import difflib
+import logging
 import shlex
 from collections.abc import Callable, Iterator
 from functools import cache
@@ -30,6 +31,8 @@ from strategies.cohort import ClientDirectory
 from strategies.job import ClientJob
 
 DEVICES = ("auto", "cpu", "cuda")
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -116,6 +119,7 @@ def validate(cfg: DictConfig) -> None:
         f"choose one of: {', '.join(strategies.available_algorithms())}",
     )
     _check_model_takes_images(cfg.model.name, cfg.dataset.name)
+    _warn_if_no_batch_norm(cfg)
     if cfg.partition.name == "dirichlet":
         _check(cfg, "partition.alpha", lambda v: _is_number(v) and v > 0, "must be a number > 0")
         _check(
@@ -223,6 +227,19 @@ def _build_error(model: str, input_shape: tuple[int, int, int]) -> str | None:
     except ValueError as err:
         return str(err)
     return None
+
+
+def _warn_if_no_batch_norm(cfg: DictConfig) -> None:
+    """``bn_policy=local`` keeps each client's BatchNorm: on a model without any it does
+    nothing, which a user comparing policies should know."""
+    if cfg.bn_policy != "local":
+        return
+    with torch.device("meta"):
+        model = models.build_model(cfg.model.name, INPUT_SHAPES[cfg.dataset.name], 10)
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        log.warning(
+            "bn_policy=local changes nothing: model=%s has no BatchNorm layer", cfg.model.name
+        )
 
 
 def _check_model_takes_images(model: str, dataset: str) -> None:

@@ -342,6 +342,8 @@ class Lbgm(PseudoGradient):
             isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 1
         ):
             raise ValueError(f"strategy.max_age={max_age!r}: must be null (never) or >= 1")
+        if store_dir is not None and store != "disk":
+            log.warning("strategy.store_dir=%s is unused: it applies to store=disk only", store_dir)
         self.delta, self.granularity, self.max_age = float(delta), granularity, max_age
         self._store_args = (store, store_dtype, store_dir)
 

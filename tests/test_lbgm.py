@@ -361,6 +361,18 @@ def test_disk_store_run_equals_memory_store_run(tmp_path: Path) -> None:
     assert len(list((tmp_path / "store").iterdir())) == 3
 
 
+@pytest.mark.parametrize(("store", "warned"), [("memory", True), ("disk", False)])
+def test_a_store_dir_without_the_disk_store_is_warned_about(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path, store: str, warned: bool
+) -> None:
+    cfg = compose_config(
+        ["strategy=lbgm", f"strategy.store={store}", f"strategy.store_dir={tmp_path}"]
+    )
+    with caplog.at_level(logging.WARNING, logger="strategies.lbgm"):
+        build_strategy(cfg, ClientDirectory(cfg.num_clients, 1))
+    assert any("store_dir" in r.getMessage() for r in caplog.records) == warned
+
+
 @pytest.mark.parametrize(("ratio", "warned"), [(0.49, False), (0.5, True), (1.0, True)])
 def test_a_top_k_ratio_that_sends_more_than_dense_is_warned_about(
     caplog: pytest.LogCaptureFixture, ratio: float, warned: bool

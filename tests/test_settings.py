@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -348,3 +349,12 @@ def test_a_key_conf_does_not_define_is_named(
         validate(compose_config(overrides))
     if suggested:
         assert f"did you mean {suggested}" in str(info.value)
+
+
+@pytest.mark.parametrize(("model", "warned"), [("cnn", True), ("resnet18", False)])
+def test_bn_policy_local_on_a_model_without_batchnorm_is_warned_about(
+    caplog: pytest.LogCaptureFixture, model: str, warned: bool
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="server_app.settings"):
+        validate(compose_config(["bn_policy=local", f"model={model}"]))
+    assert any("no BatchNorm" in r.getMessage() for r in caplog.records) == warned
