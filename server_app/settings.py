@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import models
 import strategies
-from client_app.batchnorm import BN_POLICIES
+from client_app.batchnorm import BN_POLICIES, batchnorm_keys
 from client_app.faults import CORRUPT_KINDS
 from data.datasets import DATASETS, INPUT_SHAPES
 from data.federated import client_partition, dataset_info
@@ -118,8 +118,11 @@ def validate(cfg: DictConfig) -> None:
         lambda v: v in strategies.available_algorithms(),
         f"choose one of: {', '.join(strategies.available_algorithms())}",
     )
-    _check_model_takes_images(cfg.model.name, cfg.dataset.name)
-    _warn_if_no_batch_norm(cfg)
+    model = _model_for_images(cfg.model.name, cfg.dataset.name)
+    if cfg.bn_policy == "local" and not batchnorm_keys(model):
+        log.warning(
+            "bn_policy=local changes nothing: model=%s has no BatchNorm layer", cfg.model.name
+        )
     if cfg.partition.name == "dirichlet":
         _check(cfg, "partition.alpha", lambda v: _is_number(v) and v > 0, "must be a number > 0")
         _check(
@@ -229,31 +232,20 @@ def _build_error(model: str, input_shape: tuple[int, int, int]) -> str | None:
     return None
 
 
-def _warn_if_no_batch_norm(cfg: DictConfig) -> None:
-    """``bn_policy=local`` keeps each client's BatchNorm: on a model without any it does
-    nothing, which a user comparing policies should know."""
-    if cfg.bn_policy != "local":
-        return
-    with torch.device("meta"):
-        model = models.build_model(cfg.model.name, INPUT_SHAPES[cfg.dataset.name], 10)
-    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        log.warning(
-            "bn_policy=local changes nothing: model=%s has no BatchNorm layer", cfg.model.name
-        )
-
-
-def _check_model_takes_images(model: str, dataset: str) -> None:
-    """A model too deep for the data set's images fails here, before Ray starts."""
+def _model_for_images(model: str, dataset: str) -> torch.nn.Module:
+    """``model`` built on the meta device for the data set's images; one too deep for them is
+    a ConfigError here, before Ray starts."""
     shape = INPUT_SHAPES[dataset]
-    error = _build_error(model, shape)
-    if error is None:
-        return
-    fitting = [name for name in models.configurable_models() if _build_error(name, shape) is None]
-    raise ConfigError(
-        f"invalid config: model={model} cannot take dataset={dataset} images "
-        f"({'×'.join(map(str, shape))}): {error}; choose a model that can "
-        f"({', '.join(fitting)}) or a data set with larger images"
-    )
+    try:
+        with torch.device("meta"):
+            return models.build_model(model, shape, num_classes=10)
+    except ValueError as err:
+        fitting = [m for m in models.configurable_models() if _build_error(m, shape) is None]
+        raise ConfigError(
+            f"invalid config: model={model} cannot take dataset={dataset} images "
+            f"({'×'.join(map(str, shape))}): {err}; choose a model that can "
+            f"({', '.join(fitting)}) or a data set with larger images"
+        ) from None
 
 
 def strategy_params(cfg: DictConfig) -> dict[str, Any]:
