@@ -169,7 +169,13 @@ def _train_one(
     started = time.perf_counter()
     algorithm.prepare(model, train, client_id, job, state)
     loss = train_epochs(
-        model, train, algorithm.optimizer(model, job), job.local_epochs, job.batch_size, seed
+        model,
+        train,
+        algorithm.optimizer(model, job),
+        job.local_epochs,
+        job.batch_for(len(train)),
+        seed,
+        steps=job.local_steps,
     )
     if job.bn_policy == "local":
         keep_local_batchnorm(model, state)

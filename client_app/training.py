@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,6 +93,36 @@ class TensorData:
         return int(self.y.shape[0])
 
 
+def _batches(
+    size: int,
+    batch_size: int,
+    epochs: int,
+    steps: int | None,
+    generator: torch.Generator,
+    skip_single: bool,
+    device: torch.device,
+) -> Iterator[torch.Tensor]:
+    """Index batches of one local round: ``epochs`` seeded shuffles of ``size`` samples, or with
+    ``steps`` exactly that many batches, taken from as many shuffled epochs as they need.
+
+    ``skip_single`` drops one-sample batches (BatchNorm cannot normalise them); an epoch left
+    with no batch at all ends the round, so ``steps`` never loops forever on untrainable data.
+    """
+    taken, epoch = 0, 0
+    while (taken < steps) if steps is not None else (epoch < epochs):
+        order = torch.randperm(size, generator=generator).to(device)
+        smallest = 2 if skip_single else 1
+        epoch_batches = [b for b in torch.split(order, batch_size) if len(b) >= smallest]
+        if not epoch_batches:
+            return
+        for batch in epoch_batches:
+            if taken == steps:
+                return
+            yield batch
+            taken += 1
+        epoch += 1
+
+
 def train_epochs(
     model: nn.Module,
     data: TensorData,
@@ -100,25 +130,27 @@ def train_epochs(
     epochs: int,
     batch_size: int,
     seed: int,
+    steps: int | None = None,
 ) -> float:
-    """Mini-batch training with a seeded shuffle; returns the mean training loss."""
+    """Mini-batch training with a seeded shuffle per epoch; returns the mean training loss.
+
+    ``steps`` (the ``local_steps`` key) replaces ``epochs``: exactly that many optimizer steps.
+    """
     model.train()
     has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     generator = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
     total, seen = 0.0, 0
-    for _ in range(epochs):
-        order = torch.randperm(len(data), generator=generator).to(data.x.device)
-        for start in range(0, len(data), batch_size):
-            batch = order[start : start + batch_size]
-            if has_batch_norm and len(batch) == 1:
-                continue  # BatchNorm cannot normalise a single sample in training mode
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(data.x[batch]), data.y[batch])
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(batch)
-            seen += len(batch)
+    batches = _batches(
+        len(data), batch_size, epochs, steps, generator, has_batch_norm, data.x.device
+    )
+    for batch in batches:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(data.x[batch]), data.y[batch])
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(batch)
+        seen += len(batch)
     return total / max(seen, 1)
 
 

@@ -28,7 +28,7 @@ from data.partition import PARTITIONS
 from server_app.engine import AUTO, with_clients_per_node
 from strategies.base import FedSparseStrategy
 from strategies.cohort import ClientDirectory
-from strategies.job import ClientJob
+from strategies.job import FULL_BATCH, ClientJob
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -75,7 +75,18 @@ def validate(cfg: DictConfig) -> None:
         f"must be an integer between 1 and clients_per_round ({cfg.clients_per_round})",
     )
     _check(cfg, "local_epochs", lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
-    _check(cfg, "batch_size", lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
+    _check(
+        cfg,
+        "local_steps",
+        lambda v: v is None or (_is_int(v) and v >= 1),
+        "must be null (train local_epochs epochs) or an integer >= 1 (that many optimizer steps)",
+    )
+    _check(
+        cfg,
+        "batch_size",
+        lambda v: v == FULL_BATCH or (_is_int(v) and v >= 1),
+        f"must be an integer >= 1 or {FULL_BATCH} (one batch of the client's whole split)",
+    )
     _check(cfg, "lr", lambda v: _is_number(v) and v > 0, "must be a number > 0")
     _check(cfg, "momentum", lambda v: _is_number(v) and 0 <= v < 1, "must be in [0, 1)")
     _check(cfg, "weight_decay", lambda v: _is_number(v) and v >= 0, "must be a number >= 0")
@@ -122,6 +133,12 @@ def validate(cfg: DictConfig) -> None:
     if cfg.bn_policy == "local" and not batchnorm_keys(model):
         log.warning(
             "bn_policy=local changes nothing: model=%s has no BatchNorm layer", cfg.model.name
+        )
+    if cfg.local_steps is not None and cfg.local_epochs != 1:
+        log.warning(
+            "local_epochs=%s changes nothing: local_steps=%s sets the optimizer steps per round",
+            cfg.local_epochs,
+            cfg.local_steps,
         )
     if cfg.partition.name == "dirichlet":
         _check(cfg, "partition.alpha", lambda v: _is_number(v) and v > 0, "must be a number > 0")
@@ -273,6 +290,7 @@ def client_job(cfg: DictConfig) -> ClientJob:
         dataset_root=cfg.dataset.root or "",
         download=bool(cfg.dataset.download),
         local_epochs=cfg.local_epochs,
+        local_steps=cfg.local_steps,
         batch_size=cfg.batch_size,
         lr=float(cfg.lr),
         momentum=float(cfg.momentum),

@@ -13,6 +13,7 @@ from flwr.app import ConfigRecord
 from data.federated import DataSpec
 
 STRATEGY_PREFIX = "strategy."
+FULL_BATCH = "full"  # batch_size=full: one batch is the client's whole training split
 ConfigScalar = bool | int | float | str
 
 
@@ -33,7 +34,8 @@ class ClientJob:
     dataset_root: str = ""
     download: bool = False
     local_epochs: int = 1
-    batch_size: int = 32
+    local_steps: int | None = None  # exactly this many optimizer steps per round; None: epochs
+    batch_size: int | str = 32  # an integer, or FULL_BATCH
     lr: float = 0.05
     momentum: float = 0.0
     weight_decay: float = 0.0
@@ -66,6 +68,10 @@ class ClientJob:
             download=self.download,
         )
 
+    def batch_for(self, num_examples: int) -> int:
+        """The batch size on a training split of ``num_examples``: ``full`` is all of it."""
+        return max(num_examples, 1) if self.batch_size == FULL_BATCH else int(self.batch_size)
+
     def for_round(self, server_round: int, client_ids: list[int]) -> ClientJob:
         """The same job addressed to ``client_ids`` in ``server_round``."""
         return replace(self, server_round=server_round, client_ids=tuple(client_ids))
@@ -78,8 +84,8 @@ class ClientJob:
                 flat.update({STRATEGY_PREFIX + k: v for k, v in value.items()})
             elif key == "client_ids":
                 flat[key] = list(value)
-            elif value != "":  # Flower cannot count the bytes of an empty string; "" is the default
-                flat[key] = value
+            elif value not in ("", None):  # Flower cannot count the bytes of an empty string
+                flat[key] = value  # nor hold None; both are the defaults they stand for
         return ConfigRecord(flat)
 
     @classmethod

@@ -185,7 +185,7 @@ class LipsClient(ClientAlgorithm):
         generator = torch.Generator().manual_seed(
             round_seed(job.seed, job.server_round, client_id) ^ SCORE_STREAM
         )
-        batch_index = torch.randperm(len(train), generator=generator)[: job.batch_size]
+        batch_index = torch.randperm(len(train), generator=generator)[: job.batch_for(len(train))]
         batch = TensorData(
             train.x[batch_index.to(train.x.device)], train.y[batch_index.to(train.y.device)]
         )

@@ -18,12 +18,15 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.supercore.task_identity import TaskIdentity
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from client_app import app as app_module
 from client_app.app import _ModelTemplates, directory, evaluate_global, train
 from client_app.state_files import FileClientState
 from data.federated import client_data
-from server_app.experiment import initial_arrays
+from server_app.experiment import initial_arrays, run_experiment
+from server_app.inprocess import InProcessGrid
 from server_app.settings import client_job, compose_config
 from strategies.cohort import QUERY_CONFIG
 from strategies.wire import unpack_clients
@@ -183,3 +186,61 @@ def test_replaced_state_files_go_only_when_the_whole_cohort_succeeded(
     np.testing.assert_array_equal(
         FileClientState(context.state, 2, tmp_path, 1).get("lbg")["v"].numpy(), np.full(3, 2.0)
     )
+
+
+BUILT_IN_STRATEGIES = ["fedavg", "fedpm", "lbgm", "lips", "signsgd", "topk"]
+
+
+def _training_steps(tmp_path, overrides: list[str]) -> list[int]:
+    """The batch size of every optimizer step a 2-client, 2-round in-process run takes (any
+    optimizer, any strategy): counted by global hooks, so no strategy's client is trusted."""
+    cfg = compose_config(
+        [
+            "dataset=digits",
+            "num_clients=2",
+            "partition=iid",
+            "num_rounds=2",
+            "plots=false",
+            "federated_eval=false",
+            *overrides,
+        ]
+    )
+    batches: list[int] = []
+    stepped: list[int] = []
+
+    def record_batch(module: nn.Module, args: tuple) -> None:
+        if module.training and isinstance(args[0], torch.Tensor):
+            batches.append(len(args[0]))
+
+    forward = nn.modules.module.register_module_forward_pre_hook(record_batch)
+    step = register_optimizer_step_post_hook(lambda *args: stepped.append(batches[-1]))
+    try:
+        run_experiment(InProcessGrid(cfg.num_clients), cfg, tmp_path)
+    finally:
+        forward.remove()
+        step.remove()
+    return stepped
+
+
+@pytest.mark.parametrize("strategy", BUILT_IN_STRATEGIES)
+def test_local_steps_is_the_exact_step_count_for_every_strategy(tmp_path, strategy: str) -> None:
+    """digits/iid gives each client 576 training samples, 11 batches of 50 and one of 26 an
+    epoch: 3 steps are a fraction of an epoch, 40 run into a fourth."""
+    epoch = [50] * 11 + [26]
+    for steps in (3, 40):
+        stepped = _training_steps(
+            tmp_path / str(steps), [f"strategy={strategy}", f"local_steps={steps}", "batch_size=50"]
+        )
+        assert stepped == (epoch * 4)[:steps] * 2 * 2  # x clients x rounds
+
+
+@pytest.mark.parametrize("strategy", BUILT_IN_STRATEGIES)
+def test_full_batch_is_the_whole_split_once_per_epoch_for_every_strategy(
+    tmp_path, strategy: str
+) -> None:
+    cfg = compose_config(["dataset=digits", "num_clients=2", "partition=iid"])
+    sizes = [len(client_data(client_job(cfg).data_spec(), c)[0]) for c in (0, 1)]
+    stepped = _training_steps(
+        tmp_path, [f"strategy={strategy}", "batch_size=full", "local_epochs=2"]
+    )
+    assert stepped == [sizes[0]] * 2 + [sizes[1]] * 2 + [sizes[0]] * 2 + [sizes[1]] * 2

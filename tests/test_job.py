@@ -8,7 +8,7 @@ import pytest
 from flwr.app import ConfigRecord
 
 from data.federated import DataSpec
-from strategies.job import STRATEGY_PREFIX, ClientJob
+from strategies.job import FULL_BATCH, STRATEGY_PREFIX, ClientJob
 
 
 def _job(**changes) -> ClientJob:
@@ -26,6 +26,7 @@ def _job(**changes) -> ClientJob:
         dataset_root="/data/root",
         download=True,
         local_epochs=2,
+        local_steps=4,
         batch_size=16,
         lr=0.01,
         momentum=0.9,
@@ -73,6 +74,20 @@ def test_empty_strings_are_not_sent_and_come_back_empty() -> None:
     assert job.for_round(1, [0]).to_record().count_bytes() > 0
     rebuilt = ClientJob.from_record(record)
     assert rebuilt == job and rebuilt.dataset_root == "" and rebuilt.state_dir == ""
+
+
+def test_no_local_steps_is_not_sent_and_comes_back_none() -> None:
+    """ConfigRecord holds no None: an unset ``local_steps`` is left out, its default stands."""
+    record = _job(local_steps=None).to_record()
+    assert "local_steps" not in record
+    assert ClientJob.from_record(record).local_steps is None
+
+
+def test_full_batch_travels_and_means_the_whole_split() -> None:
+    job = ClientJob.from_record(_job(batch_size=FULL_BATCH).to_record())
+    assert job.batch_size == FULL_BATCH
+    assert (job.batch_for(37), job.batch_for(0)) == (37, 1)
+    assert _job(batch_size=16).batch_for(37) == 16
 
 
 def test_unknown_key_raises() -> None:

@@ -74,6 +74,9 @@ def _changed(cfg: DictConfig, **values: Any) -> DictConfig:
         (["clients_per_round=30", "num_clients=20"], "clients_per_round"),
         (["partition=dirichlet", "partition.alpha=0"], "partition.alpha"),
         (["clients_per_round=5", "min_replies=6"], "min_replies"),
+        (["local_steps=0"], "local_steps"),
+        (["local_steps=abc"], "local_steps"),
+        (["batch_size=half"], "batch_size"),
     ],
 )
 def test_invalid_override_names_the_key(overrides: list[str], key: str) -> None:
@@ -96,6 +99,11 @@ def test_invalid_override_names_the_key(overrides: list[str], key: str) -> None:
         ({"partition__alpha": -1}, "partition.alpha"),
         ({"partition__alpha": 0.0}, "partition.alpha"),
         ({"partition__min_size": 0}, "partition.min_size"),
+        ({"local_steps": 0}, "local_steps"),
+        ({"local_steps": "abc"}, "local_steps"),
+        ({"local_steps": 1.5}, "local_steps"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": "half"}, "batch_size"),
         ({"lr": 0}, "lr"),
         ({"lr": -0.1}, "lr"),
         ({"lr": "abc"}, "lr"),
@@ -125,6 +133,39 @@ def test_invalid_value_names_the_key(base_cfg: DictConfig, values: dict, key: st
     with pytest.raises(ConfigError, match=r"invalid config: ") as info:
         validate(_changed(base_cfg, **values))
     assert f"{key}=" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("local_steps=0", "local_steps=0: must be null (train local_epochs epochs) or an integer"),
+        ("batch_size=half", "batch_size='half': must be an integer >= 1 or full (one batch of"),
+    ],
+)
+def test_local_regime_errors_are_one_line_with_the_choices(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate(compose_config([override]))
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"invalid config: {expected}")
+
+
+def test_fedsgd_regime_reaches_the_client_job() -> None:
+    """``local_steps=1 batch_size=full momentum=0`` (FedSGD) validates and travels as set."""
+    cfg = compose_config(["local_steps=1", "batch_size=full", "momentum=0"])
+    validate(cfg)
+    job = client_job(cfg)
+    assert (job.local_steps, job.batch_size, job.momentum) == (1, "full", 0.0)
+    assert client_job(compose_config([])).local_steps is None
+
+
+def test_local_epochs_beside_local_steps_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="server_app.settings"):
+        validate(compose_config(["local_steps=4"]))
+        assert not caplog.records
+        validate(compose_config(["local_steps=4", "local_epochs=3"]))
+    assert any("local_epochs=3 changes nothing" in r.getMessage() for r in caplog.records)
 
 
 def test_supermask_twins_are_not_model_choices(base_cfg: DictConfig) -> None:

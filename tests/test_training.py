@@ -17,6 +17,7 @@ from client_app.training import (
     train_epochs,
 )
 from data.datasets import ArrayDataset
+from strategies.job import FULL_BATCH, ClientJob
 
 
 def _data(n: int = 40) -> TensorData:
@@ -75,6 +76,56 @@ def test_batchnorm_model_survives_a_single_sample_last_batch() -> None:
     data = _data(n=9)
     loss = train_epochs(model, data, torch.optim.SGD(model.parameters(), lr=0.1), 1, 8, 0)
     assert np.isfinite(loss)
+
+
+def _counted_training(
+    model: nn.Module, data: TensorData, epochs: int, batch_size: int, seed: int, steps: int | None
+) -> tuple[list[int], torch.Tensor]:
+    """The batch size of every optimizer step ``train_epochs`` takes, and the trained weights."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    inputs: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: inputs.append(len(args[0])))
+    stepped: list[int] = []
+    optimizer.register_step_post_hook(lambda *args: stepped.append(inputs[-1]))
+    train_epochs(model, data, optimizer, epochs, batch_size, seed, steps=steps)
+    return stepped, model[1].weight.detach().clone()
+
+
+@pytest.mark.parametrize("steps", [1, 3, 12])
+def test_local_steps_takes_exactly_that_many_optimizer_steps(steps: int) -> None:
+    """40 samples in batches of 8 make 5 batches an epoch: 12 steps run into a third epoch."""
+    stepped, _ = _counted_training(_model(), _data(), 1, 8, 0, steps)
+    assert stepped == [8] * steps
+
+
+def test_local_steps_of_whole_epochs_equal_epoch_training() -> None:
+    """Steps draw the same seeded shuffles as epochs: 2 epochs of 40/16 (16, 16, 8) = 6 steps."""
+    by_epochs, epoch_weights = _counted_training(_model(), _data(), 2, 16, 3, None)
+    by_steps, step_weights = _counted_training(_model(), _data(), 1, 16, 3, 6)
+    assert by_epochs == by_steps == [16, 16, 8] * 2
+    assert torch.equal(epoch_weights, step_weights)
+
+
+def test_local_steps_same_seed_same_weights() -> None:
+    results = [_counted_training(_model(), _data(), 1, 8, seed, 7)[1] for seed in (4, 4, 5)]
+    assert torch.equal(results[0], results[1])
+    assert not torch.equal(results[0], results[2])
+
+
+def test_full_batch_is_one_step_per_epoch_over_the_whole_split() -> None:
+    data = _data(n=37)
+    job = ClientJob("fedavg", "cnn", "digits", "iid", 2, 0, batch_size=FULL_BATCH)
+    stepped, _ = _counted_training(_model(), data, 3, job.batch_for(len(data)), 0, None)
+    assert stepped == [37, 37, 37]
+    assert ClientJob("fedavg", "cnn", "digits", "iid", 2, 0, batch_size=5).batch_for(37) == 5
+
+
+def test_local_steps_stop_when_no_batch_can_train() -> None:
+    """BatchNorm cannot train on one-sample batches: no step, and no endless search for one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    stepped, _ = _counted_training(model, _data(n=3), 1, 1, 0, 5)
+    assert stepped == []
 
 
 def test_resolve_device() -> None:
