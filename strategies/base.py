@@ -63,7 +63,7 @@ def check_number(key: str, value: Any, ok: Callable[[float], bool], requirement:
         raise ValueError(f"strategy.{key}={value!r}: {requirement}")
 
 
-def _finite(value: object) -> float:
+def finite_or_zero(value: object) -> float:
     """A client-reported number, or 0 when it is missing or not a finite number."""
     return float(value) if isinstance(value, int | float) and np.isfinite(value) else 0.0
 
@@ -250,7 +250,7 @@ class FedSparseStrategy(Strategy):
             weights = [u.num_examples for u in updates]
             self.stats.train_loss = float(np.average(losses, weights=weights))
             self.stats.client_train_s = float(
-                sum(_finite(u.metrics.get("train-s", 0.0)) for u in updates)
+                sum(finite_or_zero(u.metrics.get("train-s", 0.0)) for u in updates)
             )
         if len(updates) < self.min_replies:
             log.error(

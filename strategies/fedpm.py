@@ -1,10 +1,14 @@
 """FedPM: federated probabilistic masks over frozen random weights (Isik et al., ICLR 2023).
 
-Server and clients rebuild the same frozen ±c weights from ``weight_seed``; only mask scores go
-down (logit θ, float32 or float16) and one sampled binary mask per client comes up, packed with
-``np.packbits`` (exactly 1 bit per parameter plus a small fixed record overhead). The server keeps
-a Beta(α, β) posterior per mask entry, reset to Beta(λ0, λ0) every ``reset_period`` rounds, adds
-the ε-clipped masks and sends the mode θ = (α−1)/(α+β−2) back as scores logit(θ).
+Server and clients rebuild the same frozen ±c weights from ``weight_seed``; only the mask
+probabilities go down and one sampled binary mask per client comes up. The downlink carries θ as
+16-bit fixed point (``downlink_dtype=uint16``, 2 bytes per parameter; float32/float16 scores
+logit θ are the alternatives under packed coding). The uplink (``uplink_coding``) is the mask
+range-coded against those same θ (``strategies.mask_codec``: Σ −log₂ p_g(m) bits, well below one
+bit per parameter once θ polarises, with a CRC32 and per-layer fallback to packed bits) or
+``packed`` with ``np.packbits`` (exactly 1 bit per parameter). The server keeps a Beta(α, β)
+posterior per mask entry, reset to Beta(λ0, λ0) every ``reset_period`` rounds, adds the
+ε-clipped masks and sends the mode θ = (α−1)/(α+β−2) back.
 
 Local training: Adam on the scores with ``strategy.local_lr`` (default 0.1, the paper's); epochs
 and batch size are the top-level ``local_epochs`` / ``batch_size`` (paper: 3 and 128). Documented
@@ -20,14 +24,15 @@ their unweighted mean (the posterior's own count), for ``layer_agg_eff``.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import nn
 
 from client_app.training import TensorData, evaluate, load_weights, resolve_device, round_seed
@@ -43,7 +48,7 @@ from models.masked import (
     set_mask_rng,
     weight_hash,
 )
-from strategies.arrays import dot, to_array_record, to_numpy
+from strategies.arrays import dot, to_array_record, to_numpy, to_numpy_dict
 from strategies.base import (
     ARRAYS,
     METRICS,
@@ -51,19 +56,36 @@ from strategies.base import (
     ClientAlgorithm,
     ClientUpdate,
     FedSparseStrategy,
+    finite_or_zero,
 )
 from strategies.job import ClientJob
+from strategies.mask_codec import (
+    FLAGS_KEY,
+    RANGE,
+    SIZES_KEY,
+    CodeLengths,
+    decode_masks,
+    encode_masks,
+    pack_mask,
+    packed_size,
+    prior_probabilities,
+    quantize_prior,
+    unpack_mask,
+)
 from strategies.registry import Algorithm, register_algorithm
 from strategies.validation import ReplyError, require_record
 from strategies.wire import ClientState, Record, decoded_tensors, record_bytes
 
 MASKED_FORMS = {name: f"masked_{name}" for name in ("cnn", "conv4", "conv6", "conv10")}
-DOWNLINK_DTYPES = {"float32": np.float32, "float16": np.float16}
+DOWNLINK_DTYPES = {"uint16": np.uint16, "float32": np.float32, "float16": np.float16}
+UPLINK_CODINGS = ("range", "packed")
+CODE = "fedpm-code"  # the coded reply's header record (strategies.mask_codec)
+STREAM = "masks"  # the coded reply's one array: every layer's segment in score order
 WEIGHT_STREAM = 0x57E1  # keeps the weight seed apart from every other draw of the run seed
 MASK_STREAM = 0x3A5C  # the uplink mask draw, apart from the batch-order stream
 TRAIN_MASK_STREAM = 0x7D2B  # the masks of every local training forward pass
 EVAL_STREAM = 0xE7A1  # the server's sampled-mask evaluation
-ONES_METRIC = "fedpm-ones-frac"
+ENCODE_METRIC = "fedpm-encode-s"
 EXPORT_FILE = "final_model.fedpm"
 SCORE_SUFFIX = "_score"  # models.masked names a layer's mask scores `<its weight's name>_score`
 
@@ -100,25 +122,7 @@ def build_fedpm_model(
     )
 
 
-# ----------------------------------------------------------------------------------- codec
-def pack_mask(mask: np.ndarray) -> np.ndarray:
-    """A binary mask as ⌈N/8⌉ uint8 bytes (row-major, zero padding bits)."""
-    return np.packbits(mask.astype(bool, copy=False).ravel())
-
-
-def unpack_mask(packed: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
-    """Inverse of :func:`pack_mask`; a wrong dtype or length is a ReplyError."""
-    size = math.prod(shape)
-    expected = (size + 7) // 8
-    if packed.dtype != np.uint8:
-        raise ReplyError("mask-dtype", f"{name}: dtype {packed.dtype}, expected uint8")
-    if packed.shape != (expected,):
-        raise ReplyError(
-            "mask-length", f"{name}: shape {packed.shape}, expected ({expected},) = ⌈{size}/8⌉"
-        )
-    return np.unpackbits(packed, count=size).reshape(shape)
-
-
+# ---------------------------------------------------------------------------- bpp measures
 def binary_entropy(f: float) -> float:
     """H₂(f) in bits (0 at f ∈ {0, 1})."""
     if f <= 0.0 or f >= 1.0:
@@ -212,7 +216,8 @@ class FedPM(FedSparseStrategy):
         estimator: str = "scaled",
         eval_samples: int = 5,
         weight_seed: int | None = None,
-        downlink_dtype: str = "float32",
+        downlink_dtype: str = "uint16",
+        uplink_coding: str = "range",
         local_lr: float = 0.1,
         **kwargs: Any,
     ) -> None:
@@ -236,12 +241,24 @@ class FedPM(FedSparseStrategy):
                 f"strategy.downlink_dtype={downlink_dtype!r}: choose one of: "
                 f"{', '.join(DOWNLINK_DTYPES)}"
             )
+        if uplink_coding not in UPLINK_CODINGS:
+            raise ValueError(
+                f"strategy.uplink_coding={uplink_coding!r}: choose one of: "
+                f"{', '.join(UPLINK_CODINGS)}"
+            )
+        if uplink_coding == "range" and downlink_dtype != "uint16":
+            raise ValueError(
+                f"strategy.downlink_dtype={downlink_dtype!r}: strategy.uplink_coding=range needs "
+                "uint16 (the coder's model must be the same integers on both ends); set "
+                "strategy.downlink_dtype=uint16 or strategy.uplink_coding=packed"
+            )
         if not isinstance(local_lr, int | float) or not local_lr > 0:
             raise ValueError(f"strategy.local_lr={local_lr!r}: must be > 0")
         self.masked_name = masked_model_name(self.job.model)
         self.posterior = BetaPosterior(float(lambda0), float(eps), reset_period)
         self.eval_samples = eval_samples
         self.downlink_dtype = DOWNLINK_DTYPES[downlink_dtype]
+        self.coded = uplink_coding == "range"
         self.weight_seed = job_weight_seed(self.job)
         info = dataset_info(self.job.data_spec())
         self.input_shape, self.num_classes = tuple(info.input_shape), info.num_classes
@@ -264,30 +281,83 @@ class FedPM(FedSparseStrategy):
         self._downlink: tuple[ArrayRecord | None, ArrayRecord] = (None, ArrayRecord())
         self._theta: tuple[ArrayRecord | None, dict[str, np.ndarray]] = (None, {})
         self._norm_terms: dict[str, tuple[float, np.ndarray]] = {}
+        self._prior: tuple[ArrayRecord | None, dict[str, np.ndarray], dict[str, CodeLengths]] = (
+            None,
+            {},
+            {},
+        )
         self._mean_delta: dict[str, np.ndarray] | None = None
+        self._reply_stats: dict[int, ReplyStats] = {}
+        self._decode_s = 0.0
 
     def downlink(self, server_round: int, arrays: ArrayRecord, message_type: str) -> ArrayRecord:
-        """Only the scores travel, in ``downlink_dtype``; the weights come from the seed. Encoded
-        once per global model, however many node messages carry it."""
+        """Only θ travels, as uint16 fixed point (the coder's prior) or as scores in
+        ``downlink_dtype``; the weights come from the seed. Encoded once per global model,
+        however many node messages carry it."""
         if self._downlink[0] is not arrays:
-            encoded = to_array_record(
-                {name: to_numpy(a).astype(self.downlink_dtype) for name, a in arrays.items()}
-            )
+            if self.downlink_dtype is np.uint16:
+                encoded = to_array_record(self.prior(arrays))
+            else:
+                encoded = to_array_record(
+                    {name: to_numpy(a).astype(self.downlink_dtype) for name, a in arrays.items()}
+                )
             self._downlink = (arrays, encoded)
         return self._downlink[1]
 
+    def prior(self, arrays: ArrayRecord) -> dict[str, np.ndarray]:
+        """The uint16 θ of the global ``arrays``: the downlink, and the coder's model on both
+        ends. Computed once per global model, by the server only."""
+        if self._prior[0] is not arrays:
+            priors = {name: quantize_prior(sigmoid(to_numpy(a))) for name, a in arrays.items()}
+            lengths = {name: CodeLengths.of(q) for name, q in priors.items()}
+            self._prior = (arrays, priors, lengths)
+        return self._prior[1]
+
     def reply_limit(self) -> int:
-        return sum((math.prod(s) + 7) // 8 for s in self.shapes.values()) + REPLY_SLACK_BYTES
+        return sum(packed_size(math.prod(s)) for s in self.shapes.values()) + REPLY_SLACK_BYTES
+
+    def begin_aggregation(self, server_round: int) -> None:
+        self._reply_stats, self._decode_s = {}, 0.0
 
     def decode(self, update: ClientUpdate) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
         record = require_record(update.records, ARRAYS, ArrayRecord)
-        if list(record.keys()) != list(self.shapes):
-            raise ReplyError(
-                "names", f"mask names {list(record.keys())} != score names {list(self.shapes)}"
-            )
-        return {
-            name: unpack_mask(to_numpy(record[name]), self.shapes[name], name) for name in record
-        }
+        priors = self.prior(self.global_arrays)
+        if self.coded:
+            header = require_record(update.records, CODE, ConfigRecord)
+            if list(record.keys()) != [STREAM]:
+                raise ReplyError(
+                    "names", f"coded reply arrays {list(record.keys())} != [{STREAM!r}]"
+                )
+            stream = to_numpy(record[STREAM])
+            masks = decode_masks(stream, header, self.shapes, priors)
+            stream_bytes = int(stream.size)
+            layers = zip(masks, header[FLAGS_KEY], header[SIZES_KEY], strict=True)
+            coded = [(name, size) for name, flag, size in layers if flag == RANGE]
+        else:
+            if list(record.keys()) != list(self.shapes):
+                raise ReplyError(
+                    "names", f"mask names {list(record.keys())} != score names {list(self.shapes)}"
+                )
+            masks = {
+                name: unpack_mask(to_numpy(record[name]), self.shapes[name], name)
+                for name in record
+            }
+            stream_bytes = sum(int(record[name].numpy().size) for name in record)
+            coded = []
+        self._decode_s += time.perf_counter() - started
+        ideal = {name: self._prior[2][name].bits(m) for name, m in masks.items()}
+        self._reply_stats[update.client_id] = ReplyStats(
+            ones=sum(int(np.count_nonzero(m)) for m in masks.values()),
+            ideal_bits=sum(ideal.values()),
+            coded_bits=sum(8 * size for _, size in coded),
+            coded_ideal_bits=sum(ideal[name] for name, _ in coded),
+            coded_entries=sum(math.prod(self.shapes[name]) for name, _ in coded),
+            stream_bytes=stream_bytes,
+            wire_bytes=record_bytes(update.records.values()),
+            encode_s=finite_or_zero(update.metrics.get(ENCODE_METRIC) if update.metrics else None),
+        )
+        return masks
 
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
         theta = self.posterior.update(server_round, [u.payload for u in updates])
@@ -329,14 +399,33 @@ class FedPM(FedSparseStrategy):
         return self._mean_delta
 
     def round_metrics(self, server_round: int) -> dict[str, Any]:
-        ones = [sum(int(m.sum()) for m in u.payload.values()) for u in self.last_updates]
-        sent = [record_bytes(u.records.values()) for u in self.last_updates]
+        """Per round, mean over clients: the bits per parameter sent (``wire``: every byte of
+        the reply; ``stream``: the masks alone), what packing would send, the ones-fraction
+        bound H₂(f) and the code length θ_g allows (``ideal``); the coder's overhead over ideal;
+        client encode and server decode seconds."""
+        stats = [self._reply_stats[u.client_id] for u in self.last_updates]
+        n = self.num_params
+
+        def mean(values: list[float]) -> float:
+            return float(np.mean(values)) if values else float("nan")
+
+        coded_ideal = sum(s.coded_ideal_bits for s in stats)
         metrics: dict[str, Any] = {
-            "fedpm_bpp_wire": 8 * float(np.mean(sent)) / self.num_params,
-            "fedpm_bpp_entropy": float(np.mean([entropy_bpp(n, self.num_params) for n in ones])),
-            "fedpm_uplink_density": float(np.mean(ones)) / self.num_params,
-            "fedpm_density": sum(int((s > 0).sum()) for s in self._scores.values())
-            / self.num_params,
+            "fedpm_bpp_wire": mean([8.0 * s.wire_bytes for s in stats]) / n,
+            "fedpm_bpp_stream": mean([8.0 * s.stream_bytes for s in stats]) / n,
+            "fedpm_bpp_packed": 8
+            * sum(packed_size(math.prod(s)) for s in self.shapes.values())
+            / n,
+            "fedpm_bpp_entropy": mean([entropy_bpp(s.ones, n) for s in stats]),
+            "fedpm_bpp_ideal": mean([s.ideal_bits for s in stats]) / n,
+            "fedpm_coded_frac": mean([s.coded_entries for s in stats]) / n,
+            "fedpm_coder_overhead": (
+                sum(s.coded_bits for s in stats) / coded_ideal - 1.0 if coded_ideal > 0 else None
+            ),
+            "fedpm_encode_s": mean([s.encode_s for s in stats]),
+            "fedpm_decode_s": self._decode_s,
+            "fedpm_uplink_density": mean([s.ones for s in stats]) / n,
+            "fedpm_density": sum(int((s > 0).sum()) for s in self._scores.values()) / n,
             "fedpm_reset": self.posterior.resets(server_round),
         }
         if self.eval_samples:  # the thresholded network's accuracy is the run's `accuracy`
@@ -388,6 +477,20 @@ class FedPM(FedSparseStrategy):
         self._scores = _prefixed(state, "scores/")
 
 
+@dataclass(frozen=True)
+class ReplyStats:
+    """What one client's reply cost, measured as it was decoded."""
+
+    ones: int
+    ideal_bits: float  # Σ −log₂ p_g(m) over every layer
+    coded_bits: int  # the range-coded layers' segments
+    coded_ideal_bits: float  # the ideal code length of those layers
+    coded_entries: int  # the mask entries of those layers
+    stream_bytes: int
+    wire_bytes: int
+    encode_s: float
+
+
 class MaskEvaluator:
     """Central test accuracy of a masked network with sampled masks."""
 
@@ -407,11 +510,15 @@ class WeightMismatchError(RuntimeError):
 
 
 class FedPMClient(ClientAlgorithm):
-    """Trains mask scores from logit(θ_global), then sends one sampled mask, bit-packed."""
+    """Trains mask scores from logit(θ_global), then sends one sampled mask, range-coded
+    against θ_global or bit-packed."""
 
     local_hashes: ClassVar[dict[tuple[str, int], str]] = {}
     """Hash of the frozen weights per (model, weight seed), computed once per process: the same
     seed rebuilds the same weights, so every later client of the process would hash the same."""
+
+    def __init__(self) -> None:
+        self.priors: dict[str, np.ndarray] = {}
 
     def receive(
         self,
@@ -431,7 +538,7 @@ class FedPMClient(ClientAlgorithm):
                 f"client {client_id}: frozen weights from weight_seed={job_weight_seed(job)} hash "
                 f"to {local}, the server's hash is {expected!r}; numpy/torch versions differ?"
             )
-        scores = {k: v.float() for k, v in decoded_tensors(content[ARRAYS]).items()}
+        self.priors, scores = received_theta(content[ARRAYS])
         load_weights(model, scores)
         set_estimator(model, str(job.params.get("estimator", "scaled")))
 
@@ -458,16 +565,50 @@ class FedPMClient(ClientAlgorithm):
     ) -> dict[str, Record]:
         set_mask_rng(model, None)  # training is over: the working model forgets its stream
         rng = MaskRNG(round_seed(job.seed, job.server_round, client_id) ^ MASK_STREAM)
-        packed, ones, total = {}, 0, 0
-        for name, score in model.state_dict().items():
-            p = torch.sigmoid(score.detach().cpu())
-            values = draw_bool_mask(p, rng).numpy()
-            packed[name] = pack_mask(values)
-            ones, total = ones + int(np.count_nonzero(values)), total + values.size
-        return {
-            ARRAYS: to_array_record(packed),
-            METRICS: MetricRecord({ONES_METRIC: ones / total}),
+        masks = {
+            name: draw_bool_mask(torch.sigmoid(score.detach().cpu()), rng).numpy()
+            for name, score in model.state_dict().items()
         }
+        if job.params.get("uplink_coding", "range") == "packed":
+            return {ARRAYS: to_array_record({k: pack_mask(m) for k, m in masks.items()})}
+        if not self.priors:
+            raise RuntimeError(
+                "strategy.uplink_coding=range needs the uint16 θ downlink "
+                "(strategy.downlink_dtype=uint16): no prior to code the masks against"
+            )
+        started = time.perf_counter()
+        coded = encode_masks(masks, self.priors)
+        return {
+            ARRAYS: to_array_record({STREAM: coded.stream}),
+            CODE: coded.header(),
+            METRICS: MetricRecord({ENCODE_METRIC: time.perf_counter() - started}),
+        }
+
+
+class _LastTheta:
+    """The most recent θ downlink and what it decodes to (a cohort's clients share one)."""
+
+    record: ClassVar[ArrayRecord | None] = None
+    decoded: ClassVar[tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]] = ({}, {})
+
+
+def received_theta(
+    record: ArrayRecord,
+) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
+    """The downlink as (uint16 priors, float32 scores to train from): a uint16 θ gives both
+    (scores = logit(q / 2¹⁶)); float scores give no prior. Decoded once per record."""
+    if _LastTheta.record is not record:
+        arrays = to_numpy_dict(record)
+        if all(a.dtype == np.uint16 for a in arrays.values()):
+            scores = {
+                k: torch.from_numpy(logit(prior_probabilities(q)).astype(np.float32)).view(q.shape)
+                for k, q in arrays.items()
+            }
+            _LastTheta.decoded = (arrays, scores)
+        else:
+            _LastTheta.decoded = ({}, {k: v.float() for k, v in decoded_tensors(record).items()})
+        _LastTheta.record = record
+    return _LastTheta.decoded
 
 
 register_algorithm(Algorithm("fedpm", FedPM, FedPMClient, model_builder=build_fedpm_model))

@@ -243,7 +243,7 @@ def test_hash_mismatch_fails_loudly() -> None:
 
 def test_client_loads_float16_scores_and_replies_packed_bits() -> None:
     model = build_fedpm_model(_job(), (1, 8, 8), 10)
-    job = _job(weight_hash=weight_hash(model), estimator="ste")
+    job = _job(weight_hash=weight_hash(model), estimator="ste", uplink_coding="packed")
     scores = {k: v.numpy().astype(np.float16) for k, v in model.state_dict().items()}
     content = RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in scores.items()})})
     client = FedPMClient()
@@ -257,7 +257,7 @@ def test_client_loads_float16_scores_and_replies_packed_bits() -> None:
 
 def _trained_scores(client_id: int, global_seed: int) -> dict[str, torch.Tensor]:
     """Scores after one client's local training, with torch's global RNG set to ``global_seed``."""
-    job = _job()
+    job = _job(uplink_coding="packed")
     torch.manual_seed(0)  # the same starting scores every time
     model = build_fedpm_model(job, (1, 8, 8), 10)
     x, y = (
@@ -285,8 +285,11 @@ def test_training_masks_come_from_the_clients_own_stream() -> None:
 
 
 # ---------------------------------------------------------------------------- whole runs
+PACKED = ("strategy.uplink_coding=packed", "strategy.downlink_dtype=float32")
+
+
 def test_run_accounting_uplink_is_one_bit_per_parameter(tmp_path: Path) -> None:
-    rows = _run(tmp_path, "fedpm")
+    rows = _run(tmp_path, "fedpm", *PACKED)
     model = build_masked("masked_cnn", (1, 8, 8), 10, 0)
     sizes = [v.numel() for v in model.state_dict().values()]
     n, mask_bytes = sum(sizes), sum((s + 7) // 8 for s in sizes)
@@ -298,7 +301,9 @@ def test_run_accounting_uplink_is_one_bit_per_parameter(tmp_path: Path) -> None:
         assert 0.99 < row["fedpm_bpp_entropy"] <= 1 + math.log2(n) / n
         assert "fedpm_acc_threshold" not in row  # the thresholded accuracy is `accuracy`
         assert 0 <= row["fedpm_acc_sampled"] <= 1
-    half = _run(tmp_path, "fp16", "strategy.downlink_dtype=float16")
+    half = _run(
+        tmp_path, "fp16", "strategy.uplink_coding=packed", "strategy.downlink_dtype=float16"
+    )
     assert half[0]["downlink_bytes"] / half[0]["clients"] < 2 * n + 4096
     assert half[0]["uplink_bytes"] == rows[0]["uplink_bytes"]
 
@@ -347,8 +352,10 @@ def test_wrong_length_mask_is_rejected_and_counted(tmp_path: Path) -> None:
     assert [(r["clients"], r["failures"]) for r in rows] == [(3, 1)] * 2
 
 
-def test_direct_decode_rejects_a_short_mask() -> None:
-    strategy = _strategy()
+def test_direct_decode_rejects_a_short_mask(make_grid) -> None:
+    strategy = _strategy(*PACKED)
+    arrays = ArrayRecord({k: Array(np.zeros(s, np.float32)) for k, s in strategy.shapes.items()})
+    list(strategy.configure_train(1, arrays, ConfigRecord(), make_grid(4, 1)))
     name = next(iter(strategy.shapes))
     size = math.prod(strategy.shapes[name])
     masks = {k: pack_mask(np.zeros(s, dtype=bool)) for k, s in strategy.shapes.items()}
@@ -429,7 +436,7 @@ def _sigma(scores: np.ndarray) -> np.ndarray:
 def _monitor_round(make_grid, scores: dict[str, np.ndarray], masks: list[dict], examples: list):
     """One aggregation of hand-made masks from the global ``scores``: (strategy, updates, new
     global arrays), each update decoded and its ‖Δ_c‖ taken as ``aggregate_train`` does."""
-    strategy = _strategy()
+    strategy = _strategy(*PACKED)
     arrays = ArrayRecord({k: Array(v) for k, v in scores.items()})
     list(strategy.configure_train(1, arrays, ConfigRecord(), make_grid(4, 1)))
     updates = []
