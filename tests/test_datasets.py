@@ -1,5 +1,9 @@
 """Tests for data.datasets: offline loaders, error messages, caching. Nothing is downloaded."""
 
+import importlib.resources
+import io
+import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -8,10 +12,14 @@ import pytest
 from PIL import Image
 
 from data.datasets import (
+    ANIMAL_MNIST_INSTALL,
     DATASETS,
     DEFAULT_ROOT,
     DataNotFoundError,
+    _first_occurrences,
+    _load_animal_mnist,
     _load_cached,
+    _NumpyArrayUnpickler,
     _synthetic_cifar10,
     load_dataset,
 )
@@ -61,6 +69,66 @@ def test_mnist5k_matches_known_statistics() -> None:
     np.testing.assert_array_equal(np.bincount(splits.test.y), np.full(10, 100))
     assert splits.mean[0] == pytest.approx(0.1307, abs=0.01)
     assert splits.std[0] == pytest.approx(0.3081, abs=0.01)
+
+
+def test_animal_mnist_loads_offline_without_duplicates_or_a_missing_class() -> None:
+    """The package's 10,000 images hold 284 exact duplicates; dropped before the split, no test
+    image is also a training image."""
+    splits = load_dataset("animal_mnist")
+    assert (splits.num_classes, splits.input_shape) == (10, (1, 28, 28))
+    assert (len(splits.train), len(splits.test)) == (7773, 1943)
+    images = np.concatenate([splits.train.x, splits.test.x]).reshape(9716, -1)
+    assert len(np.unique(images, axis=0)) == 9716
+    for part in (splits.train, splits.test):
+        assert part.x.dtype == np.uint8 and part.x.shape[1:] == (1, 28, 28)
+        assert (part.x.min(), part.x.max()) == (0, 255)
+        assert part.y.dtype == np.int64
+        assert set(np.unique(part.y).tolist()) == set(range(10))
+    counts_all = np.bincount(np.concatenate([splits.train.y, splits.test.y]))
+    assert counts_all.sum() == 9716 and counts_all.max() == 1000  # some classes lost copies
+    assert np.all(np.abs(np.bincount(splits.test.y) - 0.2 * counts_all) <= 1)
+    assert 0.0 < splits.mean[0] < 1.0 and 0.0 < splits.std[0] < 1.0
+    train, test = _load_animal_mnist()  # the same split on every load
+    np.testing.assert_array_equal(test.x, splits.test.x)
+    np.testing.assert_array_equal(train.y, splits.train.y)
+
+
+def test_first_occurrences_keep_the_first_copy_in_order() -> None:
+    a, b, c = (np.full((1, 2, 2), v, dtype=np.uint8) for v in (1, 2, 3))
+    x = np.stack([b, a, b, c, a, a])
+    np.testing.assert_array_equal(_first_occurrences(x), [0, 1, 3])
+
+
+class _RunsCode:
+    def __reduce__(self) -> tuple:
+        return (os.system, ("echo pwned",))
+
+
+def test_the_data_unpickler_takes_numpy_arrays_and_refuses_anything_else() -> None:
+    array = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    restored = _NumpyArrayUnpickler(io.BytesIO(pickle.dumps(array))).load()
+    np.testing.assert_array_equal(restored, array)
+    with pytest.raises(pickle.UnpicklingError, match=r"refusing (posix|nt)\.system"):
+        _NumpyArrayUnpickler(io.BytesIO(pickle.dumps(_RunsCode()))).load()
+
+
+def test_missing_animal_mnist_package_names_the_install_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_files = importlib.resources.files
+
+    def files(package: str):  # as if animal-mnist were not installed
+        if package == "animal_mnist":
+            raise ModuleNotFoundError("No module named 'animal_mnist'")
+        return real_files(package)
+
+    monkeypatch.setattr(importlib.resources, "files", files)
+    _load_cached.cache_clear()
+    with pytest.raises(DataNotFoundError) as info:
+        load_dataset("animal_mnist")
+    message = str(info.value)
+    assert "\n" not in message and message.endswith(f"Run `{ANIMAL_MNIST_INSTALL}`.")
+    assert ANIMAL_MNIST_INSTALL == "pip install --no-deps animal-mnist==0.4"
 
 
 def test_synthetic_cifar10_has_cifar10_shapes_and_the_same_bytes_every_time() -> None:
