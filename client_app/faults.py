@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
 from strategies.job import ClientJob
 from strategies.wire import Record
 
-CORRUPT_KINDS = ("non-finite", "shape", "dtype", "oversize", "weight")
+STREAM_KINDS = ("truncate", "extend", "garble", "flag")  # byte streams and their header
+CORRUPT_KINDS = ("non-finite", "shape", "dtype", "oversize", "weight", *STREAM_KINDS)
 FAULT_STREAM = 0xFA17
 INFLATION = 1000
 OVERSIZE_FACTOR = 4
@@ -49,8 +50,36 @@ def plan_faults(job: ClientJob, client_id: int) -> FaultPlan:
     )
 
 
+def corrupt_stream(records: dict[str, Record], kind: str) -> None:
+    """Damage a reply's byte stream (its first integer array, e.g. FedPM's coded masks) or the
+    header beside it (its first ConfigRecord's bytes field, e.g. FedPM's per-layer flags):
+    ``truncate`` drops the last byte, ``extend`` appends four zero bytes, ``garble`` flips one
+    bit in the middle, ``flag`` sets the header's first byte to 0xFF."""
+    if kind == "flag":
+        name, header = next((k, r) for k, r in records.items() if isinstance(r, ConfigRecord))
+        key = next(k for k, v in header.items() if isinstance(v, bytes))
+        records[name] = ConfigRecord({**header, key: b"\xff" + header[key][1:]})
+        return
+    name, arrays = next((k, r) for k, r in records.items() if isinstance(r, ArrayRecord))
+    values = {key: array.numpy() for key, array in arrays.items()}
+    target = next(k for k, v in values.items() if v.dtype.kind in "iu")
+    stream = values[target].ravel()
+    if kind == "truncate":
+        stream = stream[:-1]
+    elif kind == "extend":
+        stream = np.concatenate([stream, np.zeros(4, stream.dtype)])
+    else:
+        stream = stream.copy()
+        stream[stream.size // 2] ^= 1 << 3
+    values[target] = stream
+    records[name] = ArrayRecord({key: Array(np.ascontiguousarray(v)) for key, v in values.items()})
+
+
 def corrupt_reply(records: dict[str, Record], kind: str) -> None:
     """Damage a finished reply in place the way ``kind`` names."""
+    if kind in STREAM_KINDS:
+        corrupt_stream(records, kind)
+        return
     if kind == "weight":
         metrics = records["metrics"]
         records["metrics"] = MetricRecord(

@@ -112,12 +112,17 @@ def test_a_round_without_enough_valid_replies_fails_clearly(tmp_path: Path) -> N
         ("non-finite", "metrics"),
         ("shape", "mask-length"),
         ("dtype", "mask-dtype"),
+        ("truncate", "mask-length"),
+        ("extend", "mask-length"),
+        ("flag", "mask-flag"),
+        ("garble", "mask-crc|mask-stream"),  # the coder refuses it, or the CRC does
     ],
 )
 def test_corrupt_fedpm_masks_are_rejected_not_crashing(
     tmp_path: Path, kind: str, reason: str
 ) -> None:
-    """FedPM replies hold only packed uint8 masks; corruption still lands as a rejection."""
+    """FedPM replies hold one uint8 byte stream (range-coded or packed masks) and its header;
+    every corruption lands as a rejection."""
     rows, faulty, _ = _run(
         tmp_path,
         "strategy=fedpm",
@@ -127,4 +132,5 @@ def test_corrupt_fedpm_masks_are_rejected_not_crashing(
     )
     assert sum(map(len, faulty)) > 0
     for row, bad in zip(rows, faulty, strict=True):
-        assert row["rejected"] == ({reason: len(bad)} if bad else {})
+        assert sum(row["rejected"].values()) == len(bad)
+        assert set(row["rejected"]) <= set(reason.split("|"))

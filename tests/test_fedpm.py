@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from torch import nn
 
 import strategies
+from client_app.faults import corrupt_stream
 from client_app.training import TensorData, evaluate, train_epochs
 from data.federated import central_test, dataset_info
 from models.masked import (
@@ -39,18 +40,29 @@ from strategies.arrays import l2_norm
 from strategies.base import ARRAYS, ClientUpdate
 from strategies.cohort import ClientDirectory
 from strategies.fedpm import (
+    CODE,
     EXPORT_FILE,
+    STREAM,
     BetaPosterior,
     FedPM,
     FedPMClient,
     WeightMismatchError,
     build_fedpm_model,
-    pack_mask,
-    unpack_mask,
+    logit,
+    received_theta,
+    sigmoid,
 )
 from strategies.job import ClientJob
+from strategies.mask_codec import (
+    decode_masks,
+    encode_masks,
+    pack_mask,
+    quantize_prior,
+    unpack_mask,
+)
 from strategies.registry import Algorithm, register_algorithm
 from strategies.validation import ReplyError
+from strategies.wire import pack_clients
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_RUN = [
@@ -513,3 +525,121 @@ def test_run_reports_the_layer_monitor_on_theta_with_plots(tmp_path: Path) -> No
     assert all(v > 0 for v in rows[1]["layer_l2_ref"].values())
     plots = tmp_path / "run" / "plots"
     assert sorted(p.name for p in plots.iterdir()) == sorted(PLOTS)
+
+
+# ----------------------------------------------------------------------------- coded uplink
+def test_range_and_packed_coding_give_the_same_model_bit_for_bit(tmp_path: Path) -> None:
+    """Coding is lossless: with the same seed and the same uint16 downlink, every round's model
+    and measure agree; only the bytes sent differ, and the coded ones are fewer once θ moved."""
+    keys = ("accuracy", "loss", "fedpm_acc_sampled", "fedpm_density", "fedpm_bpp_ideal")
+    coded = _run(tmp_path, "range", "num_rounds=3")
+    packed = _run(tmp_path, "packed", "num_rounds=3", "strategy.uplink_coding=packed")
+    assert [[r[k] for k in keys] for r in coded] == [[r[k] for k in keys] for r in packed]
+    for a, b in zip(coded, packed, strict=True):  # the same θ; the job names its coding
+        assert abs(a["downlink_bytes"] - b["downlink_bytes"]) <= a["clients"] * len("packed")
+    for name in ("range", "packed"):
+        assert (tmp_path / name / "final_model.fedpm").exists()
+    assert (tmp_path / "range" / EXPORT_FILE).read_bytes() == (
+        tmp_path / "packed" / EXPORT_FILE
+    ).read_bytes()
+    assert coded[-1]["uplink_bytes"] < packed[-1]["uplink_bytes"]
+
+
+def test_run_accounting_of_the_coded_uplink(tmp_path: Path) -> None:
+    rows = _run(tmp_path, "fedpm", "num_rounds=3")
+    n = _strategy().num_params
+    for row in rows:
+        per_client = row["uplink_bytes"] / row["clients"]
+        assert row["fedpm_bpp_wire"] == pytest.approx(8 * per_client / n)
+        assert row["fedpm_bpp_stream"] < row["fedpm_bpp_wire"]  # the masks alone
+        assert row["downlink_bytes"] / row["clients"] < 2 * n + 4096  # uint16 θ
+        assert row["fedpm_bpp_packed"] == pytest.approx(1.0, abs=0.01)
+        assert 0 < row["fedpm_bpp_ideal"] <= row["fedpm_bpp_stream"] + 0.01
+        assert row["fedpm_decode_s"] > 0 and row["fedpm_encode_s"] > 0
+    last = rows[-1]
+    assert last["fedpm_bpp_stream"] < last["fedpm_bpp_packed"]
+    assert last["fedpm_coded_frac"] > 0.5 and 0 <= last["fedpm_coder_overhead"] < 0.1
+
+
+def test_client_codes_against_the_received_theta_and_shrinks_once_polarised() -> None:
+    model = build_fedpm_model(_job(), (1, 8, 8), 10)
+    job = _job(weight_hash=weight_hash(model))
+    rng = np.random.default_rng(0)
+    sizes = {}
+    for label, spread in (("flat", 0.0), ("polarised", 6.0)):
+        theta = {
+            k: quantize_prior(sigmoid(spread * rng.choice([-1.0, 1.0], size=tuple(v.shape))))
+            for k, v in model.state_dict().items()
+        }
+        content = RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in theta.items()})})
+        client = FedPMClient()
+        client.receive(model, content, 0, job, None)
+        for name, score in model.state_dict().items():  # trains from logit(q / 2^16)
+            expected = logit(theta[name].astype(np.float64) / 65536).astype(np.float32)
+            np.testing.assert_array_equal(score.numpy(), expected)
+        reply = client.reply(model, 0, job, None)
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        stream = reply[ARRAYS][STREAM].numpy()
+        decoded = decode_masks(stream, reply[CODE], shapes, theta)
+        assert set(decoded) == set(shapes)
+        sizes[label] = stream.size
+    packed = sum((math.prod(s) + 7) // 8 for s in shapes.values())
+    assert sizes["flat"] == packed  # θ = 1/2: every layer falls back to packed bits
+    assert sizes["polarised"] < packed / 4
+
+
+def _coded_replies(corrupt: dict[int, str], absent: frozenset[int] = frozenset()):
+    """A FakeGrid handler replying for every client with a mask coded against the downlink θ,
+    client c's damaged as ``corrupt[c]`` names and the clients in ``absent`` left out."""
+
+    def handler(msg):
+        job = ClientJob.from_record(msg.content["config"])
+        priors, _ = received_theta(msg.content[ARRAYS])
+        per_client = {}
+        for c in job.client_ids:
+            if c in absent:
+                continue
+            rng = np.random.default_rng(c)
+            masks = {k: rng.random(q.shape) < q / 65536 for k, q in priors.items()}
+            coded = encode_masks(masks, priors)
+            records = {
+                ARRAYS: ArrayRecord({STREAM: Array(coded.stream)}),
+                CODE: coded.header(),
+                "metrics": MetricRecord({"num-examples": 10, "train-loss": 0.5}),
+            }
+            if c in corrupt:
+                corrupt_stream(records, corrupt[c])
+            per_client[c] = records
+        return Message(pack_clients(per_client), reply_to=msg)
+
+    return handler
+
+
+@pytest.mark.parametrize("kind", ["truncate", "extend", "garble", "flag"])
+def test_a_bad_coded_stream_is_counted_and_never_aggregated(make_grid, kind: str) -> None:
+    """The global model after a round with client 1's stream damaged equals the one after the
+    same round without client 1 at all, bit for bit; the damage is counted under its reason."""
+    results = {}
+    for label, handler in (
+        ("damaged", _coded_replies({1: kind})),
+        ("without", _coded_replies({}, frozenset({1}))),
+    ):
+        strategy = _strategy()
+        rng = np.random.default_rng(9)
+        arrays = ArrayRecord(
+            {
+                k: Array(rng.normal(scale=3, size=s).astype(np.float32))
+                for k, s in strategy.shapes.items()
+            }
+        )
+        grid = make_grid(4, 1, handler)
+        replies = grid.send_and_receive(strategy.configure_train(1, arrays, ConfigRecord(), grid))
+        new, _ = strategy.aggregate_train(1, replies)
+        results[label] = ({k: a.numpy() for k, a in new.items()}, strategy.stats)
+    (damaged, stats), (without, reference) = results["damaged"], results["without"]
+    for name in damaged:
+        np.testing.assert_array_equal(damaged[name], without[name], err_msg=name)
+    assert stats.clients == reference.clients == 3 and stats.failures == 1
+    expected = {"truncate": {"mask-length"}, "extend": {"mask-length"}, "flag": {"mask-flag"}}
+    assert set(stats.rejected) <= expected.get(kind, {"mask-crc", "mask-stream"})
+    assert sum(stats.rejected.values()) == 1
