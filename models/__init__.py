@@ -1,7 +1,8 @@
 """Model zoo for fedsparse: build any registered architecture by name.
 
 Importing this package registers the built-in models: ``cnn``, ``conv4``, ``conv6``, ``conv10``,
-``resnet18``, ``vgg11_bn`` and the supermask twins ``masked_cnn``, ``masked_conv4/6/10``.
+``resnet6``, ``resnet8``, ``resnet10``, ``resnet18``, ``vgg11_bn`` and the supermask twins
+``masked_cnn``, ``masked_conv4/6/10``.
 """
 
 from models import cnn, conv, masked, resnet, vgg  # noqa: F401  (imported to register the built-ins)

@@ -62,6 +62,31 @@ def test_middle_layers_by_position() -> None:
     assert len(with_shortcuts) == 19 and len(without) == 16
 
 
+def test_small_resnet_middle_layers_are_the_block_and_shortcut_convs() -> None:
+    """resnet8's middle layers are the code's eight ResNet8 tensors: both convs of the three
+    blocks and the two 1x1 shortcuts; stem, head and BatchNorm stay dense."""
+    model = models.build_model("resnet8", (1, 28, 28), 10)
+    blocks = [f"layer{s}.0.conv{c}.weight" for s in (1, 2, 3) for c in (1, 2)]
+    shortcuts = ["layer2.0.downsample.0.weight", "layer3.0.downsample.0.weight"]
+    assert sorted(prunable_layers(model, include_shortcuts=True)) == sorted(blocks + shortcuts)
+    assert prunable_layers(model, include_shortcuts=False) == blocks
+
+
+def test_sparse_round_prunes_a_small_resnet_and_keeps_batchnorm(tmp_path: Path) -> None:
+    """A pruned resnet8 start trains under both BN policies; under ``local`` the clients' own
+    BatchNorm changes round 2."""
+    for policy in ("global", "local"):
+        lips = ["strategy=lips", "strategy.period=1", "strategy.d0=0.5", "num_rounds=2"]
+        cfg = compose_config([*TOY_RUN, *lips, "model=resnet8", f"bn_policy={policy}"])
+        run_experiment(InProcessGrid(cfg.num_clients), cfg, tmp_path / policy)
+        rows = [json.loads(line) for line in (tmp_path / policy / "metrics.jsonl").open()]
+        assert rows[1]["lips_sparse"] and len(rows[1]["lips_pruned"]) == 8
+        assert all(v == pytest.approx(0.5, abs=0.01) for v in rows[1]["lips_pruned"].values())
+        assert all(math.isfinite(r["loss"]) and r["accuracy"] > 0.1 for r in rows)
+    global_bn, local_bn = (_accuracies(tmp_path / policy) for policy in ("global", "local"))
+    assert global_bn[0] == local_bn[0] and global_bn[1] != local_bn[1]  # own BN from round 2
+
+
 def _job(density: float, score: str = "sensitivity", **params) -> ClientJob:
     return ClientJob(
         algorithm="lips",

@@ -29,9 +29,13 @@ BUILTINS = [
     "masked_conv10",
     "masked_conv4",
     "masked_conv6",
+    "resnet10",
     "resnet18",
+    "resnet6",
+    "resnet8",
     "vgg11_bn",
 ]
+SMALL_RESNETS = {"resnet6": 19_706, "resnet8": 77_754, "resnet10": 308_538}  # params, 1x28x28
 POOLS = {"conv4": 2, "conv6": 3, "conv10": 5}  # ConvX pools once per conv pair
 
 
@@ -134,3 +138,44 @@ def test_inference_runs_channels_last_and_training_is_the_plain_composition(
             for p in pooled
         )
         torch.testing.assert_close(fast, plain(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_RESNETS))
+def test_small_resnet_depth_width_and_parameter_count(name: str) -> None:
+    """Depth counts the stem, two 3x3 convs per block and the head (1x1 shortcuts aside); the
+    widths are 16, 32, 64 (then 128), with BatchNorm after every conv."""
+    model = models.build_model(name, (1, 28, 28), 10)
+    depth = int(name.removeprefix("resnet"))
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    main_path = [c for c in convs if c.kernel_size == (3, 3)]
+    assert len(main_path) + 1 == depth and isinstance(model.fc, nn.Linear)
+    assert [c.out_channels for c in main_path[::2]] == [16, 16, 32, 64, 128][: (depth - 2) // 2 + 1]
+    assert model.conv1.stride == (1, 1) and not any(
+        isinstance(m, nn.MaxPool2d) for m in model.modules()
+    )
+    batch_norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(batch_norms) == len(convs)
+    assert _num_params(model) == SMALL_RESNETS[name]
+    assert _num_params(models.build_model(name, (3, 32, 32), 10)) == SMALL_RESNETS[name] + 2 * 144
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+@pytest.mark.parametrize("name", sorted(SMALL_RESNETS))
+def test_small_resnet_trains_one_step(name: str, shape: tuple[int, int, int]) -> None:
+    torch.manual_seed(0)
+    model = models.build_model(name, shape, 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(8, *shape), torch.randint(0, 10, (8,))
+    logits = model(x)
+    assert logits.shape == (8, 10)
+    loss = nn.functional.cross_entropy(logits, y)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    after = model.state_dict()
+    for key, value in before.items():
+        if key.endswith("num_batches_tracked"):
+            assert int(after[key]) == int(value) + 1, key
+        else:
+            assert not torch.equal(after[key], value), key  # weights, BN affine and statistics

@@ -392,7 +392,9 @@ def test_a_key_conf_does_not_define_is_named(
         assert f"did you mean {suggested}" in str(info.value)
 
 
-@pytest.mark.parametrize(("model", "warned"), [("cnn", True), ("resnet18", False)])
+@pytest.mark.parametrize(
+    ("model", "warned"), [("cnn", True), ("resnet18", False), ("resnet8", False)]
+)
 def test_bn_policy_local_on_a_model_without_batchnorm_is_warned_about(
     caplog: pytest.LogCaptureFixture, model: str, warned: bool
 ) -> None:
