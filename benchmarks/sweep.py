@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -25,3 +26,42 @@ def multirun(sweep_dir: Path, overrides: list[str], subdir: str) -> None:
         cwd=REPO,
         check=True,
     )
+
+
+def grid(**axes: list[str]) -> list[dict[str, str]]:
+    """Every combination of the axes' values, e.g. ``grid(seed=["0", "1"], partition=["iid"])``."""
+    points: list[dict[str, str]] = [{}]
+    for key, values in axes.items():
+        points = [{**point, key: value} for point in points for value in values]
+    return points
+
+
+def finished(run_dir: Path, rounds: int) -> bool:
+    """Whether ``run_dir`` holds a run that completed ``rounds`` rounds."""
+    summary = run_dir / "summary.json"
+    return summary.exists() and json.loads(summary.read_text()).get("rounds") == rounds
+
+
+def run_missing(runs: list[tuple[Path, list[str]]], rounds: int) -> None:
+    """Run each ``(run_dir, overrides)`` that has not finished ``rounds`` rounds, one process
+    each; an interrupted run (a checkpoint, no summary) is resumed. A failed run stops the
+    benchmark. So a rerun of a benchmark only runs what is missing."""
+    for index, (run_dir, overrides) in enumerate(runs, 1):
+        if finished(run_dir, rounds):
+            print(f"[benchmark] {index}/{len(runs)} {run_dir.name}: finished, skipped", flush=True)
+            continue
+        resume = ["resume=true"] if (run_dir / "checkpoint").exists() else []
+        print(f"[benchmark] {index}/{len(runs)} {run_dir.name}", flush=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "server_app.cli",
+                *overrides,
+                f"num_rounds={rounds}",
+                *resume,
+                f"hydra.run.dir={run_dir}",
+            ],
+            cwd=REPO,
+            check=True,
+        )
