@@ -213,11 +213,12 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
         )
         if cfg.plots:
             plot_run(metrics.rows, run_dir / "plots", f"{cfg.strategy.name} on {cfg.dataset.name}")
+        note = strategy.progress(row) if row["clients"] else ""
         print(
             f"[fedsparse] round {server_round}/{cfg.num_rounds}  acc {row['accuracy']:.4f}  "
             f"loss {row['loss']:.4f}  up {row['uplink_bytes'] / 1e6:.2f} MB  "
             f"down {row['downlink_bytes'] / 1e6:.2f} MB  clients {row['clients']}  "
-            f"failures {row['failures']}  {row['round_s']:.1f} s",
+            f"failures {row['failures']}  {row['round_s']:.1f} s" + (f"  {note}" if note else ""),
             flush=True,
         )
 

@@ -13,6 +13,8 @@ import matplotlib.ticker
 import numpy as np
 
 PLOTS = ("accuracy_vs_round.png", "accuracy_vs_uplink.png", "layer_updates.png")
+BPP_PLOT = "bpp_vs_round.png"  # only for runs whose rows report bits per parameter
+BPP_MARK = "_bpp_"  # a strategy's bits-per-parameter keys, e.g. fedpm_bpp_wire
 BYTE_UNITS = (("GB", 1e9), ("MB", 1e6), ("kB", 1e3), ("B", 1.0))
 LOG_SPAN = 10.0  # a log uplink axis only when the cumulative uplink spans at least a decade
 
@@ -119,9 +121,38 @@ def layer_updates(rows: list[dict[str, Any]]) -> plt.Figure:
     return fig
 
 
+def bpp_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The numeric bits-per-parameter keys the rows report, in the order first seen."""
+    keys: dict[str, None] = {}
+    for row in rows:
+        keys.update(
+            dict.fromkeys(k for k, v in row.items() if BPP_MARK in k and isinstance(v, int | float))
+        )
+    return list(keys)
+
+
+def bpp_vs_round(rows: list[dict[str, Any]], title: str) -> plt.Figure:
+    """Every bits-per-parameter series of the run against the round (a strategy's measured
+    and bound values side by side, e.g. FedPM's wire, stream, packed, H₂ and ideal bpp)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rounds = [r["round"] for r in rows]
+    for key in bpp_keys(rows):
+        label = key.split(BPP_MARK, 1)[1]
+        ax.plot(rounds, [_number(r.get(key)) for r in rows], marker="o", ms=3, label=label)
+    ax.set(xlabel="round", ylabel="uplink bits per parameter", title=title)
+    ax.set_ylim(bottom=0)
+    _integer_rounds(ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def plot_run(rows: list[dict[str, Any]], out_dir: Path, title: str) -> None:
-    """Accuracy vs round, accuracy vs cumulative uplink and the per-layer update heatmap."""
+    """Accuracy vs round, accuracy vs cumulative uplink and the per-layer update heatmap; bits
+    per parameter per round when the strategy reports them."""
     out_dir.mkdir(parents=True, exist_ok=True)
     _save(accuracy_vs_round(rows, title), out_dir / PLOTS[0])
     _save(accuracy_vs_uplink(rows, title), out_dir / PLOTS[1])
     _save(layer_updates(rows), out_dir / PLOTS[2])
+    if bpp_keys(rows):
+        _save(bpp_vs_round(rows, title), out_dir / BPP_PLOT)

@@ -449,6 +449,11 @@ class FedSparseStrategy(Strategy):
         """Algorithm-specific keys for this round's metrics line (default: none)."""
         return {}
 
+    def progress(self, row: Mapping[str, Any]) -> str:
+        """A short note on this round's metrics ``row`` for the round's progress line, e.g. the
+        bits per parameter a compressing strategy sent (default: none)."""
+        return ""
+
     def summary(self) -> None:
         log.info("strategy %s: %d clients per round", self.name, self.clients_per_round)
 

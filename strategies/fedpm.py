@@ -436,6 +436,12 @@ class FedPM(FedSparseStrategy):
             )
         return metrics
 
+    def progress(self, row: Mapping[str, Any]) -> str:
+        return (
+            f"bpp {row['fedpm_bpp_wire']:.3f} (ideal {row['fedpm_bpp_ideal']:.3f}, "
+            f"H₂ {row['fedpm_bpp_entropy']:.3f}, packed {row['fedpm_bpp_packed']:.3f})"
+        )
+
     def model(self) -> nn.Module:
         """The current global masked network (weights from the seed, scores from the server)."""
         model = build_masked(self.masked_name, self.input_shape, self.num_classes, self.weight_seed)

@@ -34,7 +34,7 @@ from models.masked import (
 from server_app.experiment import run_experiment
 from server_app.inprocess import InProcessGrid
 from server_app.monitor import LayerMonitor
-from server_app.plots import PLOTS
+from server_app.plots import BPP_PLOT, PLOTS
 from server_app.settings import ConfigError, build_strategy, compose_config
 from strategies.arrays import l2_norm
 from strategies.base import ARRAYS, ClientUpdate
@@ -524,7 +524,7 @@ def test_run_reports_the_layer_monitor_on_theta_with_plots(tmp_path: Path) -> No
     assert rows[0]["layer_l2_ref"] == {k: 0.0 for k in layers}
     assert all(v > 0 for v in rows[1]["layer_l2_ref"].values())
     plots = tmp_path / "run" / "plots"
-    assert sorted(p.name for p in plots.iterdir()) == sorted(PLOTS)
+    assert sorted(p.name for p in plots.iterdir()) == sorted([*PLOTS, BPP_PLOT])
 
 
 # ----------------------------------------------------------------------------- coded uplink
@@ -545,8 +545,12 @@ def test_range_and_packed_coding_give_the_same_model_bit_for_bit(tmp_path: Path)
     assert coded[-1]["uplink_bytes"] < packed[-1]["uplink_bytes"]
 
 
-def test_run_accounting_of_the_coded_uplink(tmp_path: Path) -> None:
+def test_run_accounting_of_the_coded_uplink(tmp_path: Path, capsys) -> None:
     rows = _run(tmp_path, "fedpm", "num_rounds=3")
+    lines = [line for line in capsys.readouterr().out.splitlines() if "] round " in line]
+    assert len(lines) == 3
+    for line, row in zip(lines, rows, strict=True):  # the round line shows the bpp measures
+        assert f"bpp {row['fedpm_bpp_wire']:.3f} (ideal {row['fedpm_bpp_ideal']:.3f}" in line
     n = _strategy().num_params
     for row in rows:
         per_client = row["uplink_bytes"] / row["clients"]

@@ -11,7 +11,7 @@ import pytest
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from server_app.plots import PLOTS, plot_run
+from server_app.plots import BPP_PLOT, PLOTS, plot_run
 
 LAYERS = ("conv1.weight", "fc1.weight")
 
@@ -117,3 +117,19 @@ def test_heatmap_keeps_zero_blanks_missing_and_takes_layers_from_every_row(
     assert [t.get_text() for t in ax.get_yticklabels()] == ["conv1.weight", "fc1.weight"]
     low, high = ax.images[0].get_clim()
     assert low < high and math.isfinite(low) and math.isfinite(high)
+
+
+def test_bits_per_parameter_are_plotted_per_round_when_reported(tmp_path: Path, figures) -> None:
+    rows = _rows(3)
+    for row in rows:
+        row.update(fedpm_bpp_wire=1.0 / row["round"], fedpm_bpp_ideal=0.9 / row["round"])
+        row["fedpm_coder_overhead"] = None  # not a bpp series
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_run(rows, tmp_path, "fedpm on digits")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*PLOTS, BPP_PLOT])
+    (ax,) = figures[BPP_PLOT].axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert sorted(lines) == ["ideal", "wire"]
+    np.testing.assert_allclose(lines["wire"].get_ydata(), [1.0, 0.5, 1 / 3])
+    np.testing.assert_array_equal(lines["ideal"].get_xdata(), [1, 2, 3])
