@@ -238,7 +238,11 @@ class FedSparseStrategy(Strategy):
         self.begin_aggregation(server_round)
         streaming = self.max_client_weight is None  # the weight cap needs every claim first
         updates = self._collect(
-            replies, self.stats, self._decode_train, fold=self.fold if streaming else None
+            replies,
+            self.stats,
+            self._decode_train,
+            fold=self.fold if streaming else None,
+            prefetch=self.prefetch,
         )
         updates = self._drop_heavy(updates)
         if not streaming:
@@ -314,6 +318,11 @@ class FedSparseStrategy(Strategy):
     def decode(self, update: ClientUpdate) -> Any:
         """Validate and decode one client's payload; raise ReplyError to drop it."""
 
+    def prefetch(self, replies: Mapping[int, Mapping[str, Record]]) -> None:
+        """A node's train replies, by client id, as they arrive and before :meth:`decode` sees
+        any of them: a strategy whose decoding is costly may start it elsewhere here (default:
+        nothing). Nothing here is validated yet."""
+
     def begin_aggregation(self, server_round: int) -> None:
         """Start a round's running aggregate (default: none, ``aggregate`` sees every payload)."""
 
@@ -373,6 +382,7 @@ class FedSparseStrategy(Strategy):
         decode,
         min_examples: int = 1,
         fold=None,
+        prefetch=None,
     ) -> list[ClientUpdate]:
         """Validate every client's reply; count failures and rejections; never raise.
 
@@ -392,6 +402,8 @@ class FedSparseStrategy(Strategy):
                 pending.arrived(node_id, node_updates)
                 continue
             per_client = unpack_clients(reply.content)
+            if prefetch is not None:
+                prefetch({c: per_client[c] for c in cohort if c in per_client})
             for client_id in cohort:
                 records = per_client.get(client_id, {})
                 size = record_bytes(records.values())

@@ -24,6 +24,7 @@ their unweighted mean (the posterior's own count), for ``layer_agg_eff``.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -58,6 +59,7 @@ from strategies.base import (
     FedSparseStrategy,
     finite_or_zero,
 )
+from strategies.decode_pool import DecodePool
 from strategies.job import ClientJob
 from strategies.mask_codec import (
     FLAGS_KEY,
@@ -81,6 +83,7 @@ DOWNLINK_DTYPES = {"uint16": np.uint16, "float32": np.float32, "float16": np.flo
 UPLINK_CODINGS = ("range", "packed")
 CODE = "fedpm-code"  # the coded reply's header record (strategies.mask_codec)
 STREAM = "masks"  # the coded reply's one array: every layer's segment in score order
+POOL_MIN_CLIENTS = 16  # decode_workers=auto uses the pool from this many clients per round
 WEIGHT_STREAM = 0x57E1  # keeps the weight seed apart from every other draw of the run seed
 MASK_STREAM = 0x3A5C  # the uplink mask draw, apart from the batch-order stream
 TRAIN_MASK_STREAM = 0x7D2B  # the masks of every local training forward pass
@@ -218,6 +221,7 @@ class FedPM(FedSparseStrategy):
         weight_seed: int | None = None,
         downlink_dtype: str = "uint16",
         uplink_coding: str = "range",
+        decode_workers: int | str = "auto",
         local_lr: float = 0.1,
         **kwargs: Any,
     ) -> None:
@@ -251,6 +255,15 @@ class FedPM(FedSparseStrategy):
                 f"strategy.downlink_dtype={downlink_dtype!r}: strategy.uplink_coding=range needs "
                 "uint16 (the coder's model must be the same integers on both ends); set "
                 "strategy.downlink_dtype=uint16 or strategy.uplink_coding=packed"
+            )
+        if decode_workers != "auto" and (
+            isinstance(decode_workers, bool)
+            or not isinstance(decode_workers, int)
+            or decode_workers < 0
+        ):
+            raise ValueError(
+                f"strategy.decode_workers={decode_workers!r}: must be auto or an integer >= 0 "
+                "(0 = decode in the server process)"
             )
         if not isinstance(local_lr, int | float) or not local_lr > 0:
             raise ValueError(f"strategy.local_lr={local_lr!r}: must be > 0")
@@ -289,6 +302,17 @@ class FedPM(FedSparseStrategy):
         self._mean_delta: dict[str, np.ndarray] | None = None
         self._reply_stats: dict[int, ReplyStats] = {}
         self._decode_s = 0.0
+        workers = self.decode_workers(decode_workers)
+        self.pool = DecodePool(workers, self.shapes) if workers and self.coded else None
+
+    def decode_workers(self, setting: int | str) -> int:
+        """Processes that range-decode replies: ``auto`` is every core once a round has
+        :data:`POOL_MIN_CLIENTS` clients (below that, starting them costs more than it saves)
+        and none on a single core; 0 decodes in the server process."""
+        if setting != "auto":
+            return int(setting)
+        cores = os.cpu_count() or 1
+        return cores if cores > 1 and self.clients_per_round >= POOL_MIN_CLIENTS else 0
 
     def downlink(self, server_round: int, arrays: ArrayRecord, message_type: str) -> ArrayRecord:
         """Only θ travels, as uint16 fixed point (the coder's prior) or as scores in
@@ -311,6 +335,8 @@ class FedPM(FedSparseStrategy):
             priors = {name: quantize_prior(sigmoid(to_numpy(a))) for name, a in arrays.items()}
             lengths = {name: CodeLengths.of(q) for name, q in priors.items()}
             self._prior = (arrays, priors, lengths)
+            if self.pool is not None:
+                self.pool.set_prior(priors)
         return self._prior[1]
 
     def reply_limit(self) -> int:
@@ -318,6 +344,20 @@ class FedPM(FedSparseStrategy):
 
     def begin_aggregation(self, server_round: int) -> None:
         self._reply_stats, self._decode_s = {}, 0.0
+
+    def prefetch(self, replies: Mapping[int, Mapping[str, Record]]) -> None:
+        """Hand a node's coded streams to the decoding processes as the node's reply lands."""
+        if self.pool is None:
+            return
+        self.prior(self.global_arrays)
+        for client_id, records in replies.items():
+            arrays, header = records.get(ARRAYS), records.get(CODE)
+            if (
+                isinstance(arrays, ArrayRecord)
+                and isinstance(header, ConfigRecord)
+                and list(arrays.keys()) == [STREAM]
+            ):
+                self.pool.submit(client_id, to_numpy(arrays[STREAM]), header)
 
     def decode(self, update: ClientUpdate) -> dict[str, np.ndarray]:
         started = time.perf_counter()
@@ -330,7 +370,10 @@ class FedPM(FedSparseStrategy):
                     "names", f"coded reply arrays {list(record.keys())} != [{STREAM!r}]"
                 )
             stream = to_numpy(record[STREAM])
-            masks = decode_masks(stream, header, self.shapes, priors)
+            if self.pool is not None and self.pool.has(update.client_id):
+                masks = self.pool.result(update.client_id)
+            else:
+                masks = decode_masks(stream, header, self.shapes, priors)
             stream_bytes = int(stream.size)
             layers = zip(masks, header[FLAGS_KEY], header[SIZES_KEY], strict=True)
             coded = [(name, size) for name, flag, size in layers if flag == RANGE]
@@ -466,7 +509,10 @@ class FedPM(FedSparseStrategy):
         )
 
     def finish(self, run_dir: Path) -> dict[str, Any]:
-        """End-of-run hook: write ``final_model.fedpm``; its size goes into summary.json."""
+        """End-of-run hook: stop the decoding processes, write ``final_model.fedpm``; its size
+        goes into summary.json."""
+        if self.pool is not None:
+            self.pool.close()
         return {
             "exported_model": EXPORT_FILE,
             "exported_model_bytes": self.export_model(run_dir / EXPORT_FILE),

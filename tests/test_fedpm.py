@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import warnings
@@ -619,8 +620,14 @@ def _coded_replies(corrupt: dict[int, str], absent: frozenset[int] = frozenset()
     return handler
 
 
-@pytest.mark.parametrize("kind", ["truncate", "extend", "garble", "flag"])
-def test_a_bad_coded_stream_is_counted_and_never_aggregated(make_grid, kind: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "workers"),
+    [(kind, 0) for kind in ("truncate", "extend", "garble", "flag")]
+    + [("truncate", 2), ("garble", 2)],  # the decoding processes report the same reasons
+)
+def test_a_bad_coded_stream_is_counted_and_never_aggregated(
+    make_grid, kind: str, workers: int
+) -> None:
     """The global model after a round with client 1's stream damaged equals the one after the
     same round without client 1 at all, bit for bit; the damage is counted under its reason."""
     results = {}
@@ -628,7 +635,8 @@ def test_a_bad_coded_stream_is_counted_and_never_aggregated(make_grid, kind: str
         ("damaged", _coded_replies({1: kind})),
         ("without", _coded_replies({}, frozenset({1}))),
     ):
-        strategy = _strategy()
+        strategy = _strategy(f"strategy.decode_workers={workers}")
+        assert (strategy.pool is not None) == (workers > 0)
         rng = np.random.default_rng(9)
         arrays = ArrayRecord(
             {
@@ -639,6 +647,8 @@ def test_a_bad_coded_stream_is_counted_and_never_aggregated(make_grid, kind: str
         grid = make_grid(4, 1, handler)
         replies = grid.send_and_receive(strategy.configure_train(1, arrays, ConfigRecord(), grid))
         new, _ = strategy.aggregate_train(1, replies)
+        if strategy.pool is not None:
+            strategy.pool.close()
         results[label] = ({k: a.numpy() for k, a in new.items()}, strategy.stats)
     (damaged, stats), (without, reference) = results["damaged"], results["without"]
     for name in damaged:
@@ -647,3 +657,17 @@ def test_a_bad_coded_stream_is_counted_and_never_aggregated(make_grid, kind: str
     expected = {"truncate": {"mask-length"}, "extend": {"mask-length"}, "flag": {"mask-flag"}}
     assert set(stats.rejected) <= expected.get(kind, {"mask-crc", "mask-stream"})
     assert sum(stats.rejected.values()) == 1
+
+
+def test_decoding_processes_give_the_same_run_as_the_server_process(tmp_path: Path) -> None:
+    keys = ("accuracy", "fedpm_acc_sampled", "fedpm_density", "uplink_bytes", "fedpm_bpp_ideal")
+    pooled = _run(tmp_path, "pool", "strategy.decode_workers=2")
+    inline = _run(tmp_path, "inline", "strategy.decode_workers=0")
+    assert [[r[k] for k in keys] for r in pooled] == [[r[k] for k in keys] for r in inline]
+
+
+def test_auto_decode_workers_wait_for_enough_clients() -> None:
+    assert _strategy().pool is None  # 4 clients a round
+    many = _strategy("num_clients=32", "clients_per_round=32")
+    assert (many.pool is not None) == ((os.cpu_count() or 1) > 1)
+    assert _strategy("strategy.uplink_coding=packed", "strategy.decode_workers=2").pool is None
