@@ -84,6 +84,7 @@ UPLINK_CODINGS = ("range", "packed")
 CODE = "fedpm-code"  # the coded reply's header record (strategies.mask_codec)
 STREAM = "masks"  # the coded reply's one array: every layer's segment in score order
 POOL_MIN_CLIENTS = 16  # decode_workers=auto uses the pool from this many clients per round
+POOL_MAX_WORKERS = 4
 WEIGHT_STREAM = 0x57E1  # keeps the weight seed apart from every other draw of the run seed
 MASK_STREAM = 0x3A5C  # the uplink mask draw, apart from the batch-order stream
 TRAIN_MASK_STREAM = 0x7D2B  # the masks of every local training forward pass
@@ -306,13 +307,15 @@ class FedPM(FedSparseStrategy):
         self.pool = DecodePool(workers, self.shapes) if workers and self.coded else None
 
     def decode_workers(self, setting: int | str) -> int:
-        """Processes that range-decode replies: ``auto`` is every core once a round has
-        :data:`POOL_MIN_CLIENTS` clients (below that, starting them costs more than it saves)
-        and none on a single core; 0 decodes in the server process."""
+        """Processes that range-decode replies. ``auto``: half the cores, at most
+        :data:`POOL_MAX_WORKERS` (the other half trains clients in simulation, and each worker
+        holds ~370 MB: it imports what the server imports), once a round has
+        :data:`POOL_MIN_CLIENTS` clients, and only when that makes at least two workers; so none
+        on a 2-core box. 0 decodes in the server process."""
         if setting != "auto":
             return int(setting)
-        cores = os.cpu_count() or 1
-        return cores if cores > 1 and self.clients_per_round >= POOL_MIN_CLIENTS else 0
+        workers = min((os.cpu_count() or 1) // 2, POOL_MAX_WORKERS)
+        return workers if workers >= 2 and self.clients_per_round >= POOL_MIN_CLIENTS else 0
 
     def downlink(self, server_round: int, arrays: ArrayRecord, message_type: str) -> ArrayRecord:
         """Only θ travels, as uint16 fixed point (the coder's prior) or as scores in

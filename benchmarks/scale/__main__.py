@@ -64,6 +64,9 @@ SMALL_CLIENTS, SMALL_ROUNDS = 100, 12
 # Every row evaluates centrally once per round; FedPM's sampled-mask accuracy would add
 # strategy.eval_samples (default 5) more central evaluations, so its rows turn it off.
 SAME_WORK = {"fedpm": ["strategy.eval_samples=0"]}
+# Row names that are a strategy with settings of its own: --strategies fedpm,fedpm-packed puts
+# FedPM's coded and bit-packed uplinks side by side.
+VARIANTS = {"fedpm-packed": ("fedpm", ["strategy.uplink_coding=packed"])}
 GPU_PRESET = {
     "model": "resnet18",
     "dataset": "cifar10_synthetic",
@@ -91,6 +94,7 @@ class Row:
     peak_mb: float = 0.0
     gpu_peak_mb: float = 0.0  # the device's peak memory.used during the row (0: no GPU)
     train_s: float = float("nan")  # fedsparse: median Σ of the clients' own training seconds
+    decode_s: float = float("nan")  # FedPM: median server seconds decoding masks per round
     wall_s: float = 0.0
     error: str = ""
 
@@ -252,8 +256,10 @@ def commands(args: argparse.Namespace, clients: int) -> list[tuple[Row, list[str
             row = Row("fedsparse", clients, strategy, k, rounds)
             run_dir = args.runs / f"{strategy}_k{k}_n{clients}"
             shutil.rmtree(run_dir, ignore_errors=True)
+            base, settings = VARIANTS.get(strategy, (strategy, []))
             overrides = [
-                f"strategy={strategy}",
+                f"strategy={base}",
+                *settings,
                 f"dataset={args.dataset}",
                 "partition=iid",
                 f"model={args.model}",
@@ -269,7 +275,7 @@ def commands(args: argparse.Namespace, clients: int) -> list[tuple[Row, list[str
                 f"engine.clients_per_node={k}",
                 f"engine.client_gpus={args.client_gpus}",
                 f"hydra.run.dir={run_dir}",
-                *SAME_WORK.get(strategy, []),
+                *SAME_WORK.get(base, []),
             ]
             jobs.append((row, [python, "-m", "server_app.cli", *overrides]))
     return jobs
@@ -286,6 +292,8 @@ def read_run(args: argparse.Namespace, row: Row) -> None:
         lines = [json.loads(line) for line in metrics.read_text().splitlines()][1:]
         if lines:
             row.train_s = statistics.median(line["client_train_s"] for line in lines)
+            if "fedpm_decode_s" in lines[0]:
+                row.decode_s = statistics.median(line["fedpm_decode_s"] for line in lines)
 
 
 def run(args: argparse.Namespace) -> list[Row]:
@@ -392,6 +400,21 @@ def report(args: argparse.Namespace) -> None:
             f"| {'–' if math.isnan(row.train_s) else f'{row.train_s / actors:.2f}'} "
             f"| {row.peak_mb:.0f} |" + (f" {row.gpu_peak_mb:.0f} |" if with_gpu else "")
         )
+    decoding = [row for row in rows if not math.isnan(row.decode_s)]
+    if decoding:
+        lines += [
+            "",
+            "FedPM's server seconds per round spent decoding masks (or waiting for the decoding "
+            "processes), median:",
+            "",
+            "| clients | row | K | s/round | server decode s/round |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {r.clients} | {r.name} | {r.clients_per_node} | {r.median_s:.2f} "
+                f"| {r.decode_s:.2f} |"
+                for r in decoding
+            ),
+        ]
     lines += ["", *targets(rows, find)]
     (args.results / f"{args.name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
