@@ -54,7 +54,7 @@ def test_explicit_clients_per_node_is_kept() -> None:
 
 
 def _metrics(run_dir: Path) -> list[dict]:
-    """The run's metric rows without wall times (every key ending in ``_s``: round, training, coding)."""
+    """The run's metric rows without wall times (every key ending in ``_s``)."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in row.items() if not k.endswith("_s")} for row in rows]
 
