@@ -27,8 +27,11 @@ def deployed_run_dir(run_config: Mapping[str, object], run_id: int) -> Path:
     return Path(run_dir).expanduser() if run_dir else DEPLOY_RUNS / str(run_id)
 
 
-def make_server_app(cfg: DictConfig | None = None, run_dir: Path | None = None) -> ServerApp:
-    """A ServerApp running ``cfg`` into ``run_dir`` (both taken from the run config when None)."""
+def make_server_app(
+    cfg: DictConfig | None = None, run_dir: Path | None = None, sweep: Path | None = None
+) -> ServerApp:
+    """A ServerApp running ``cfg`` into ``run_dir`` (both taken from the run config when None),
+    as a job of the ``--multirun`` in ``sweep`` when one is given."""
     server_app = ServerApp()
 
     @server_app.main()
@@ -38,7 +41,7 @@ def make_server_app(cfg: DictConfig | None = None, run_dir: Path | None = None) 
             config = compose_config(str(context.run_config.get("overrides", "")))
             validate(config)
         target = run_dir or deployed_run_dir(context.run_config, context.run_id)
-        run_experiment(grid, config, target)
+        run_experiment(grid, config, target, sweep)
 
     return server_app
 

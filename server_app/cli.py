@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Iterator
@@ -16,12 +17,14 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from data.datasets import DataNotFoundError
 from server_app.checkpoint import CheckpointError
 from server_app.engine import (
     actor_pool_size,
+    auto_state_folder,
     client_state_folder,
     start_ray,
     with_clients_per_node,
@@ -30,11 +33,14 @@ from server_app.experiment import initial_arrays, starting_point
 from server_app.settings import ConfigError, check_data, validate
 from strategies.cohort import expected_nodes
 
-log = logging.getLogger(__name__)
+# not __name__: under `python -m server_app.cli` that is "__main__", a logger conf/ leaves at
+# WARNING, so its lines ("results in …") went missing there
+log = logging.getLogger("server_app.cli")
 
 
-def run_simulation(cfg: DictConfig, run_dir: Path) -> None:
-    """Run ``cfg`` in-process on the Ray backend with one virtual node per cohort of clients."""
+def run_simulation(cfg: DictConfig, run_dir: Path, sweep: Path | None = None) -> None:
+    """Run ``cfg`` in-process on the Ray backend with one virtual node per cohort of clients
+    (as a job of the ``--multirun`` in ``sweep`` when one is given)."""
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     from flwr.simulation import run_simulation as flower_run_simulation
 
@@ -45,10 +51,11 @@ def run_simulation(cfg: DictConfig, run_dir: Path) -> None:
     cpus, gpus = cfg.engine.client_cpus, float(cfg.engine.client_gpus)
     model_bytes = initial_arrays(cfg).count_bytes()
     cfg = with_clients_per_node(cfg, actor_pool_size(cpus, gpus), model_bytes)
+    scratch = auto_state_folder(cfg, run_dir)
     # after ray.init, which sets its own SIGTERM handler (a sys.exit that Flower's threads outlive)
-    with client_state_folder(cfg, run_dir) as cfg, stop_on_interrupt(run_dir):
+    with client_state_folder(cfg, run_dir) as cfg, stop_on_interrupt(run_dir, scratch):
         flower_run_simulation(
-            server_app=make_server_app(cfg, run_dir),
+            server_app=make_server_app(cfg, run_dir, sweep),
             client_app=client_app,
             num_supernodes=expected_nodes(cfg.num_clients, cfg.engine.clients_per_node),
             backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": gpus}},
@@ -56,13 +63,15 @@ def run_simulation(cfg: DictConfig, run_dir: Path) -> None:
 
 
 @contextmanager
-def stop_on_interrupt(run_dir: Path) -> Iterator[None]:
-    """Ctrl-C (SIGINT) or SIGTERM ends the run at once, Ray included, with how to resume.
+def stop_on_interrupt(run_dir: Path, scratch: Path | None = None) -> Iterator[None]:
+    """Ctrl-C (SIGINT) or SIGTERM ends the run at once, Ray included, with how to resume, and
+    removes the ``scratch`` folder (the clients' state, which a resumed run starts afresh).
 
     Flower's simulation runs the ServerApp in a thread that the main thread's
     KeyboardInterrupt never reaches: without this the process lived on after Ctrl-C, its
     rounds waiting for nodes that had stopped. Stopping mid-round loses nothing: the checkpoint
     of the last finished round is written atomically, and ``resume=true`` continues from it.
+    The exit skips every ``finally``, so ``scratch`` is removed here.
     """
 
     def stop(signum: int, _frame: object) -> None:
@@ -75,6 +84,8 @@ def stop_on_interrupt(run_dir: Path) -> Iterator[None]:
         import ray
 
         ray.shutdown()  # a private local Ray stops; an attached cluster is only disconnected
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
         logging.shutdown()
         os._exit(128 + signum)
 
@@ -98,7 +109,9 @@ def main(cfg: DictConfig) -> None:
     flwr_log = logging.getLogger("flwr")
     flwr_log.propagate = False  # flwr logs once, through its own handler
     flwr_log.addFilter(_drop_run_simulation_deprecation)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    sweep = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
     try:
         validate(cfg)
         check_data(cfg)
@@ -109,7 +122,7 @@ def main(cfg: DictConfig) -> None:
         print(f"[fedsparse] {run_dir} has finished all {cfg.num_rounds} rounds: nothing to resume")
         return
     try:
-        run_simulation(cfg, run_dir)
+        run_simulation(cfg, run_dir, sweep)
     except ConnectionError as err:
         raise SystemExit(f"fedsparse: {err}") from None
     log.info("results in %s", run_dir)

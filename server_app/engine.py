@@ -104,6 +104,14 @@ def with_clients_per_node(cfg: DictConfig, actors: int | None, model_bytes: int 
     return cfg
 
 
+def auto_state_folder(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The folder ``engine.client_state_dir=auto`` keeps client state in for a Ray simulation
+    (None: the setting is not ``auto``, or the state stays in Flower's context)."""
+    if cfg.engine.get("client_state_dir") != AUTO or cfg.engine.ray_address:
+        return None
+    return run_dir / CLIENT_STATE_DIR
+
+
 @contextmanager
 def client_state_folder(cfg: DictConfig, run_dir: Path) -> Iterator[DictConfig]:
     """``cfg`` with ``engine.client_state_dir=auto`` resolved for a Ray simulation.
@@ -116,7 +124,7 @@ def client_state_folder(cfg: DictConfig, run_dir: Path) -> Iterator[DictConfig]:
     if cfg.engine.get("client_state_dir") != AUTO:
         yield cfg
         return
-    folder = None if cfg.engine.ray_address else run_dir / CLIENT_STATE_DIR
+    folder = auto_state_folder(cfg, run_dir)
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     resolved.engine.client_state_dir = None if folder is None else str(folder)
     log.info("engine.client_state_dir=auto: client state in %s", folder or "Flower's context")

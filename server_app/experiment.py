@@ -30,8 +30,9 @@ from server_app.engine import with_clients_per_node
 from server_app.monitor import LayerMonitor
 from server_app.plots import plot_run
 from server_app.replies import stream_replies
-from server_app.results import METRICS_FILE, MetricsLog, summarize, write_summary
+from server_app.results import METRICS_FILE, SUMMARY_FILE, MetricsLog, summarize, write_summary
 from server_app.settings import ConfigError, build_strategy, client_job, strategy_params
+from server_app.tracking import start as start_tracking
 from strategies.arrays import to_array_record
 from strategies.cohort import ClientDirectory
 
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoint"
-RESUMABLE_KEYS = ("num_rounds", "resume", "engine")  # engine settings never change the numbers
+# engine and tracking settings never change the numbers
+RESUMABLE_KEYS = ("num_rounds", "resume", "engine", "tracking", "tracking_dir")
 
 
 def initial_arrays(cfg: DictConfig) -> ArrayRecord:
@@ -139,8 +141,9 @@ class CentralEvaluator:
         return evaluate(self.model, self.data)
 
 
-def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
-    """Run (or resume) the configured experiment on ``grid``; returns the summary."""
+def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path, sweep: Path | None = None) -> dict:
+    """Run (or resume) the configured experiment on ``grid``; returns the summary. ``sweep`` is
+    the folder of the ``--multirun`` this run is a job of (its tracking experiment)."""
     started = time.perf_counter()
     keep_freed_memory()  # every round decodes and frees model-sized arrays per client
     cfg = with_clients_per_node(cfg, actors=None)  # auto without an actor pool: 1 per node
@@ -164,6 +167,7 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
         log.info("resuming %s after round %d", run_dir, checkpoint.round)
     (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     metrics = MetricsLog(run_dir, keep_through_round=first_round - 1)
+    tracker = start_tracking(cfg, run_dir, sweep, first_round)
     evaluator = CentralEvaluator(cfg)
     directory.wait_for_nodes(grid)
     print(
@@ -206,6 +210,7 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
         row.update(strategy.round_metrics(server_round))
         row["round_s"] = time.perf_counter() - round_start
         metrics.append(row)
+        tracker.log_round(metrics.rows[-1])
         wall_s = wall_before + time.perf_counter() - started
         save_checkpoint(
             checkpoint_dir,
@@ -234,4 +239,6 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path) -> dict:
         **strategy.finish(run_dir),
     )
     write_summary(run_dir, summary)
+    plots = sorted((run_dir / "plots").glob("*.png"))
+    tracker.finish([run_dir / SUMMARY_FILE, run_dir / CONFIG_FILE, *plots])
     return summary

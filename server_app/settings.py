@@ -25,6 +25,7 @@ from client_app.faults import CORRUPT_KINDS
 from data.datasets import DATASETS, INPUT_SHAPES
 from data.federated import client_partition, dataset_info
 from data.partition import PARTITIONS
+from server_app import tracking
 from server_app.engine import AUTO, with_clients_per_node
 from strategies.base import FedSparseStrategy
 from strategies.cohort import ClientDirectory
@@ -110,6 +111,25 @@ def validate(cfg: DictConfig) -> None:
         f"choose one of: {', '.join(CORRUPT_KINDS)}",
     )
     _check(cfg, "device", lambda v: v in DEVICES, f"choose one of: {', '.join(DEVICES)}")
+    _check(
+        cfg,
+        "tracking",
+        tracking.is_valid,
+        f"choose {tracking.NONE}, one of {', '.join(tracking.BACKENDS)}, or a list of them, "
+        "e.g. tracking=[tensorboard,mlflow]",
+    )
+    _check(
+        cfg,
+        "tracking_dir",
+        lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
+        "must be null (the sweep folder of a --multirun, else the run folder) or a folder path",
+    )
+    for backend in tracking.backend_names(cfg.tracking):
+        install = tracking.missing_extra(backend)
+        if install is not None:
+            raise ConfigError(
+                f"invalid config: tracking={backend}: its package is not installed; run {install}"
+            )
     for key in ("resume", "federated_eval", "plots", "dataset.download"):
         _check(cfg, key, lambda v: isinstance(v, bool), "must be true or false")
     _check(
@@ -140,6 +160,7 @@ def validate(cfg: DictConfig) -> None:
             cfg.local_epochs,
             cfg.local_steps,
         )
+    _warn_idle_topk_ratio(cfg)
     if cfg.partition.name == "dirichlet":
         _check(cfg, "partition.alpha", lambda v: _is_number(v) and v > 0, "must be a number > 0")
         _check(
@@ -187,6 +208,28 @@ def validate(cfg: DictConfig) -> None:
             "invalid config: device='cuda': torch sees no GPU; use device=auto or cpu"
         )
     build_strategy(with_clients_per_node(cfg, actors=None), ClientDirectory(cfg.num_clients, 1))
+
+
+def _warn_idle_topk_ratio(cfg: DictConfig) -> None:
+    """A ``strategy.topk_ratio`` other than the strategy's default changes nothing when its
+    ``strategy.compressor`` is not top-k: none and sign send every entry (sign, its sign)."""
+    strategy = cfg.strategy
+    if "topk_ratio" not in strategy or strategy.get("compressor", "topk") == "topk":
+        return
+    default = _strategy_defaults(str(strategy.name)).get("topk_ratio")
+    if strategy.topk_ratio != default:
+        log.warning(
+            "strategy.topk_ratio=%s changes nothing: strategy.compressor=%s keeps every entry "
+            "(top-k needs strategy.compressor=topk)",
+            strategy.topk_ratio,
+            strategy.compressor,
+        )
+
+
+@cache
+def _strategy_defaults(name: str) -> DictConfig:
+    """The strategy group's values as conf/ sets them for ``strategy=name``."""
+    return compose_config([f"strategy={name}"]).strategy
 
 
 OWN_KEY_CHECKS = ("strategy", "hydra")  # the strategy names its unknown parameters itself

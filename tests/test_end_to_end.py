@@ -119,6 +119,13 @@ def test_output_contract(uninterrupted: tuple[Path, str]) -> None:
     assert "[fedsparse] fedavg on digits" in output
 
 
+def test_python_m_prints_the_lines_of_the_entry_point(uninterrupted: tuple[Path, str]) -> None:
+    """These runs use `python -m server_app.cli`; its own log lines went missing when the module
+    ran as ``__main__`` instead of as the `fedsparse` entry point's ``server_app.cli``."""
+    run_dir, output = uninterrupted
+    assert f"[server_app.cli][INFO] - results in {run_dir}" in output
+
+
 def test_learns_beyond_chance(uninterrupted: tuple[Path, str]) -> None:
     metrics = rows(uninterrupted[0])
     assert metrics[-1]["accuracy"] > 0.3  # 10 classes: chance is 0.1

@@ -168,6 +168,23 @@ def test_local_epochs_beside_local_steps_is_warned_about(
     assert any("local_epochs=3 changes nothing" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("compressor", ["none", "sign"])
+def test_a_topk_ratio_without_topk_is_warned_about(
+    caplog: pytest.LogCaptureFixture, compressor: str
+) -> None:
+    lbgm = ["strategy=lbgm", f"strategy.compressor={compressor}"]
+    idle = f"strategy.topk_ratio=0.3 changes nothing: strategy.compressor={compressor}"
+    with caplog.at_level(logging.WARNING, logger="server_app.settings"):
+        validate(compose_config(lbgm))  # the default ratio: nothing was set
+        validate(
+            compose_config(["strategy=lbgm", "strategy.compressor=topk", "strategy.topk_ratio=0.3"])
+        )
+        validate(compose_config(["strategy=topk", "strategy.topk_ratio=0.3"]))
+        assert not [r for r in caplog.records if "changes nothing" in r.getMessage()]
+        validate(compose_config([*lbgm, "strategy.topk_ratio=0.3"]))
+    assert [r.getMessage() for r in caplog.records if idle in r.getMessage()]
+
+
 def test_supermask_twins_are_not_model_choices(base_cfg: DictConfig) -> None:
     """``masked_cnn`` & co. are what strategy=fedpm trains for model=cnn & co.: the model error
     neither accepts nor lists them."""
