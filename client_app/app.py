@@ -23,7 +23,9 @@ from client_app.allocator import keep_freed_memory
 from client_app.batchnorm import keep_local_batchnorm, restore_local_batchnorm
 from client_app.faults import InjectedFault, corrupt_reply, plan_faults
 from client_app.state_files import client_state
-from client_app.training import (
+from data.device import device_data
+from data.federated import DataSpec, client_data, dataset_info
+from models.training import (
     TensorData,
     evaluate,
     resolve_device,
@@ -31,8 +33,6 @@ from client_app.training import (
     seed_torch,
     train_epochs,
 )
-from data.device import device_data
-from data.federated import DataSpec, client_data, dataset_info
 from strategies.base import CONFIG, METRICS, ClientAlgorithm
 from strategies.cohort import QUERY_CONFIG, hosted_clients
 from strategies.job import ClientJob

@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import strategies
 from client_app.allocator import keep_freed_memory
-from client_app.training import TensorData, evaluate, resolve_device
 from data.federated import central_test, dataset_info
+from models.training import TensorData, evaluate, resolve_device
 from server_app.checkpoint import (
     LATEST,
     Checkpoint,
@@ -153,7 +153,7 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path, sweep: Path | Non
         cfg.num_clients, cfg.engine.clients_per_node, timeout_s=cfg.round_timeout_s
     )
     strategy = build_strategy(cfg, directory)
-    monitor = LayerMonitor(cfg.monitor.ref_round)
+    monitor = LayerMonitor(cfg.monitor.ref_round, strategy)
     arrays, first_round, wall_before = initial_arrays(cfg), 1, 0.0
     checkpoint = starting_point(run_dir, cfg)
     if checkpoint is not None:

@@ -10,10 +10,12 @@ Per conv/linear weight and per round:
   and each client's ‖Δ_c‖, taken when its reply arrived (``FedSparseStrategy.delta_norms``), so
   the monitor never needs the clients' updates again.
 
-FedPM's global model is not a weight tensor but a mask probability θ = σ(score) per frozen
-random weight, and its global arrays hold the scores, one ``<layer>.weight_score`` per conv/linear
-weight (``models.masked``). The monitor reports such a layer under its weight's name,
-``<layer>.weight``, and computes every value above on θ (W_t = θ_t = σ(score_t), in float64):
+Which arrays are layers, and which values of them are watched, the strategy says
+(``strategies.layers.LayerView``, a base of every strategy). FedPM's global model is not a
+weight tensor but a mask probability θ = σ(score) per frozen random weight, and its global
+arrays hold the scores, one ``<layer>.weight_score`` per conv/linear weight (``models.masked``).
+Its view reports such a layer under its weight's name, ``<layer>.weight``, with every value
+above on θ (W_t = θ_t = σ(score_t), in float64):
 ``layer_rel_update`` is ‖θ_t − θ_{t−1}‖ / ‖θ_{t−1}‖ and the reference is θ after ``ref_round``.
 For ``layer_agg_eff`` FedPM supplies Δ_c = clip(m_c, ε, 1−ε) − θ_{t−1}, the ε-clipped mask the
 client sampled (exactly what the Beta posterior adds) minus the probabilities it trained from,
@@ -30,49 +32,21 @@ import numpy as np
 from flwr.app import ArrayRecord
 
 from strategies.arrays import dot, l2_norm
-from strategies.fedpm import SCORE_SUFFIX, sigmoid
-
-
-def is_layer_weight(name: str, values: np.ndarray) -> bool:
-    """Conv and linear weight tensors (the layers the monitor reports)."""
-    return name.endswith("weight") and values.ndim >= 2
-
-
-def layer_key(name: str, values: np.ndarray) -> str | None:
-    """The name the monitor reports array ``name`` under, None if it reports nothing for it:
-    a conv/linear weight under its own name, FedPM's mask scores of one
-    (``<layer>.weight_score``) under the weight's name ``<layer>.weight``."""
-    if is_layer_weight(name, values):
-        return name
-    if name.endswith(SCORE_SUFFIX) and is_layer_weight(name[: -len(SCORE_SUFFIX)], values):
-        return name[: -len(SCORE_SUFFIX)]
-    return None
-
-
-def _layers(arrays: ArrayRecord) -> dict[str, np.ndarray]:
-    """The monitored values per reported layer name, in float64: the weights themselves, or for
-    FedPM's mask scores the mask probabilities θ = σ(score)."""
-    layers = {}
-    for name, array in arrays.items():
-        values = array.numpy()
-        key = layer_key(name, values)
-        if key == name:
-            layers[name] = values.astype(np.float64)
-        elif key is not None:
-            layers[key] = sigmoid(values)
-    return layers
+from strategies.layers import WEIGHTS, LayerView
 
 
 def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else float("nan")
 
 
-def relative_layer_update(previous: ArrayRecord, current: ArrayRecord) -> dict[str, float]:
-    """‖W_t − W_{t−1}‖ / ‖W_{t−1}‖ for every conv/linear weight (θ for FedPM's scores)."""
-    old = _layers(previous)
+def relative_layer_update(
+    previous: ArrayRecord, current: ArrayRecord, view: LayerView = WEIGHTS
+) -> dict[str, float]:
+    """‖W_t − W_{t−1}‖ / ‖W_{t−1}‖ for every layer of ``view`` (θ for FedPM's scores)."""
+    old = view.layers(previous)
     return {
         name: _ratio(l2_norm(new - old[name]), l2_norm(old[name]))
-        for name, new in _layers(current).items()
+        for name, new in view.layers(current).items()
     }
 
 
@@ -80,28 +54,31 @@ def aggregation_effectiveness(
     mean: Mapping[str, np.ndarray],
     norms: Sequence[Mapping[str, float]],
     weights: Sequence[float],
+    view: LayerView = WEIGHTS,
 ) -> dict[str, float]:
-    """‖Σ w_c Δ_c‖ / Σ w_c ‖Δ_c‖ for every layer weight in ``mean`` (= Σ w_c Δ_c, the weights
+    """‖Σ w_c Δ_c‖ / Σ w_c ‖Δ_c‖ for every layer of ``view`` in ``mean`` (= Σ w_c Δ_c, the weights
     normalised to sum to 1), given each client's ‖Δ_c‖ per array name in ``norms``. The arrays
     keep the strategy's names (FedPM's ``<layer>.weight_score``, its Δ_c already on θ); the
-    result is keyed by :func:`layer_key`."""
+    result is keyed by the view's layer names."""
     share = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
     spread: dict[str, float] = {}
     for s, client in zip(share, norms, strict=True):
         for name, value in client.items():
-            if name in mean and layer_key(name, mean[name]) is not None:
+            if name in mean and view.layer_key(name, mean[name]) is not None:
                 spread[name] = spread.get(name, 0.0) + s * value
     return {
-        layer_key(name, mean[name]): _ratio(l2_norm(mean[name]), total)
+        view.layer_key(name, mean[name]): _ratio(l2_norm(mean[name]), total)
         for name, total in spread.items()
     }
 
 
 class LayerMonitor:
-    """Computes the per-layer monitor values round by round; keeps the reference snapshot."""
+    """Computes the per-layer monitor values round by round; keeps the reference snapshot.
+    ``view`` says which arrays are layers and what to watch of them: the run's strategy."""
 
-    def __init__(self, ref_round: int) -> None:
+    def __init__(self, ref_round: int, view: LayerView = WEIGHTS) -> None:
         self.ref_round = ref_round
+        self.view = view
         self.reference: dict[str, np.ndarray] = {}
 
     def observe(
@@ -116,8 +93,8 @@ class LayerMonitor:
         """The monitor keys for this round's metrics line; ``layer_agg_eff`` needs the round's
         ``mean_delta`` and the clients' ``norms`` and ``weights`` (see
         :func:`aggregation_effectiveness`)."""
-        values = {"layer_rel_update": relative_layer_update(previous, current)}
-        layers = _layers(current)
+        values = {"layer_rel_update": relative_layer_update(previous, current, self.view)}
+        layers = self.view.layers(current)
         if server_round == self.ref_round:
             self.reference = layers
         if self.reference and server_round >= self.ref_round:
@@ -132,7 +109,9 @@ class LayerMonitor:
                 name: l2_norm(layers[name] - ref) for name, ref in self.reference.items()
             }
         if mean_delta is not None and weights and any(norms):
-            values["layer_agg_eff"] = aggregation_effectiveness(mean_delta, norms, weights)
+            values["layer_agg_eff"] = aggregation_effectiveness(
+                mean_delta, norms, weights, self.view
+            )
         return values
 
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -26,10 +26,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
-from client_app.training import TensorData, load_weights
+from models.training import TensorData, load_weights
 from strategies.arrays import to_array_record, to_numpy
 from strategies.cohort import ClientDirectory
 from strategies.job import ClientJob, ConfigScalar
+from strategies.layers import LayerView
 from strategies.validation import (
     ReplyError,
     check_finite_metric,
@@ -132,7 +133,7 @@ class _InOrder:
             self.next += 1
 
 
-class FedSparseStrategy(Strategy):
+class FedSparseStrategy(Strategy, LayerView):
     """Cohort-aware base strategy; subclasses define the payload codec and the aggregation."""
 
     name = "base"

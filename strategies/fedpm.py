@@ -16,7 +16,8 @@ deviations from the authors' code: Adam state is fresh every round (as in the Fl
 aggregation is an unweighted count (as in the authors' code, not the port's batch-count
 weighting), and the bpp entropy uses the true (unclipped) ones fraction.
 
-Layer monitor (``server_app.monitor``): it reads the global scores as θ = σ(score); this strategy
+Layer monitor (``server_app.monitor``): its layer view (:class:`MaskScores`) reports each
+``<layer>.weight_score`` as ``<layer>.weight`` with θ = σ(score) as the watched values. It
 supplies each client's Δ_c = clip(m_c, ε, 1−ε) − θ_{t−1} (its norm as the reply arrives) and
 their unweighted mean (the posterior's own count), for ``layer_agg_eff``.
 """
@@ -36,7 +37,6 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import nn
 
-from client_app.training import TensorData, evaluate, load_weights, resolve_device, round_seed
 from data.federated import central_test, dataset_info
 from models.masked import (
     ESTIMATORS,
@@ -49,6 +49,7 @@ from models.masked import (
     set_mask_rng,
     weight_hash,
 )
+from models.training import TensorData, evaluate, load_weights, resolve_device, round_seed
 from strategies.arrays import dot, to_array_record, to_numpy, to_numpy_dict
 from strategies.base import (
     ARRAYS,
@@ -61,6 +62,7 @@ from strategies.base import (
 )
 from strategies.decode_pool import DecodePool
 from strategies.job import ClientJob
+from strategies.layers import LayerView, is_layer_weight
 from strategies.mask_codec import (
     FLAGS_KEY,
     RANGE,
@@ -206,7 +208,23 @@ class BetaPosterior:
 
 
 # ---------------------------------------------------------------------------------- server
-class FedPM(FedSparseStrategy):
+class MaskScores(LayerView):
+    """The layer view of mask scores: ``<layer>.weight_score`` is reported as ``<layer>.weight``
+    and watched as θ = σ(score) (plain weights, if any, as they are)."""
+
+    def layer_key(self, name: str, values: np.ndarray) -> str | None:
+        weight = name.removesuffix(SCORE_SUFFIX)
+        if weight != name and is_layer_weight(weight, values):
+            return weight
+        return super().layer_key(name, values)
+
+    def layer_values(self, name: str, values: np.ndarray) -> np.ndarray:
+        if name.endswith(SCORE_SUFFIX):
+            return sigmoid(values)
+        return super().layer_values(name, values)
+
+
+class FedPM(MaskScores, FedSparseStrategy):
     """Bayesian aggregation of sampled binary masks over seed-shared frozen weights."""
 
     name = "fedpm"

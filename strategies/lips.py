@@ -22,7 +22,7 @@ import torch
 from flwr.app import MetricRecord
 from torch import nn
 
-from client_app.training import TensorData, round_seed
+from models.training import TensorData, round_seed
 from strategies.base import METRICS, ClientAlgorithm, check_number
 from strategies.fedavg import FedAvg
 from strategies.job import ClientJob, ConfigScalar

@@ -18,7 +18,6 @@ from torch import nn
 
 import strategies
 from client_app.faults import corrupt_stream
-from client_app.training import TensorData, evaluate, train_epochs
 from data.federated import central_test, dataset_info
 from models.masked import (
     MaskedConv2d,
@@ -32,6 +31,7 @@ from models.masked import (
     set_estimator,
     weight_hash,
 )
+from models.training import TensorData, evaluate, train_epochs
 from server_app.experiment import run_experiment
 from server_app.inprocess import InProcessGrid
 from server_app.monitor import LayerMonitor
@@ -481,7 +481,7 @@ def test_monitor_agg_eff_of_opposite_masks_by_hand(make_grid) -> None:
     for name in shapes:
         np.testing.assert_array_equal(mean[name], 0.0, err_msg=name)
     assert strategy.monitor_weights() == [1.0, 1.0]
-    values = LayerMonitor(ref_round=2).observe(
+    values = LayerMonitor(ref_round=2, view=strategy).observe(
         1, old, new, mean, [u.delta_norms for u in updates], strategy.monitor_weights()
     )
     layers = {"conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"}

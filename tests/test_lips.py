@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import models
-from client_app.training import TensorData
+from models.training import TensorData
 from server_app.experiment import run_experiment
 from server_app.inprocess import InProcessGrid
 from server_app.settings import ConfigError, build_strategy, compose_config

@@ -11,12 +11,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord
 
-from server_app.monitor import (
-    LayerMonitor,
-    aggregation_effectiveness,
-    is_layer_weight,
-    relative_layer_update,
-)
+from server_app.monitor import LayerMonitor, aggregation_effectiveness, relative_layer_update
 from server_app.results import (
     METRICS_FILE,
     SUMMARY_FILE,
@@ -26,6 +21,8 @@ from server_app.results import (
     write_summary,
 )
 from strategies.arrays import l2_norm
+from strategies.fedpm import MaskScores
+from strategies.layers import is_layer_weight
 
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -225,7 +222,7 @@ def test_fedpm_scores_are_reported_per_layer_on_theta_by_hand() -> None:
     theta0 = [[0.5, 0.5], [0.5, 0.5]]
     theta1 = [[0.8, 0.5], [0.5, 0.5]]
     theta2 = [[0.8, 0.9], [0.5, 0.5]]
-    monitor = LayerMonitor(ref_round=1)
+    monitor = LayerMonitor(ref_round=1, view=MaskScores())
     first = monitor.observe(
         1, _fedpm_record(theta0, [0.5]), _fedpm_record(theta1, [0.9]), None, [], []
     )
@@ -249,8 +246,9 @@ def test_fedpm_agg_eff_is_keyed_by_the_weight_name() -> None:
     mean = {"fc.weight_score": np.full((2, 2), -0.245), "fc.bias_score": np.full(2, -0.245)}
     norms = [{name: 0.49 * math.sqrt(v.size) for name, v in mean.items()} for _ in range(2)]
     # Δ_1 = +0.49, Δ_2 = −0.49 everywhere, weights 1 and 3: ‖−0.245·1‖ / (0.49·‖1‖) = 0.5
-    assert aggregation_effectiveness(mean, norms, [1, 3]) == {"fc.weight": pytest.approx(0.5)}
-    values = LayerMonitor(ref_round=5).observe(
+    effectiveness = aggregation_effectiveness(mean, norms, [1, 3], MaskScores())
+    assert effectiveness == {"fc.weight": pytest.approx(0.5)}
+    values = LayerMonitor(ref_round=5, view=MaskScores()).observe(
         1, _fedpm_record([[0.5]], [0.5]), _fedpm_record([[0.5]], [0.5]), mean, norms, [1, 3]
     )
     assert values["layer_agg_eff"] == {"fc.weight": pytest.approx(0.5)}
@@ -263,7 +261,7 @@ def test_fedpm_extreme_scores_give_probabilities_without_warnings() -> None:
     zeros = ArrayRecord({"fc.weight_score": Array(np.zeros((2, 2), np.float32))})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        values = LayerMonitor(ref_round=1).observe(1, zeros, record)
+        values = LayerMonitor(ref_round=1, view=MaskScores()).observe(1, zeros, record)
     # θ: 0.5 everywhere -> (0, 0, 1, 1): ‖(−.5, −.5, .5, .5)‖ / ‖(.5, .5, .5, .5)‖ = 1
     assert values["layer_rel_update"] == {"fc.weight": pytest.approx(1.0)}
     assert values["layer_l2_ref"] == {"fc.weight": 0.0}

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from client_app.training import (
+from data.datasets import ArrayDataset
+from models.training import (
     TensorData,
     evaluate,
     load_weights,
@@ -16,7 +17,6 @@ from client_app.training import (
     seed_torch,
     train_epochs,
 )
-from data.datasets import ArrayDataset
 from strategies.job import FULL_BATCH, ClientJob
 
 

@@ -12,9 +12,9 @@ from functools import cache
 import torch
 from torch import nn
 
-from client_app.training import TensorData, evaluate, round_seed, train_epochs
 from data.federated import DataSpec, central_test, client_data, dataset_info
 from models import build_model
+from models.training import TensorData, evaluate, round_seed, train_epochs
 
 SEED = 0
 MODEL = "cnn"
