@@ -43,10 +43,10 @@ def relative_layer_update(
     previous: ArrayRecord, current: ArrayRecord, view: LayerView = WEIGHTS
 ) -> dict[str, float]:
     """‖W_t − W_{t−1}‖ / ‖W_{t−1}‖ for every layer of ``view`` (θ for FedPM's scores)."""
-    old = view.layers(previous)
+    old = view.monitored_layers(previous)
     return {
         name: _ratio(l2_norm(new - old[name]), l2_norm(old[name]))
-        for name, new in view.layers(current).items()
+        for name, new in view.monitored_layers(current).items()
     }
 
 
@@ -64,10 +64,10 @@ def aggregation_effectiveness(
     spread: dict[str, float] = {}
     for s, client in zip(share, norms, strict=True):
         for name, value in client.items():
-            if name in mean and view.layer_key(name, mean[name]) is not None:
+            if name in mean and view.monitor_key(name, mean[name]) is not None:
                 spread[name] = spread.get(name, 0.0) + s * value
     return {
-        view.layer_key(name, mean[name]): _ratio(l2_norm(mean[name]), total)
+        view.monitor_key(name, mean[name]): _ratio(l2_norm(mean[name]), total)
         for name, total in spread.items()
     }
 
@@ -94,7 +94,7 @@ class LayerMonitor:
         ``mean_delta`` and the clients' ``norms`` and ``weights`` (see
         :func:`aggregation_effectiveness`)."""
         values = {"layer_rel_update": relative_layer_update(previous, current, self.view)}
-        layers = self.view.layers(current)
+        layers = self.view.monitored_layers(current)
         if server_round == self.ref_round:
             self.reference = layers
         if self.reference and server_round >= self.ref_round:

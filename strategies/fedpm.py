@@ -212,16 +212,16 @@ class MaskScores(LayerView):
     """The layer view of mask scores: ``<layer>.weight_score`` is reported as ``<layer>.weight``
     and watched as θ = σ(score) (plain weights, if any, as they are)."""
 
-    def layer_key(self, name: str, values: np.ndarray) -> str | None:
+    def monitor_key(self, name: str, values: np.ndarray) -> str | None:
         weight = name.removesuffix(SCORE_SUFFIX)
         if weight != name and is_layer_weight(weight, values):
             return weight
-        return super().layer_key(name, values)
+        return super().monitor_key(name, values)
 
-    def layer_values(self, name: str, values: np.ndarray) -> np.ndarray:
+    def monitor_values(self, name: str, values: np.ndarray) -> np.ndarray:
         if name.endswith(SCORE_SUFFIX):
             return sigmoid(values)
-        return super().layer_values(name, values)
+        return super().monitor_values(name, values)
 
 
 class FedPM(MaskScores, FedSparseStrategy):

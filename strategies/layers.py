@@ -20,22 +20,22 @@ def is_layer_weight(name: str, values: np.ndarray) -> bool:
 class LayerView:
     """The default view: every conv/linear weight, under its own name, in float64."""
 
-    def layer_key(self, name: str, values: np.ndarray) -> str | None:
+    def monitor_key(self, name: str, values: np.ndarray) -> str | None:
         """The layer name array ``name`` is reported under; None when it is not a layer."""
         return name if is_layer_weight(name, values) else None
 
-    def layer_values(self, name: str, values: np.ndarray) -> np.ndarray:
-        """The values watched for array ``name`` (a layer by :meth:`layer_key`), in float64."""
+    def monitor_values(self, name: str, values: np.ndarray) -> np.ndarray:
+        """The values watched for array ``name`` (a layer by :meth:`monitor_key`), in float64."""
         return values.astype(np.float64)
 
-    def layers(self, arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    def monitored_layers(self, arrays: ArrayRecord) -> dict[str, np.ndarray]:
         """The watched values of every layer in ``arrays``, keyed by layer name."""
         layers = {}
         for name, array in arrays.items():
             values = array.numpy()
-            key = self.layer_key(name, values)
+            key = self.monitor_key(name, values)
             if key is not None:
-                layers[key] = self.layer_values(name, values)
+                layers[key] = self.monitor_values(name, values)
         return layers
 
 
