@@ -1,12 +1,25 @@
-"""FedAvg vs LIPS side by side in the low-data regime: mnist5k, Dirichlet α=0.1, 100 clients.
+"""FedAvg vs LIPS side by side in a low-data regime, with the layer-wise inertia summary.
 
-    python benchmarks/lips_vs_fedavg.py                      # 3 seeds, 20 rounds (~25 min, 2 cores)
-    python benchmarks/lips_vs_fedavg.py --seeds 0 --rounds 6 # smoke run
+    python benchmarks/lips_vs_fedavg.py                          # animal_mnist, 3 seeds, 12 rounds
+    python benchmarks/lips_vs_fedavg.py --regime mnist5k --rounds 20
+    python benchmarks/lips_vs_fedavg.py --seeds 0 --rounds 2     # smoke run
 
-Both strategies run in one `fedsparse --multirun` sweep with identical data, model, seeds and
-local work (the LIPS spec's setting scaled to mnist5k: 5 local epochs, all clients every round).
-Writes ``benchmarks/results/lips_vs_fedavg.md`` (final and best accuracy mean ± std, and a
-middle-layer inertia summary) and one per-layer heatmap per strategy (seed of the first run).
+Regimes (identical data, model, seeds and local work for both strategies):
+
+- ``animal_mnist`` (the LIPS code's regime): 100 clients with ~78 training images each (all
+  7,773 animal_mnist training images, no local test hold-out; accuracy on the 1,943-image
+  central test split), Dirichlet α = 0.1, all clients every round, 5 local epochs of one
+  full-batch step (the code's 100 samples at batch 100), SGD lr 0.1 momentum 0.9, the BatchNorm
+  ``resnet8``; LIPS with F = 5, d0 = 0.5 and the code's horizon T = 300, so the first sparse
+  rounds prune at the density they do there. Writes ``lips_vs_fedavg_animal.md`` and
+  ``lips_vs_fedavg_animal_*.png``.
+- ``mnist5k``: the earlier setting (2-conv CNN, batch 32, lr 0.05, T = num_rounds). Writes
+  ``lips_vs_fedavg.md`` and ``lips_vs_fedavg_*.png``.
+
+Each run is its own in-process run folder under ``--runs/<regime>`` (no Ray); a rerun skips
+finished runs, resumes interrupted ones, and extends finished ones when ``--rounds`` grows.
+Reports final and best accuracy mean ± std and the middle-layer inertia summary, with one
+per-layer heatmap per strategy (first seed).
 """
 
 from __future__ import annotations
@@ -21,23 +34,47 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.sweep import multirun  # noqa: E402
+from benchmarks.sweep import run_missing_in_process  # noqa: E402
 from server_app.compare import compare, find_runs  # noqa: E402
 from server_app.results import read_metrics  # noqa: E402
 
-SETTING = [
-    "dataset=mnist5k",
-    "partition=dirichlet",
-    "partition.alpha=0.1",
-    "num_clients=100",
-    "clients_per_round=100",
-    "engine.clients_per_node=10",
-    "local_epochs=5",
-    "batch_size=32",
-    "lr=0.05",
-    "momentum=0.9",
-    "federated_eval=false",
-]
+STRATEGIES = ("fedavg", "lips")
+REGIMES = {  # regime -> (overrides shared by both strategies, LIPS's own, results file stem)
+    "animal_mnist": (
+        [
+            "dataset=animal_mnist",
+            "model=resnet8",
+            "partition=dirichlet",
+            "partition.alpha=0.1",
+            "num_clients=100",
+            "clients_per_round=100",
+            "local_test_fraction=0",
+            "local_epochs=5",
+            "batch_size=full",
+            "lr=0.1",
+            "momentum=0.9",
+            "federated_eval=false",
+        ],
+        ["strategy.horizon=300"],
+        "lips_vs_fedavg_animal",
+    ),
+    "mnist5k": (
+        [
+            "dataset=mnist5k",
+            "partition=dirichlet",
+            "partition.alpha=0.1",
+            "num_clients=100",
+            "clients_per_round=100",
+            "local_epochs=5",
+            "batch_size=32",
+            "lr=0.05",
+            "momentum=0.9",
+            "federated_eval=false",
+        ],
+        [],
+        "lips_vs_fedavg",
+    ),
+}
 
 
 def inertia_rows(runs: list[Path]) -> list[str]:
@@ -67,10 +104,50 @@ def inertia_rows(runs: list[Path]) -> list[str]:
     return lines
 
 
+def gain_rows(runs: list[Path]) -> list[str]:
+    """LIPS − FedAvg per seed (final and best accuracy), their mean, and the seeds' spread."""
+    acc: dict[tuple[str, int], tuple[float, float]] = {}
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text())
+        rows = read_metrics(run)
+        acc[summary["strategy"], summary["seed"]] = (
+            rows[-1]["accuracy"],
+            max(r["accuracy"] for r in rows),
+        )
+    seeds = sorted(s for name, s in acc if name == "lips" and ("fedavg", s) in acc)
+    if not seeds:
+        return []
+    lines = [
+        "| seed | FedAvg final | LIPS final | gain final | gain best |",
+        "|---|---|---|---|---|",
+    ]
+    gains_final, gains_best = [], []
+    for seed in seeds:
+        (fa_final, fa_best), (li_final, li_best) = acc["fedavg", seed], acc["lips", seed]
+        gains_final.append(li_final - fa_final)
+        gains_best.append(li_best - fa_best)
+        lines.append(
+            f"| {seed} | {fa_final:.4f} | {li_final:.4f} | {gains_final[-1]:+.4f} "
+            f"| {gains_best[-1]:+.4f} |"
+        )
+    spread = [
+        statistics.stdev(acc[name, s][0] for s in seeds) if len(seeds) > 1 else 0.0
+        for name in STRATEGIES
+    ]
+    lines += [
+        "",
+        f"Mean gain (final): {statistics.fmean(gains_final):+.4f}; (best): "
+        f"{statistics.fmean(gains_best):+.4f}. Seeds' spread of the final accuracy (std): FedAvg "
+        f"{spread[0]:.4f}, LIPS {spread[1]:.4f}.",
+    ]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--regime", choices=sorted(REGIMES), default="animal_mnist")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--runs", type=Path, default=REPO / "benchmarks/runs/lips_vs_fedavg")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument(
@@ -79,53 +156,64 @@ def main() -> None:
         help="rebuild the report from the runs already in --runs",
     )
     args = parser.parse_args()
+    root = args.runs / args.regime
+    shared, lips_only, _ = REGIMES[args.regime]
     if not args.report_only:
-        run_sweep(args)
-    report(args)
+        runs = [
+            (
+                root / f"{strategy}_seed{seed}",
+                [
+                    f"strategy={strategy}",
+                    f"seed={seed}",
+                    *shared,
+                    *(lips_only if strategy == "lips" else []),
+                ],
+            )
+            for seed in args.seeds.split(",")
+            for strategy in STRATEGIES
+        ]
+        run_missing_in_process(runs, args.rounds)
+    report(args, root)
 
 
-def run_sweep(args: argparse.Namespace) -> None:
-    """Run both strategies over all seeds in one multirun sweep."""
-    if args.runs.exists():
-        shutil.rmtree(args.runs)
-    multirun(
-        args.runs,
-        ["strategy=fedavg,lips", f"seed={args.seeds}", f"num_rounds={args.rounds}", *SETTING],
-        "${strategy.name}_seed${seed}",
-    )
-
-
-def report(args: argparse.Namespace) -> None:
-    """Write the table, the inertia summary and the plots into --results."""
-    table = compare(args.runs)
-    runs = find_runs(args.runs)
+def report(args: argparse.Namespace, root: Path) -> None:
+    """Write the table, the gain per seed, the inertia summary and the plots into --results."""
+    shared, lips_only, stem = REGIMES[args.regime]
+    table = compare(root)
+    runs = find_runs(root)
+    rounds = {json.loads((run / "summary.json").read_text())["rounds"] for run in runs}
     args.results.mkdir(parents=True, exist_ok=True)
     first_seed = args.seeds.split(",")[0]
-    for strategy in ("fedavg", "lips"):
+    for strategy in STRATEGIES:
         shutil.copy(
-            args.runs / f"{strategy}_seed{first_seed}" / "plots" / "layer_updates.png",
-            args.results / f"lips_vs_fedavg_heatmap_{strategy}.png",
+            root / f"{strategy}_seed{first_seed}" / "plots" / "layer_updates.png",
+            args.results / f"{stem}_heatmap_{strategy}.png",
         )
-    shutil.copy(args.runs / "compare.png", args.results / "lips_vs_fedavg_accuracy.png")
+    shutil.copy(root / "compare.png", args.results / f"{stem}_accuracy.png")
     report = [
-        "# FedAvg vs LIPS (low-data regime)",
+        f"# FedAvg vs LIPS (low-data regime, {args.regime})",
         "",
-        f"Setting: `{' '.join(SETTING)} num_rounds={args.rounds}`, seeds {args.seeds}; "
-        "LIPS defaults (F=5, d0=0.5, T=num_rounds, sensitivity score). "
+        f"Setting: `{' '.join(shared)} num_rounds={'/'.join(map(str, sorted(rounds)))}`, "
+        f"seeds {args.seeds}; LIPS: F=5, d0=0.5, sensitivity score, "
+        f"{' '.join(lips_only) or 'T=num_rounds'}; bn_policy=global for both. "
         "Written by `benchmarks/lips_vs_fedavg.py`.",
         "",
         "## Central test accuracy (mean ± std over seeds)",
         "",
         table,
+        "## LIPS − FedAvg per seed",
+        "",
+        *gain_rows(runs),
+        "",
         "## Layer-wise inertia",
         "",
         *inertia_rows(runs),
         "",
-        "Heatmaps (seed " + first_seed + "): `lips_vs_fedavg_heatmap_fedavg.png`, "
-        "`lips_vs_fedavg_heatmap_lips.png`; accuracy curves: `lips_vs_fedavg_accuracy.png`.",
+        f"Heatmaps (seed {first_seed}): `{stem}_heatmap_fedavg.png`, `{stem}_heatmap_lips.png`; "
+        f"accuracy curves: `{stem}_accuracy.png`.",
         "",
     ]
-    (args.results / "lips_vs_fedavg.md").write_text("\n".join(report))
+    (args.results / f"{stem}.md").write_text("\n".join(report))
     print("\n".join(report))
 
 
