@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,26 +43,25 @@ def finished(run_dir: Path, rounds: int) -> bool:
     return summary.exists() and json.loads(summary.read_text()).get("rounds") == rounds
 
 
-def run_missing(runs: list[tuple[Path, list[str]]], rounds: int) -> None:
-    """Run each ``(run_dir, overrides)`` that has not finished ``rounds`` rounds, one process
-    each; an interrupted run (a checkpoint, no summary) is resumed. A failed run stops the
-    benchmark. So a rerun of a benchmark only runs what is missing."""
+def missing(runs: list[tuple[Path, list[str]]], rounds: int) -> Iterator[tuple[Path, list[str]]]:
+    """Each ``(run_dir, overrides)`` that has not finished ``rounds`` rounds, its overrides with
+    ``num_rounds`` and, for an interrupted run (a checkpoint, no summary), ``resume=true``;
+    prints a progress line per run, finished ones as skipped."""
     for index, (run_dir, overrides) in enumerate(runs, 1):
         if finished(run_dir, rounds):
             print(f"[benchmark] {index}/{len(runs)} {run_dir.name}: finished, skipped", flush=True)
             continue
         resume = ["resume=true"] if (run_dir / "checkpoint").exists() else []
         print(f"[benchmark] {index}/{len(runs)} {run_dir.name}", flush=True)
+        yield run_dir, [*overrides, f"num_rounds={rounds}", *resume]
+
+
+def run_missing(runs: list[tuple[Path, list[str]]], rounds: int) -> None:
+    """Run each run :func:`missing` yields, one process each; a failed run stops the benchmark.
+    So a rerun of a benchmark only runs what is missing."""
+    for run_dir, overrides in missing(runs, rounds):
         subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "server_app.cli",
-                *overrides,
-                f"num_rounds={rounds}",
-                *resume,
-                f"hydra.run.dir={run_dir}",
-            ],
+            [sys.executable, "-m", "server_app.cli", *overrides, f"hydra.run.dir={run_dir}"],
             cwd=REPO,
             check=True,
         )
@@ -80,13 +80,8 @@ def run_missing_in_process(runs: list[tuple[Path, list[str]]], rounds: int) -> N
     from server_app.settings import check_data, compose_config, validate
 
     torch.set_num_threads(1)
-    for index, (run_dir, overrides) in enumerate(runs, 1):
-        if finished(run_dir, rounds):
-            print(f"[benchmark] {index}/{len(runs)} {run_dir.name}: finished, skipped", flush=True)
-            continue
-        resume = ["resume=true"] if (run_dir / "checkpoint").exists() else []
-        print(f"[benchmark] {index}/{len(runs)} {run_dir.name}", flush=True)
-        cfg = compose_config([*overrides, f"num_rounds={rounds}", *resume])
+    for run_dir, overrides in missing(runs, rounds):
+        cfg = compose_config(overrides)
         validate(cfg)
         check_data(cfg)
         run_experiment(InProcessGrid(cfg.num_clients), cfg, run_dir)
