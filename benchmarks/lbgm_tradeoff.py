@@ -140,6 +140,7 @@ FEDSGD = [  # the fedsgd regime, shared by every variant
 PARTITIONS = {"iid": ["partition=iid"], "dirichlet": ["partition=dirichlet", "partition.alpha=0.5"]}
 FEDAVG_M = "-1"  # the δ that never reuses: FedAvg with the same server momentum
 TARGET_GAP = 0.01  # the accuracy target is FedAvg's mean final accuracy minus 1 point
+REACH_GAPS = (TARGET_GAP, 0.05)  # uplink-to-accuracy columns: FedAvg's final − 1 and − 5 pts
 TARGET_RATIO = 3.0  # the issue's target: >= 3x less cumulative uplink within 1 pt of FedAvg
 
 
@@ -189,32 +190,43 @@ def label(delta: str) -> str:
     return "FedAvg + server momentum" if delta == FEDAVG_M else f"LBGM δ={delta}"
 
 
+def reach_ratio(variant: list[list[dict]], base: list[list[dict]], target: float) -> str:
+    """FedAvg's mean uplink to ``target`` over this variant's, with the seeds that reached it
+    (each mean over the seeds that did)."""
+    mine = [u for u in (uplink_to(rows, target) for rows in variant) if u is not None]
+    theirs = [u for u in (uplink_to(rows, target) for rows in base) if u is not None]
+    if not mine or not theirs:
+        return f"not reached (0/{len(variant)})"
+    ratio = statistics.fmean(theirs) / statistics.fmean(mine)
+    return f"{ratio:.2f}× ({len(mine)}/{len(variant)})"
+
+
 def fedsgd_table(variants: dict[str, list[list[dict]]]) -> tuple[list[str], str]:
     """One cell's table rows and its verdict line (best δ, target met or not)."""
     base = variants[FEDAVG_M]
     base_final = statistics.fmean(rows[-1]["accuracy"] for rows in base)
     base_uplink = statistics.fmean(sum(r["uplink_bytes"] for r in rows) for rows in base)
-    target = base_final - TARGET_GAP
-    base_reach = [uplink_to(rows, target) for rows in base]
-    base_to_target = statistics.fmean(u for u in base_reach if u is not None)
+    targets = [base_final - gap for gap in REACH_GAPS]
     lines = [
-        f"Target accuracy (FedAvg's mean final − 1 pt): {target:.4f}.",
+        "Targets: FedAvg's mean final accuracy − "
+        + ", − ".join(f"{100 * g:g} pt ({t:.4f})" for g, t in zip(REACH_GAPS, targets, strict=True))
+        + "; *to target*: FedAvg's cumulative uplink until it first reaches the target over this "
+        "variant's (seeds that reached it).",
         "",
         "| variant | seeds | final accuracy | last 5 rounds | gap to FedAvg (pts) "
-        "| cumulative uplink MB "
-        "| FedAvg / this | uplink to target MB (seeds reached) | FedAvg / this to target "
-        "| reuse frac |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| cumulative uplink MB | FedAvg / this "
+        + "".join(f"| to − {100 * g:g} pt " for g in REACH_GAPS)
+        + "| reuse frac |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(REACH_GAPS) + "---|",
     ]
     best: tuple[float, str] | None = None
+    closest: tuple[float, str, float] | None = None
     for delta in sorted(variants, key=float):
         seeds = variants[delta]
         finals = [rows[-1]["accuracy"] for rows in seeds]
         final = statistics.fmean(finals)
         std = statistics.stdev(finals) if len(finals) > 1 else 0.0
         uplink = statistics.fmean(sum(r["uplink_bytes"] for r in rows) for rows in seeds)
-        reach = [u for u in (uplink_to(rows, target) for rows in seeds) if u is not None]
-        to_target = statistics.fmean(reach) if reach else None
         reuse = [
             r["lbgm_reuse_frac"]
             for rows in seeds
@@ -225,24 +237,29 @@ def fedsgd_table(variants: dict[str, list[list[dict]]]) -> tuple[list[str], str]
         lines.append(
             f"| {label(delta)} | {len(seeds)} | {final:.4f} ± {std:.4f} "
             f"| {statistics.fmean(r['accuracy'] for rows in seeds for r in rows[-5:]):.4f} "
-            f"| {gap:+.2f} "
-            f"| {uplink / 1e6:,.1f} | {base_uplink / uplink:.2f}× "
-            f"| {f'{to_target / 1e6:,.1f}' if to_target else '-'} ({len(reach)}/{len(seeds)}) "
-            f"| {f'{base_to_target / to_target:.2f}×' if to_target else 'not reached'} "
-            f"| {statistics.fmean(reuse) if reuse else 0.0:.3f} |"
+            f"| {gap:+.2f} | {uplink / 1e6:,.1f} | {base_uplink / uplink:.2f}× "
+            + "".join(f"| {reach_ratio(seeds, base, t)} " for t in targets)
+            + f"| {statistics.fmean(reuse) if reuse else 0.0:.3f} |"
         )
-        if delta != FEDAVG_M and gap >= -100 * TARGET_GAP and len(seeds) >= 3:
+        if delta == FEDAVG_M or len(seeds) < 3:
+            continue
+        if gap >= -100 * TARGET_GAP:
             best = max(best or (0.0, ""), (base_uplink / uplink, delta))
-    if best is None:
-        verdict = "no δ stays within 1 pt of FedAvg over ≥ 3 seeds: target not met."
-    else:
+        if closest is None or gap > closest[0]:
+            closest = (gap, delta, base_uplink / uplink)
+    if best is not None:
         met = "met" if best[0] >= TARGET_RATIO else "not met"
         verdict = (
             f"best δ within 1 pt of FedAvg: {best[1]} at {best[0]:.2f}× less cumulative uplink: "
             f"target (≥ {TARGET_RATIO:g}×) {met}."
         )
-    reached = sum(u is not None for u in base_reach)
-    lines.insert(1, f"FedAvg reaches it in {reached}/{len(base)} seeds.")
+    elif closest is not None:
+        verdict = (
+            "no δ stays within 1 pt of FedAvg over ≥ 3 seeds: target not met; closest "
+            f"δ={closest[1]}, {closest[0]:+.2f} pts at {closest[2]:.2f}× less uplink."
+        )
+    else:
+        verdict = "no LBGM variant has 3 seeds yet."
     return lines, verdict
 
 
@@ -292,6 +309,12 @@ def fedsgd_report(args: argparse.Namespace) -> None:
         "FedAvg + server momentum is `strategy.delta=-1` (never reuse). LBGM per layer, no "
         "residual. Uplink is measured from the records sent. "
         "Written by `benchmarks/lbgm_tradeoff.py`.",
+        "",
+        "`strategy.delta` is the public LBGM code's threshold (`--error-tol`): both reuse a "
+        "parameter tensor's look-back gradient when its phase error 1 − cos²(g, LBG) ≤ δ, one "
+        "decision per tensor. With one full-batch step per round the pseudo-gradient "
+        "θ_start − θ_end that fedsparse compares is lr·g, so the phase error is that of the "
+        "gradient itself, as in the code; only with several local steps do the two differ.",
         "",
     ]
     for key in sorted(cells):
