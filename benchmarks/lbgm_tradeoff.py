@@ -1,7 +1,10 @@
 """Accuracy vs uplink: LBGM against FedAvg in two regimes.
 
     python benchmarks/lbgm_tradeoff.py                                  # FedSGD regime, full grid
-    python benchmarks/lbgm_tradeoff.py --datasets animal_mnist --deltas 0.4,0.8
+    # the recorded grid, about an hour on 2 cores as two processes side by side:
+    python benchmarks/lbgm_tradeoff.py --datasets mnist5k &
+    python benchmarks/lbgm_tradeoff.py --datasets animal_mnist --partitions dirichlet \
+        --deltas 0.4,0.8
     python benchmarks/lbgm_tradeoff.py --regime multistep               # local SGD, 3 seeds
     python benchmarks/lbgm_tradeoff.py --seeds 0 --rounds 2 --clients 4 # smoke run
 
