@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -166,8 +167,10 @@ class Mlflow:
         for noisy in ("alembic", "mlflow.store.db.utils"):  # the store's table set-up
             logging.getLogger(noisy).setLevel(logging.WARNING)
         root.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=f"sqlite:///{(root / MLFLOW_DB).resolve()}")
-        found = self.client.get_experiment_by_name(experiment)
+        with warnings.catch_warnings():  # the store maps its tables with a deprecated loader
+            warnings.filterwarnings("ignore", message=".*noload.*")
+            self.client = MlflowClient(tracking_uri=f"sqlite:///{(root / MLFLOW_DB).resolve()}")
+            found = self.client.get_experiment_by_name(experiment)
         experiment_id = (
             found.experiment_id
             if found is not None
