@@ -16,9 +16,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from server_app.results import SUMMARY_FILE, read_metrics
+from server_app.results import NUMBER_NEUTRAL_KEYS, SUMMARY_FILE, flatten_config, read_metrics
 
-IGNORED_KEYS = {"seed", "resume", "engine"}  # engine settings never change the numbers
+IGNORED_KEYS = {"seed", "resume", *NUMBER_NEUTRAL_KEYS}
 
 
 def _ignored(key: str) -> bool:
@@ -33,16 +33,6 @@ class Group:
     label: str
     summaries: list[dict[str, Any]] = field(default_factory=list)
     curves: list[list[float]] = field(default_factory=list)
-
-
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -61,7 +51,8 @@ def _varies_within_strategy(key: str, strategy: str, configs) -> bool:
 def group_runs(runs: list[Path]) -> list[Group]:
     """Group runs by the config keys whose values differ across them (seed excluded)."""
     configs = {
-        run: _flatten(OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))) for run in runs
+        run: flatten_config(OmegaConf.to_container(OmegaConf.load(run / "config.yaml")))
+        for run in runs
     }
     keys = sorted({k for c in configs.values() for k in c if not _ignored(k)})
     varying = [  # a key only some runs have (added by a later version) does not split groups

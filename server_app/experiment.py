@@ -30,7 +30,14 @@ from server_app.engine import with_clients_per_node
 from server_app.monitor import LayerMonitor
 from server_app.plots import plot_run
 from server_app.replies import stream_replies
-from server_app.results import METRICS_FILE, SUMMARY_FILE, MetricsLog, summarize, write_summary
+from server_app.results import (
+    METRICS_FILE,
+    NUMBER_NEUTRAL_KEYS,
+    SUMMARY_FILE,
+    MetricsLog,
+    summarize,
+    write_summary,
+)
 from server_app.settings import ConfigError, build_strategy, client_job, strategy_params
 from server_app.tracking import start as start_tracking
 from strategies.arrays import to_array_record
@@ -40,8 +47,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoint"
-# engine and tracking settings never change the numbers
-RESUMABLE_KEYS = ("num_rounds", "resume", "engine", "tracking", "tracking_dir")
+RESUMABLE_KEYS = ("num_rounds", "resume", *NUMBER_NEUTRAL_KEYS)
 
 
 def initial_arrays(cfg: DictConfig) -> ArrayRecord:

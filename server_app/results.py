@@ -5,11 +5,26 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+# top-level settings that never change a run's numbers: they may change on resume, and runs that
+# differ only in them are the same experiment
+NUMBER_NEUTRAL_KEYS = ("engine", "tracking", "tracking_dir")
+
+
+def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"strategy.name": "fedavg", ...}`` (leaves kept as they are)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _json_safe(value: Any) -> Any:

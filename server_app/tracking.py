@@ -32,6 +32,8 @@ from typing import Any, Protocol
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from server_app.results import flatten_config
+
 log = logging.getLogger(__name__)
 
 NONE = "none"
@@ -74,17 +76,11 @@ def tracking_root(cfg: DictConfig, run_dir: Path, sweep: Path | None) -> Path:
 
 def flat_config(cfg: DictConfig) -> dict[str, str | int | float | bool]:
     """The resolved config as ``{"strategy.name": "fedavg", ...}``; None and lists as text."""
-
-    def walk(node: Mapping[str, Any], prefix: str) -> Iterable[tuple[str, Any]]:
-        for key, value in node.items():
-            if isinstance(value, Mapping):
-                yield from walk(value, f"{prefix}{key}.")
-            elif isinstance(value, str | int | float | bool):
-                yield f"{prefix}{key}", value
-            else:
-                yield f"{prefix}{key}", json.dumps(value)
-
-    return dict(walk(OmegaConf.to_container(cfg, resolve=True), ""))
+    flat = flatten_config(OmegaConf.to_container(cfg, resolve=True))
+    return {
+        key: value if isinstance(value, str | int | float | bool) else json.dumps(value)
+        for key, value in flat.items()
+    }
 
 
 def _is_scalar(value: Any) -> bool:
