@@ -43,10 +43,15 @@ def relative_layer_update(
     previous: ArrayRecord, current: ArrayRecord, view: LayerView = WEIGHTS
 ) -> dict[str, float]:
     """‖W_t − W_{t−1}‖ / ‖W_{t−1}‖ for every layer of ``view`` (θ for FedPM's scores)."""
-    old = view.monitored_layers(previous)
+    return _relative_update(view.monitored_layers(previous), view.monitored_layers(current))
+
+
+def _relative_update(
+    old: Mapping[str, np.ndarray], new: Mapping[str, np.ndarray]
+) -> dict[str, float]:
     return {
-        name: _ratio(l2_norm(new - old[name]), l2_norm(old[name]))
-        for name, new in view.monitored_layers(current).items()
+        name: _ratio(l2_norm(values - old[name]), l2_norm(old[name]))
+        for name, values in new.items()
     }
 
 
@@ -93,8 +98,10 @@ class LayerMonitor:
         """The monitor keys for this round's metrics line; ``layer_agg_eff`` needs the round's
         ``mean_delta`` and the clients' ``norms`` and ``weights`` (see
         :func:`aggregation_effectiveness`)."""
-        values = {"layer_rel_update": relative_layer_update(previous, current, self.view)}
-        layers = self.view.monitored_layers(current)
+        layers = self.view.monitored_layers(current)  # once: FedPM's are σ of every score
+        values = {
+            "layer_rel_update": _relative_update(self.view.monitored_layers(previous), layers)
+        }
         if server_round == self.ref_round:
             self.reference = layers
         if self.reference and server_round >= self.ref_round:
