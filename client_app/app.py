@@ -33,9 +33,11 @@ from models.training import (
     seed_torch,
     train_epochs,
 )
-from strategies.base import CONFIG, METRICS, ClientAlgorithm
+from strategies.base import ClientAlgorithm
 from strategies.cohort import QUERY_CONFIG, hosted_clients
 from strategies.job import ClientJob
+from strategies.reduction import CohortReducer
+from strategies.update import ARRAYS, CONFIG, METRICS
 from strategies.wire import CLIENT_IDS_KEY, ClientState, Record, pack_clients
 
 DATA_ROOT = "data-root"
@@ -208,18 +210,36 @@ def directory(msg: Message, context: Context) -> Message:
     )
 
 
+def _reducer(job: ClientJob, msg: Message) -> CohortReducer | None:
+    """The cohort's running sum when the job asks this node to reduce (None: reply per client)."""
+    kind = strategies.get_algorithm(job.algorithm).server.cohort_sum_type
+    if not job.reduce_cohorts or kind is None:
+        return None
+    return CohortReducer(kind(job, msg.content[ARRAYS]))
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train every client the message names, one after another; their replaced state is freed
-    only when all succeeded (a message that raises keeps the node's committed state intact)."""
+    only when all succeeded (a message that raises keeps the node's committed state intact).
+    Under cohort reduction each client's reply is checked and added as soon as it is made, so
+    the node holds one partial sum, not one update per client."""
     job, device = _prepare(msg, context)
     states = {
         c: client_state(context.state, c, job.state_dir, context.run_id) for c in job.client_ids
     }
-    per_client = {c: _train_one(msg, context, job, c, device, states[c]) for c in job.client_ids}
+    reducer = _reducer(job, msg)
+    per_client: dict[int, dict[str, Record]] = {}
+    for client_id in job.client_ids:
+        records = _train_one(msg, context, job, client_id, device, states[client_id])
+        if reducer is None:
+            per_client[client_id] = records
+        else:
+            reducer.add(client_id, records)
     for state in states.values():
         state.release_superseded()
-    return Message(pack_clients(per_client), reply_to=msg)
+    content = pack_clients(per_client) if reducer is None else reducer.content()
+    return Message(content, reply_to=msg)
 
 
 @app.evaluate()

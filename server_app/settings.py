@@ -10,6 +10,7 @@ import difflib
 import logging
 import shlex
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from functools import cache
 from typing import Any
 
@@ -186,6 +187,8 @@ def validate(cfg: DictConfig) -> None:
         lambda v: v == AUTO or (_is_int(v) and v >= 1),
         f"must be an integer >= 1 or {AUTO!r}",
     )
+    if "reduce_cohorts" in cfg.engine:
+        _check(cfg, "engine.reduce_cohorts", lambda v: isinstance(v, bool), "must be true or false")
     _check(
         cfg,
         "engine.ray_address",
@@ -319,7 +322,7 @@ def client_job(cfg: DictConfig) -> ClientJob:
     """The job every sampled client receives (round and client ids are set per message)."""
     cfg = with_clients_per_node(cfg, actors=None)
     partition = cfg.partition
-    return ClientJob(
+    job = ClientJob(
         algorithm=cfg.strategy.name,
         model=cfg.model.name,
         dataset=cfg.dataset.name,
@@ -347,9 +350,12 @@ def client_job(cfg: DictConfig) -> ClientJob:
         fault_slow_s=float(cfg.faults.slow_s),
         threads=cfg.engine.client_cpus,
         clients_per_node=cfg.engine.clients_per_node,
+        reduce_cohorts=bool(cfg.engine.get("reduce_cohorts", False)),
         state_dir=client_state_dir(cfg),
         params={k: v for k, v in strategy_params(cfg).items() if v is not None},
     )
+    server = strategies.get_algorithm(cfg.strategy.name).server
+    return replace(job, reduce_cohorts=server.reduces_cohorts(job, cfg.max_client_weight))
 
 
 def client_state_dir(cfg: DictConfig) -> str:

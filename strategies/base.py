@@ -31,12 +31,22 @@ from strategies.arrays import to_array_record, to_numpy
 from strategies.cohort import ClientDirectory
 from strategies.job import ClientJob, ConfigScalar
 from strategies.layers import LayerView
-from strategies.validation import (
-    ReplyError,
-    check_finite_metric,
-    check_num_examples,
-    require_record,
+from strategies.reduction import (
+    CohortSum,
+    is_reduced,
+    reported_partial,
+    reported_size,
+    reported_update,
 )
+from strategies.update import (
+    ARRAYS,
+    CONFIG,
+    REPLY_SLACK_BYTES,
+    ClientUpdate,
+    checked_update,
+    decode_train,
+)
+from strategies.validation import ReplyError, check_finite_metric
 from strategies.wire import (
     ClientState,
     Record,
@@ -49,11 +59,7 @@ from strategies.wire import (
 
 log = logging.getLogger(__name__)
 
-ARRAYS = "arrays"
-CONFIG = "config"
-METRICS = "metrics"
 SAMPLE_TRAIN, SAMPLE_EVALUATE = 0, 1
-REPLY_SLACK_BYTES = 1 << 16
 
 
 def check_number(key: str, value: Any, ok: Callable[[float], bool], requirement: str) -> None:
@@ -67,24 +73,6 @@ def check_number(key: str, value: Any, ok: Callable[[float], bool], requirement:
 def finite_or_zero(value: object) -> float:
     """A client-reported number, or 0 when it is missing or not a finite number."""
     return float(value) if isinstance(value, int | float) and np.isfinite(value) else 0.0
-
-
-@dataclass
-class ClientUpdate:
-    """One client's validated reply."""
-
-    client_id: int
-    num_examples: int
-    metrics: MetricRecord
-    records: dict[str, Record]
-    payload: Any = None
-    delta_norms: dict[str, float] = field(default_factory=dict)  # ‖Δ_c‖ per array (monitor)
-
-    def release(self, keep: Any = None) -> None:
-        """Drop the reply's arrays once they are folded into the aggregate; metrics stay, and
-        ``keep`` replaces the payload (what the round's metrics still need, or nothing)."""
-        self.records = {}
-        self.payload = keep
 
 
 @dataclass
@@ -113,30 +101,38 @@ class RoundStats:
 
 
 class _InOrder:
-    """Hands nodes' updates to ``fold`` in the nodes' given order, holding back those that
-    arrive before an earlier node's (nothing is held without a ``fold``). Only a node's first
-    arrival counts."""
+    """Runs each node's fold work in the nodes' given order, holding back the work of nodes
+    that reply before an earlier node (nothing is run or held without a fold). Only a node's
+    first arrival counts."""
 
-    def __init__(self, nodes: list[int], fold) -> None:
-        self.nodes, self.expected, self.fold = nodes, set(nodes), fold
+    def __init__(self, nodes: list[int], folding: bool) -> None:
+        self.nodes, self.expected, self.folding = nodes, set(nodes), folding
         self.next = 0
-        self.waiting: dict[int, list[ClientUpdate]] = {}
+        self.waiting: dict[int, Callable[[], None]] = {}
 
-    def arrived(self, node_id: int, updates: list[ClientUpdate]) -> None:
-        if self.fold is None or node_id not in self.expected:
+    def arrived(self, node_id: int, work: Callable[[], None]) -> None:
+        if not self.folding or node_id not in self.expected:
             return
         self.expected.discard(node_id)
-        self.waiting[node_id] = updates
+        self.waiting[node_id] = work
         while self.next < len(self.nodes) and self.nodes[self.next] in self.waiting:
-            for update in self.waiting.pop(self.nodes[self.next]):
-                self.fold(update)
+            self.waiting.pop(self.nodes[self.next])()
             self.next += 1
+
+
+def _nothing() -> None:
+    """The fold work of a node that contributed nothing."""
 
 
 class FedSparseStrategy(Strategy, LayerView):
     """Cohort-aware base strategy; subclasses define the payload codec and the aggregation."""
 
     name = "base"
+    cohort_sum_type: type[CohortSum] | None = None
+    """The hook of cohort reduction: when the round's aggregate is a sum over clients, the
+    :class:`~strategies.reduction.CohortSum` that decodes, measures and adds each reply, built
+    from ``(train job, train downlink)`` on the server and, when the job says so, on each node
+    (None: every reply travels and is decoded on its own)."""
 
     def __init__(
         self,
@@ -156,11 +152,25 @@ class FedSparseStrategy(Strategy, LayerView):
         self.num_rounds = num_rounds
         self.min_replies = min_replies
         self.max_client_weight = max_client_weight
+        self.job = replace(job, reduce_cohorts=self.reduces_cohorts(job, max_client_weight))
+        self.running: CohortSum | None = None
         self.stats = RoundStats()
         self.evaluate_stats = RoundStats()
         self.last_updates: list[ClientUpdate] = []
         self._sent: dict[int, list[int]] = {}
         self._global: ArrayRecord | None = None
+
+    @classmethod
+    def reduces_cohorts(cls, job: ClientJob, max_client_weight: float | None) -> bool:
+        """Whether nodes reduce their cohorts: asked for, more than one client per node, a
+        cohort sum to reduce with, and no weight cap (it judges every claim against the
+        round's median before anything is added)."""
+        return (
+            job.reduce_cohorts
+            and job.clients_per_node > 1
+            and max_client_weight is None
+            and cls.cohort_sum_type is not None
+        )
 
     # ----------------------------------------------------------------- sampling and routing
     def sample_clients(self, server_round: int, purpose: int) -> list[int]:
@@ -202,11 +212,18 @@ class FedSparseStrategy(Strategy, LayerView):
             else {}
         )
         content[ARRAYS] = self.downlink(server_round, arrays, message_type)
-        job = self.job.for_round(server_round, cohort)
         if message_type == MessageType.TRAIN:
-            job = replace(job, params={**job.params, **self.round_params(server_round)})
+            job = self.train_job(server_round, cohort)
+        else:
+            job = self.job.for_round(server_round, cohort)
         content[CONFIG] = job.to_record()
         return content
+
+    def train_job(self, server_round: int, cohort: list[int]) -> ClientJob:
+        """The train job of ``server_round`` addressed to ``cohort``, with the round's
+        algorithm parameters."""
+        job = self.job.for_round(server_round, cohort)
+        return replace(job, params={**job.params, **self.round_params(server_round)})
 
     def round_params(self, server_round: int) -> dict[str, ConfigScalar]:
         """Per-round algorithm parameters for the train job (default: none)."""
@@ -231,7 +248,13 @@ class FedSparseStrategy(Strategy, LayerView):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return self._messages(server_round, arrays, grid, MessageType.TRAIN, SAMPLE_TRAIN)
+        messages = self._messages(server_round, arrays, grid, MessageType.TRAIN, SAMPLE_TRAIN)
+        kind = self.cohort_sum_type
+        self.running = None
+        if kind is not None:  # built from the same job and downlink the nodes receive
+            downlink = self.downlink(server_round, arrays, MessageType.TRAIN)
+            self.running = kind(self.train_job(server_round, []), downlink)
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -306,18 +329,26 @@ class FedSparseStrategy(Strategy, LayerView):
         return kept
 
     def reply_limit(self) -> int:
-        """Most bytes one client's reply may carry: twice the dense model plus slack."""
+        """Most bytes one client's reply may carry: the cohort sum's limit, else twice the
+        dense model plus slack."""
+        if self.running is not None:
+            return self.running.reply_limit()
         return 2 * self.global_arrays.count_bytes() + REPLY_SLACK_BYTES
 
     def _decode_train(self, update: ClientUpdate) -> ClientUpdate:
-        check_finite_metric(update.metrics, "train-loss")
-        update.payload = self.decode(update)
-        update.delta_norms = self.delta_norms(update.payload)
-        return update
+        return decode_train(update, self)
 
-    @abstractmethod
     def decode(self, update: ClientUpdate) -> Any:
-        """Validate and decode one client's payload; raise ReplyError to drop it."""
+        """Validate and decode one client's payload; raise ReplyError to drop it (default: the
+        round's cohort sum decodes it)."""
+        if self.running is None:
+            raise NotImplementedError(f"{type(self).__name__} needs decode() or cohort_sum_type")
+        return self.running.decode(update)
+
+    def client_stats(self, update: ClientUpdate) -> dict[str, float]:
+        """Numbers of one decoded reply the round's metrics read, kept in ``update.stats``
+        (default: the cohort sum's, or none)."""
+        return {} if self.running is None else self.running.client_stats(update)
 
     def prefetch(self, replies: Mapping[int, Mapping[str, Record]]) -> None:
         """A node's train replies, by client id, as they arrive and before :meth:`decode` sees
@@ -329,8 +360,10 @@ class FedSparseStrategy(Strategy, LayerView):
 
     def fold(self, update: ClientUpdate) -> None:
         """Add one valid update to the running aggregate, in client-id order, as soon as every
-        earlier client's reply is in; may release its arrays (default: keep it for
-        ``aggregate``)."""
+        earlier client's reply is in; may release its arrays (default: the cohort sum adds it;
+        without one it is kept for ``aggregate``)."""
+        if self.running is not None:
+            self.running.add(update)
 
     @abstractmethod
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
@@ -390,52 +423,99 @@ class FedSparseStrategy(Strategy, LayerView):
         ``fold`` gets each valid update in client-id order as soon as every node hosting
         earlier clients has replied (or failed): nodes host consecutive client ids, so a node's
         updates wait only for the nodes before it, and the order never depends on cohort size.
+        A node's reduced reply is merged whole in that same place.
         """
         updates: list[ClientUpdate] = []
-        pending = _InOrder(list(self._sent), fold)
+        pending = _InOrder(list(self._sent), fold is not None)
         for reply in replies:
             node_id = reply.metadata.src_node_id
             cohort = self._sent.pop(node_id, [])
-            node_updates: list[ClientUpdate] = []
             if reply.has_error():
                 log.warning("node %d failed: %s", node_id, reply.error.reason)
                 stats.failures += len(cohort)
-                pending.arrived(node_id, node_updates)
+                pending.arrived(node_id, _nothing)
                 continue
-            per_client = unpack_clients(reply.content)
-            if prefetch is not None:
-                prefetch({c: per_client[c] for c in cohort if c in per_client})
-            for client_id in cohort:
-                records = per_client.get(client_id, {})
-                size = record_bytes(records.values())
-                stats.uplink_bytes += size
-                try:
-                    if size > self.reply_limit():
-                        raise ReplyError("oversize", f"{size} bytes > limit {self.reply_limit()}")
-                    metrics = require_record(records, METRICS, MetricRecord)
-                    update = ClientUpdate(
-                        client_id, check_num_examples(metrics, min_examples), metrics, records
-                    )
-                    node_updates.append(decode(update))
-                except ReplyError as err:
-                    log.warning("client %d reply dropped: %s", client_id, err)
-                    stats.rejected[err.reason] += 1
-                    stats.failures += 1
+            if is_reduced(reply.content):
+                node_updates, work = self._reduced(node_id, reply.content, cohort, stats, fold)
+            else:
+                node_updates = self._per_client(
+                    reply.content, cohort, stats, decode, min_examples, prefetch
+                )
+
+                def work(node_updates: list[ClientUpdate] = node_updates) -> None:
+                    for update in node_updates:
+                        fold(update)
+
             updates.extend(node_updates)
-            pending.arrived(node_id, node_updates)
+            pending.arrived(node_id, work)
         for node_id, cohort in self._sent.items():
             log.warning("node %d did not reply (clients %s)", node_id, cohort)
             stats.failures += len(cohort)
-            pending.arrived(node_id, [])
+            pending.arrived(node_id, _nothing)
         self._sent = {}
         stats.clients = len(updates)
         return sorted(updates, key=lambda u: u.client_id)
 
+    def _per_client(
+        self,
+        content: RecordDict,
+        cohort: list[int],
+        stats: RoundStats,
+        decode,
+        min_examples: int,
+        prefetch,
+    ) -> list[ClientUpdate]:
+        """The valid updates of a node's reply that carries every client's records."""
+        per_client = unpack_clients(content)
+        if prefetch is not None:
+            prefetch({c: per_client[c] for c in cohort if c in per_client})
+        updates = []
+        for client_id in cohort:
+            records = per_client.get(client_id, {})
+            size = record_bytes(records.values())
+            stats.uplink_bytes += size
+            try:
+                updates.append(
+                    decode(
+                        checked_update(client_id, records, size, self.reply_limit(), min_examples)
+                    )
+                )
+            except ReplyError as err:
+                _dropped(client_id, err, stats)
+        return updates
+
+    def _reduced(
+        self, node_id: int, content: RecordDict, cohort: list[int], stats: RoundStats, fold
+    ) -> tuple[list[ClientUpdate], Callable[[], None]]:
+        """The valid updates of a node's reduced reply (as the node judged them, without
+        arrays), and the work that merges its partial sum."""
+        try:
+            if fold is None or self.running is None:
+                raise ReplyError("reduction", "this round aggregates every reply on its own")
+            partial, weight = reported_partial(content)
+        except ReplyError as err:
+            log.warning("node %d reply dropped (clients %s): %s", node_id, cohort, err)
+            stats.rejected[err.reason] += len(cohort)
+            stats.failures += len(cohort)
+            return [], _nothing
+        per_client = unpack_clients(content)
+        updates = []
+        for client_id in cohort:
+            records = per_client.get(client_id, {})
+            stats.uplink_bytes += reported_size(records)
+            try:
+                updates.append(reported_update(client_id, records))
+            except ReplyError as err:
+                _dropped(client_id, err, stats)
+        running = self.running
+        return updates, lambda: running.merge(partial, weight)
+
     def delta_norms(self, payload: Any) -> dict[str, float]:
         """‖Δ_c‖ per float array of one client's decoded payload, Δ_c being its change to the
-        global weights, for the layer monitor ({}: unknown). Taken as each reply arrives, while
-        other clients still train, so the monitor never revisits the updates."""
-        return {}
+        global weights, for the layer monitor ({}: unknown; default: the cohort sum's). Taken
+        as each reply arrives, while other clients still train, so the monitor never revisits
+        the updates."""
+        return {} if self.running is None else self.running.delta_norms(payload)
 
     def mean_client_delta(self) -> dict[str, np.ndarray] | None:
         """Σ_c s_c Δ_c of the last aggregated round (s_c = the :meth:`monitor_weights` shares),
@@ -469,6 +549,12 @@ class FedSparseStrategy(Strategy, LayerView):
 
     def summary(self) -> None:
         log.info("strategy %s: %d clients per round", self.name, self.clients_per_round)
+
+
+def _dropped(client_id: int, err: ReplyError, stats: RoundStats) -> None:
+    log.warning("client %d reply dropped: %s", client_id, err)
+    stats.rejected[err.reason] += 1
+    stats.failures += 1
 
 
 class ClientAlgorithm:

@@ -2,57 +2,77 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 from flwr.app import ArrayRecord
 
 from strategies.arrays import l2_norm, to_array_record, to_numpy_dict
 from strategies.base import ARRAYS, ClientAlgorithm, ClientUpdate, FedSparseStrategy
+from strategies.job import ClientJob
+from strategies.reduction import CohortSum
 from strategies.registry import Algorithm, register_algorithm
 from strategies.slices import map_arrays
+from strategies.update import REPLY_SLACK_BYTES
 from strategies.validation import arrays_like, require_record
 from strategies.weighted_sum import WeightedSum, cast_like
 
 
-class FedAvg(FedSparseStrategy):
-    """Weighted averaging of the clients' trained weights."""
+class WeightedArrays(CohortSum):
+    """Σ_c n_c·θ_c over the clients' trained arrays, each checked against the downlinked global
+    arrays (names, shapes, dtypes, finite values)."""
 
-    name = "fedavg"
-    _mean_delta: dict[str, np.ndarray] | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, job: ClientJob, downlink: ArrayRecord) -> None:
+        self.template = downlink
+        self.base = to_numpy_dict(downlink)
+        self.sum = WeightedSum()
         self._scratch: dict[str, np.ndarray] = {}  # one client's delta at a time (monitor)
-        self._sum = WeightedSum()
+
+    @property
+    def weight(self) -> int:
+        return self.sum.weight
+
+    def reply_limit(self) -> int:
+        """Twice the dense model plus slack."""
+        return 2 * self.template.count_bytes() + REPLY_SLACK_BYTES
 
     def decode(self, update: ClientUpdate) -> dict[str, np.ndarray]:
-        return arrays_like(require_record(update.records, ARRAYS, ArrayRecord), self.global_arrays)
+        return arrays_like(require_record(update.records, ARRAYS, ArrayRecord), self.template)
 
     def delta_norms(self, payload: dict[str, np.ndarray]) -> dict[str, float]:
-        base = to_numpy_dict(self.global_arrays)
         floats = {name: values.size for name, values in payload.items() if values.dtype.kind == "f"}
         for name in floats:  # decoded payloads match the global arrays' shapes and dtypes
             if name not in self._scratch:
                 self._scratch[name] = np.empty_like(payload[name])
 
         def norm(name: str) -> float:
-            return l2_norm(np.subtract(payload[name], base[name], out=self._scratch[name]))
+            return l2_norm(np.subtract(payload[name], self.base[name], out=self._scratch[name]))
 
         return map_arrays(norm, floats)
+
+    def add(self, update: ClientUpdate) -> None:
+        self.sum.add(update.payload, update.num_examples)
+        update.release()
+
+    def partial(self) -> dict[str, np.ndarray]:
+        return self.sum.partial()
+
+    def merge(self, partial: Mapping[str, np.ndarray], weight: int) -> None:
+        self.sum.merge(partial, weight)
+
+
+class FedAvg(FedSparseStrategy):
+    """Weighted averaging of the clients' trained weights."""
+
+    name = "fedavg"
+    cohort_sum_type = WeightedArrays
+    _mean_delta: dict[str, np.ndarray] | None = None
 
     def mean_client_delta(self) -> dict[str, np.ndarray] | None:
         return self._mean_delta
 
-    def begin_aggregation(self, server_round: int) -> None:
-        self._sum = WeightedSum()
-
-    def fold(self, update: ClientUpdate) -> None:
-        self._sum.add(update.payload, update.num_examples)
-        update.release()
-
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
-        means = self._sum.mean()
+        means = self.running.sum.mean()
         base = to_numpy_dict(self.global_arrays)
         self._mean_delta = {  # Σ s_c (θ_c − W) = θ − W, the shares summing to 1
             name: mean - base[name] for name, mean in means.items() if base[name].dtype.kind == "f"

@@ -19,7 +19,12 @@ weighting), and the bpp entropy uses the true (unclipped) ones fraction.
 Layer monitor (``server_app.monitor``): its layer view (:class:`MaskScores`) reports each
 ``<layer>.weight_score`` as ``<layer>.weight`` with θ = σ(score) as the watched values. It
 supplies each client's Δ_c = clip(m_c, ε, 1−ε) − θ_{t−1} (its norm as the reply arrives) and
-their unweighted mean (the posterior's own count), for ``layer_agg_eff``.
+their unweighted mean (the posterior's own count), for ``layer_agg_eff``; θ_{t−1} is what the
+clients received and trained from (the uint16 θ under the default downlink).
+
+Cohort reduction (:class:`MaskCounts`): the aggregate is a count of ones per entry, so a node
+hosting several clients decodes their masks (it holds the same θ) and sends the counts: exact,
+and the range decoding spreads over the nodes.
 """
 
 from __future__ import annotations
@@ -27,8 +32,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,7 +58,6 @@ from models.training import TensorData, evaluate, load_weights, resolve_device, 
 from strategies.arrays import dot, to_array_record, to_numpy, to_numpy_dict
 from strategies.base import (
     ARRAYS,
-    METRICS,
     REPLY_SLACK_BYTES,
     ClientAlgorithm,
     ClientUpdate,
@@ -76,7 +80,9 @@ from strategies.mask_codec import (
     quantize_prior,
     unpack_mask,
 )
+from strategies.reduction import CohortSum
 from strategies.registry import Algorithm, register_algorithm
+from strategies.update import METRICS
 from strategies.validation import ReplyError, require_record
 from strategies.wire import ClientState, Record, decoded_tensors, record_bytes
 
@@ -172,22 +178,20 @@ class BetaPosterior:
         return (server_round - 1) % self.reset_period == 0
 
     def update(
-        self, server_round: int, masks: list[dict[str, np.ndarray]]
+        self, server_round: int, counts: Mapping[str, np.ndarray], clients: int
     ) -> dict[str, np.ndarray]:
-        """Add the ε-clipped masks (unweighted) and return the mode θ per entry."""
+        """Add ``clients`` ε-clipped masks (unweighted), given as the count of ones per entry,
+        and return the mode θ per entry."""
         theta: dict[str, np.ndarray] = {}
-        for name in masks[0]:
+        for name, count in counts.items():
             if self.resets(server_round) or name not in self.alpha:
-                self.alpha[name] = np.full(masks[0][name].shape, self.lambda0)
-                self.beta[name] = np.full(masks[0][name].shape, self.lambda0)
-            counts = np.zeros(masks[0][name].shape, np.int32)
-            for mask in masks:
-                np.add(counts, mask[name], out=counts)
+                self.alpha[name] = np.full(count.shape, self.lambda0)
+                self.beta[name] = np.full(count.shape, self.lambda0)
             # Σ clip(m, ε, 1−ε) over binary masks, from the count of ones: exact, no float sum
-            ones = counts * (1.0 - 2.0 * self.eps) + len(masks) * self.eps
-            self.mean_clipped[name] = ones / len(masks)
+            ones = count * (1.0 - 2.0 * self.eps) + clients * self.eps
+            self.mean_clipped[name] = ones / clients
             self.alpha[name] = self.alpha[name] + ones
-            self.beta[name] = self.beta[name] + (len(masks) - ones)
+            self.beta[name] = self.beta[name] + (clients - ones)
             mode_num = self.alpha[name] - 1.0
             mode_den = self.alpha[name] + self.beta[name] - 2.0
             # 0/0 only when nothing was added to a flat prior: no evidence, θ = 1/2.
@@ -205,6 +209,121 @@ class BetaPosterior:
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         self.alpha = _prefixed(state, "alpha/")
         self.beta = _prefixed(state, "beta/")
+
+
+class MaskCounts(CohortSum):
+    """Σ_c m_c per mask entry, every client counting once (the posterior's evidence); each reply
+    decoded and measured against the θ the clients received in the round's downlink.
+
+    A client's monitor update is Δ_c = clip(m_c, ε, 1−ε) − θ: the ε-clipped mask it sampled
+    (what the posterior adds) minus the probabilities it trained from.
+    """
+
+    def __init__(self, job: ClientJob, downlink: ArrayRecord) -> None:
+        arrays = to_numpy_dict(downlink)
+        if all(a.dtype == np.uint16 for a in arrays.values()):
+            self.priors = arrays
+            self.theta = {k: prior_probabilities(q).reshape(q.shape) for k, q in arrays.items()}
+        else:
+            self.theta = {k: sigmoid(v) for k, v in arrays.items()}
+            self.priors = {k: quantize_prior(t) for k, t in self.theta.items()}
+        self.shapes = {k: tuple(a.shape) for k, a in arrays.items()}
+        self.lengths = {k: CodeLengths.of(q) for k, q in self.priors.items()}
+        self.coded = job.params.get("uplink_coding", "range") == "range"
+        eps = float(job.params.get("eps", 0.01))
+        self.norm_terms = {  # ‖Δ_c‖² = Σ (ε−θ)² + Σ m_c·((1−ε−θ)² − (ε−θ)²)
+            name: (dot(eps - theta, eps - theta), (1.0 - 2.0 * eps) * (1.0 - 2.0 * theta))
+            for name, theta in self.theta.items()
+        }
+        self.counts: dict[str, np.ndarray] = {}
+        self.clients = 0
+        self.predecoded: Callable[[int], dict[str, np.ndarray] | None] | None = None
+        self._stats: dict[int, dict[str, float]] = {}
+
+    @property
+    def weight(self) -> int:
+        return self.clients
+
+    def reply_limit(self) -> int:
+        """Packed bits of every mask plus slack (a coded reply falls back to them at worst)."""
+        return sum(packed_size(math.prod(s)) for s in self.shapes.values()) + REPLY_SLACK_BYTES
+
+    def decode(self, update: ClientUpdate) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        record = require_record(update.records, ARRAYS, ArrayRecord)
+        if self.coded:
+            header = require_record(update.records, CODE, ConfigRecord)
+            if list(record.keys()) != [STREAM]:
+                raise ReplyError(
+                    "names", f"coded reply arrays {list(record.keys())} != [{STREAM!r}]"
+                )
+            stream = to_numpy(record[STREAM])
+            masks = self.predecoded(update.client_id) if self.predecoded else None
+            if masks is None:
+                masks = decode_masks(stream, header, self.shapes, self.priors)
+            stream_bytes = int(stream.size)
+            layers = zip(masks, header[FLAGS_KEY], header[SIZES_KEY], strict=True)
+            coded = [(name, size) for name, flag, size in layers if flag == RANGE]
+        else:
+            if list(record.keys()) != list(self.shapes):
+                raise ReplyError(
+                    "names", f"mask names {list(record.keys())} != score names {list(self.shapes)}"
+                )
+            masks = {
+                name: unpack_mask(to_numpy(record[name]), self.shapes[name], name)
+                for name in record
+            }
+            stream_bytes = sum(int(record[name].numpy().size) for name in record)
+            coded = []
+        decode_s = time.perf_counter() - started
+        ideal = {name: self.lengths[name].bits(m) for name, m in masks.items()}
+        self._stats[update.client_id] = {
+            "ones": sum(int(np.count_nonzero(m)) for m in masks.values()),
+            "ideal_bits": sum(ideal.values()),
+            "coded_bits": sum(8 * size for _, size in coded),
+            "coded_ideal_bits": sum(ideal[name] for name, _ in coded),
+            "coded_entries": sum(math.prod(self.shapes[name]) for name, _ in coded),
+            "stream_bytes": stream_bytes,
+            "wire_bytes": record_bytes(update.records.values()),
+            "encode_s": finite_or_zero(
+                update.metrics.get(ENCODE_METRIC) if update.metrics else None
+            ),
+            "decode_s": decode_s,
+        }
+        return masks
+
+    def delta_norms(self, payload: dict[str, np.ndarray]) -> dict[str, float]:
+        """‖clip(m_c, ε, 1−ε) − θ‖ per mask array: one dot product of the mask with a per-round
+        array, no model-sized temporary per client."""
+        norms = {}
+        for name, mask in payload.items():
+            zeros_part, ones_gain = self.norm_terms[name]
+            norms[name] = math.sqrt(max(zeros_part + dot(mask, ones_gain), 0.0))
+        return norms
+
+    def client_stats(self, update: ClientUpdate) -> dict[str, float]:
+        """What the reply cost: ones, ideal and coded bits, bytes, encode and decode seconds."""
+        return self._stats.pop(update.client_id)
+
+    def add(self, update: ClientUpdate) -> None:
+        for name, mask in update.payload.items():
+            if name not in self.counts:
+                self.counts[name] = np.zeros(mask.shape, np.int32)
+            np.add(self.counts[name], mask, out=self.counts[name])
+        self.clients += 1
+        update.release()
+
+    def partial(self) -> dict[str, np.ndarray]:
+        return self.counts
+
+    def merge(self, partial: Mapping[str, np.ndarray], weight: int) -> None:
+        for name, count in partial.items():
+            if name not in self.shapes or tuple(count.shape) != self.shapes[name]:
+                raise ValueError(f"partial mask count {name} {count.shape} fits no mask")
+            if name not in self.counts:
+                self.counts[name] = np.zeros(count.shape, np.int32)
+            np.add(self.counts[name], count, out=self.counts[name], casting="unsafe")
+        self.clients += weight
 
 
 # ---------------------------------------------------------------------------------- server
@@ -228,6 +347,7 @@ class FedPM(MaskScores, FedSparseStrategy):
     """Bayesian aggregation of sampled binary masks over seed-shared frozen weights."""
 
     name = "fedpm"
+    cohort_sum_type = MaskCounts
 
     def __init__(
         self,
@@ -311,16 +431,8 @@ class FedPM(MaskScores, FedSparseStrategy):
         self._evaluator: MaskEvaluator | None = None
         self._scores: dict[str, np.ndarray] = {}
         self._downlink: tuple[ArrayRecord | None, ArrayRecord] = (None, ArrayRecord())
-        self._theta: tuple[ArrayRecord | None, dict[str, np.ndarray]] = (None, {})
-        self._norm_terms: dict[str, tuple[float, np.ndarray]] = {}
-        self._prior: tuple[ArrayRecord | None, dict[str, np.ndarray], dict[str, CodeLengths]] = (
-            None,
-            {},
-            {},
-        )
+        self._prior: tuple[ArrayRecord | None, dict[str, np.ndarray]] = (None, {})
         self._mean_delta: dict[str, np.ndarray] | None = None
-        self._reply_stats: dict[int, ReplyStats] = {}
-        self._decode_s = 0.0
         workers = self.decode_workers(decode_workers)
         self.pool = DecodePool(workers, self.shapes) if workers and self.coded else None
 
@@ -354,17 +466,18 @@ class FedPM(MaskScores, FedSparseStrategy):
         ends. Computed once per global model, by the server only."""
         if self._prior[0] is not arrays:
             priors = {name: quantize_prior(sigmoid(to_numpy(a))) for name, a in arrays.items()}
-            lengths = {name: CodeLengths.of(q) for name, q in priors.items()}
-            self._prior = (arrays, priors, lengths)
+            self._prior = (arrays, priors)
             if self.pool is not None:
                 self.pool.set_prior(priors)
         return self._prior[1]
 
-    def reply_limit(self) -> int:
-        return sum(packed_size(math.prod(s)) for s in self.shapes.values()) + REPLY_SLACK_BYTES
-
     def begin_aggregation(self, server_round: int) -> None:
-        self._reply_stats, self._decode_s = {}, 0.0
+        """Decoded masks come from the decoding processes when they took the reply."""
+        if self.pool is not None:
+            self.running.predecoded = self._pool_result
+
+    def _pool_result(self, client_id: int) -> dict[str, np.ndarray] | None:
+        return self.pool.result(client_id) if self.pool.has(client_id) else None
 
     def prefetch(self, replies: Mapping[int, Mapping[str, Record]]) -> None:
         """Hand a node's coded streams to the decoding processes as the node's reply lands."""
@@ -380,80 +493,12 @@ class FedPM(MaskScores, FedSparseStrategy):
             ):
                 self.pool.submit(client_id, to_numpy(arrays[STREAM]), header)
 
-    def decode(self, update: ClientUpdate) -> dict[str, np.ndarray]:
-        started = time.perf_counter()
-        record = require_record(update.records, ARRAYS, ArrayRecord)
-        priors = self.prior(self.global_arrays)
-        if self.coded:
-            header = require_record(update.records, CODE, ConfigRecord)
-            if list(record.keys()) != [STREAM]:
-                raise ReplyError(
-                    "names", f"coded reply arrays {list(record.keys())} != [{STREAM!r}]"
-                )
-            stream = to_numpy(record[STREAM])
-            if self.pool is not None and self.pool.has(update.client_id):
-                masks = self.pool.result(update.client_id)
-            else:
-                masks = decode_masks(stream, header, self.shapes, priors)
-            stream_bytes = int(stream.size)
-            layers = zip(masks, header[FLAGS_KEY], header[SIZES_KEY], strict=True)
-            coded = [(name, size) for name, flag, size in layers if flag == RANGE]
-        else:
-            if list(record.keys()) != list(self.shapes):
-                raise ReplyError(
-                    "names", f"mask names {list(record.keys())} != score names {list(self.shapes)}"
-                )
-            masks = {
-                name: unpack_mask(to_numpy(record[name]), self.shapes[name], name)
-                for name in record
-            }
-            stream_bytes = sum(int(record[name].numpy().size) for name in record)
-            coded = []
-        self._decode_s += time.perf_counter() - started
-        ideal = {name: self._prior[2][name].bits(m) for name, m in masks.items()}
-        self._reply_stats[update.client_id] = ReplyStats(
-            ones=sum(int(np.count_nonzero(m)) for m in masks.values()),
-            ideal_bits=sum(ideal.values()),
-            coded_bits=sum(8 * size for _, size in coded),
-            coded_ideal_bits=sum(ideal[name] for name, _ in coded),
-            coded_entries=sum(math.prod(self.shapes[name]) for name, _ in coded),
-            stream_bytes=stream_bytes,
-            wire_bytes=record_bytes(update.records.values()),
-            encode_s=finite_or_zero(update.metrics.get(ENCODE_METRIC) if update.metrics else None),
-        )
-        return masks
-
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
-        theta = self.posterior.update(server_round, [u.payload for u in updates])
-        previous = self.previous_theta()
-        self._mean_delta = {k: v - previous[k] for k, v in self.posterior.mean_clipped.items()}
+        counts: MaskCounts = self.running
+        theta = self.posterior.update(server_round, counts.counts, counts.clients)
+        self._mean_delta = {k: v - counts.theta[k] for k, v in self.posterior.mean_clipped.items()}
         self._scores = {k: logit(v).astype(np.float32) for k, v in theta.items()}
         return to_array_record(self._scores)
-
-    # ------------------------------------------------------------------- layer monitor
-    # A client's update is Δ_c = clip(m_c, ε, 1−ε) − θ_{t−1}: the ε-clipped mask it sampled
-    # (what the posterior adds) minus the probabilities θ_{t−1} = σ(score) it trained from.
-    def previous_theta(self) -> dict[str, np.ndarray]:
-        """θ_{t−1} = σ(score) of this round's global scores (float64), once per global model."""
-        arrays = self.global_arrays
-        if self._theta[0] is not arrays:
-            self._theta = (arrays, {name: sigmoid(to_numpy(a)) for name, a in arrays.items()})
-            eps = self.posterior.eps
-            self._norm_terms = {  # ‖Δ_c‖² = Σ (ε−θ)² + Σ m_c·((1−ε−θ)² − (ε−θ)²)
-                name: (dot(eps - theta, eps - theta), (1.0 - 2.0 * eps) * (1.0 - 2.0 * theta))
-                for name, theta in self._theta[1].items()
-            }
-        return self._theta[1]
-
-    def delta_norms(self, payload: dict[str, np.ndarray]) -> dict[str, float]:
-        """‖clip(m_c, ε, 1−ε) − θ_{t−1}‖ per mask array of one client's decoded masks: one dot
-        product of the mask with a per-round array, no model-sized temporary per client."""
-        self.previous_theta()
-        norms = {}
-        for name, mask in payload.items():
-            zeros_part, ones_gain = self._norm_terms[name]
-            norms[name] = math.sqrt(max(zeros_part + dot(mask, ones_gain), 0.0))
-        return norms
 
     def monitor_weights(self) -> list[float]:
         """Every client counts once in the posterior, whatever its num-examples."""
@@ -467,28 +512,28 @@ class FedPM(MaskScores, FedSparseStrategy):
         the reply; ``stream``: the masks alone), what packing would send, the ones-fraction
         bound H₂(f) and the code length θ_g allows (``ideal``); the coder's overhead over ideal;
         client encode and server decode seconds."""
-        stats = [self._reply_stats[u.client_id] for u in self.last_updates]
+        stats = [u.stats for u in self.last_updates]
         n = self.num_params
 
         def mean(values: list[float]) -> float:
             return float(np.mean(values)) if values else float("nan")
 
-        coded_ideal = sum(s.coded_ideal_bits for s in stats)
+        coded_ideal = sum(s["coded_ideal_bits"] for s in stats)
         metrics: dict[str, Any] = {
-            "fedpm_bpp_wire": mean([8.0 * s.wire_bytes for s in stats]) / n,
-            "fedpm_bpp_stream": mean([8.0 * s.stream_bytes for s in stats]) / n,
+            "fedpm_bpp_wire": mean([8.0 * s["wire_bytes"] for s in stats]) / n,
+            "fedpm_bpp_stream": mean([8.0 * s["stream_bytes"] for s in stats]) / n,
             "fedpm_bpp_packed": 8
             * sum(packed_size(math.prod(s)) for s in self.shapes.values())
             / n,
-            "fedpm_bpp_entropy": mean([entropy_bpp(s.ones, n) for s in stats]),
-            "fedpm_bpp_ideal": mean([s.ideal_bits for s in stats]) / n,
-            "fedpm_coded_frac": mean([s.coded_entries for s in stats]) / n,
+            "fedpm_bpp_entropy": mean([entropy_bpp(s["ones"], n) for s in stats]),
+            "fedpm_bpp_ideal": mean([s["ideal_bits"] for s in stats]) / n,
+            "fedpm_coded_frac": mean([s["coded_entries"] for s in stats]) / n,
             "fedpm_coder_overhead": (
-                sum(s.coded_bits for s in stats) / coded_ideal - 1.0 if coded_ideal > 0 else None
+                sum(s["coded_bits"] for s in stats) / coded_ideal - 1.0 if coded_ideal > 0 else None
             ),
-            "fedpm_encode_s": mean([s.encode_s for s in stats]),
-            "fedpm_decode_s": self._decode_s,
-            "fedpm_uplink_density": mean([s.ones for s in stats]) / n,
+            "fedpm_encode_s": mean([s["encode_s"] for s in stats]),
+            "fedpm_decode_s": sum(s["decode_s"] for s in stats),
+            "fedpm_uplink_density": mean([s["ones"] for s in stats]) / n,
             "fedpm_density": sum(int((s > 0).sum()) for s in self._scores.values()) / n,
             "fedpm_reset": self.posterior.resets(server_round),
         }
@@ -548,20 +593,6 @@ class FedPM(MaskScores, FedSparseStrategy):
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         self.posterior.load_state_dict(state)
         self._scores = _prefixed(state, "scores/")
-
-
-@dataclass(frozen=True)
-class ReplyStats:
-    """What one client's reply cost, measured as it was decoded."""
-
-    ones: int
-    ideal_bits: float  # Σ −log₂ p_g(m) over every layer
-    coded_bits: int  # the range-coded layers' segments
-    coded_ideal_bits: float  # the ideal code length of those layers
-    coded_entries: int  # the mask entries of those layers
-    stream_bytes: int
-    wire_bytes: int
-    encode_s: float
 
 
 class MaskEvaluator:

@@ -42,6 +42,7 @@ class ClientJob:
     device: str = "auto"
     threads: int = 1
     clients_per_node: int = 1
+    reduce_cohorts: bool = False  # nodes reply with one partial sum per cohort
     state_dir: str = ""
     bn_policy: str = "global"
     fault_error_rate: float = 0.0

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from typing import Any
@@ -43,7 +43,6 @@ from data.federated import DataSpec, dataset_info
 from strategies.arrays import dot, l2_norm, to_array_record, to_numpy, to_numpy_dict
 from strategies.base import (
     ARRAYS,
-    METRICS,
     ClientAlgorithm,
     ClientUpdate,
     FedSparseStrategy,
@@ -53,7 +52,9 @@ from strategies.compression import COMPRESSORS, Codec, CodecError, make_codec
 from strategies.job import ClientJob, ConfigScalar
 from strategies.lbg_book import ClientLBGs
 from strategies.lbg_store import STORE_DTYPES, STORES, make_store
+from strategies.reduction import CohortSum
 from strategies.registry import Algorithm, register_algorithm
+from strategies.update import METRICS, REPLY_SLACK_BYTES
 from strategies.validation import ReplyError, all_finite, check_finite_metric, require_record
 from strategies.weighted_sum import WeightedSum, cast_like
 from strategies.wire import ClientState, Record, client_key
@@ -150,11 +151,96 @@ class Decoded:
     ages: list[int] = field(default_factory=list)
 
 
+GRAD, BUFFER = "grad:", "buffer:"  # the two sums of a reduced cohort's partial
+
+
+class PseudoGradients(CohortSum):
+    """Σ_c n_c·g_c over the clients' decoded pseudo-gradients and Σ_c n_c·b_c over their
+    buffers, each reply checked to be exactly the buffers plus every layer's codec arrays."""
+
+    def __init__(self, job: ClientJob, downlink: ArrayRecord) -> None:
+        self.template = downlink
+        self.layers = parameter_shapes(job)
+        self.codec = make_codec(
+            str(job.params.get("compressor", "none")), float(job.params.get("topk_ratio", 0.1))
+        )
+        self.grads, self.buffers = WeightedSum(), WeightedSum()
+
+    @property
+    def weight(self) -> int:
+        return self.grads.weight
+
+    def reply_limit(self) -> int:
+        """Twice the dense model plus slack."""
+        return 2 * self.template.count_bytes() + REPLY_SLACK_BYTES
+
+    def wire(self, update: ClientUpdate, full_layers: list[str]) -> dict[str, np.ndarray]:
+        """The reply's arrays, checked to be exactly the buffers plus the full layers' codec keys,
+        with finite values and buffers shaped like the global ones."""
+        received = require_record(update.records, ARRAYS, ArrayRecord)
+        buffers = [name for name in self.template if name not in self.layers]
+        expected = set(buffers) | {k for name in full_layers for k in self.codec.keys(name)}
+        if set(received.keys()) != expected:
+            missing = sorted(expected - set(received.keys()))
+            extra = sorted(set(received.keys()) - expected)
+            raise ReplyError("names", f"array names differ (missing {missing}, unexpected {extra})")
+        wire = to_numpy_dict(received)
+        for name, values in wire.items():
+            if values.dtype.kind == "f" and not all_finite(values):
+                raise ReplyError("non-finite", f"{name} holds NaN or Inf")
+        for name in buffers:
+            template = self.template[name]
+            if wire[name].shape != tuple(template.shape) or wire[name].dtype != template.dtype:
+                raise ReplyError(
+                    "shape",
+                    f"{name}: {wire[name].dtype} {wire[name].shape}, expected {template.dtype} "
+                    f"{tuple(template.shape)}",
+                )
+        return wire
+
+    def layer(self, wire: dict[str, np.ndarray], name: str) -> np.ndarray:
+        """One full layer's pseudo-gradient from its codec arrays."""
+        template = self.template[name]
+        try:
+            return self.codec.decode(name, wire, tuple(template.shape), np.dtype(template.dtype))
+        except CodecError as err:
+            raise ReplyError("codec", str(err)) from None
+
+    def buffer_values(self, wire: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The reply's buffers (every array that is not a parameter)."""
+        return {name: wire[name] for name in self.template if name not in self.layers}
+
+    def decode(self, update: ClientUpdate) -> Decoded:
+        wire = self.wire(update, list(self.layers))
+        grads = {name: self.layer(wire, name) for name in self.layers}
+        return Decoded(grads, self.buffer_values(wire), units=len(grads))
+
+    def delta_norms(self, payload: Decoded) -> dict[str, float]:
+        return {name: l2_norm(np.asarray(g)) for name, g in payload.grads.items()}  # ‖Δ_c‖ = ‖g_c‖
+
+    def add(self, update: ClientUpdate) -> None:
+        self.grads.add(update.payload.grads, update.num_examples)
+        self.buffers.add(update.payload.buffers, update.num_examples)
+        update.release(keep=replace(update.payload, grads={}, buffers={}))  # units, ages stay
+
+    def partial(self) -> dict[str, np.ndarray]:
+        return {
+            **{GRAD + name: v for name, v in self.grads.partial().items()},
+            **{BUFFER + name: v for name, v in self.buffers.partial().items()},
+        }
+
+    def merge(self, partial: Mapping[str, np.ndarray], weight: int) -> None:
+        for prefix, total in ((GRAD, self.grads), (BUFFER, self.buffers)):
+            part = {k[len(prefix) :]: v for k, v in partial.items() if k.startswith(prefix)}
+            total.merge(part, weight)
+
+
 class PseudoGradient(FedSparseStrategy):
     """Clients send compressed pseudo-gradients; the server averages them and takes a step."""
 
     name = "pseudo-gradient"
     uses_lbgm = False
+    cohort_sum_type = PseudoGradients
     _mean_delta: dict[str, np.ndarray] | None = None
 
     def __init__(
@@ -188,7 +274,6 @@ class PseudoGradient(FedSparseStrategy):
         self.server_lr, self.server_momentum = float(server_lr), float(server_momentum)
         self.velocity: dict[str, np.ndarray] = {}
         self.server_round = 0
-        self._grads, self._buffers = WeightedSum(), WeightedSum()  # the round's running sums
 
     @cached_property
     def layers(self) -> dict[str, tuple[int, ...]]:
@@ -204,56 +289,15 @@ class PseudoGradient(FedSparseStrategy):
         self.server_round = server_round  # the version of the LBGs sent in this round
         return super().configure_train(server_round, arrays, config, grid)
 
-    # ------------------------------------------------------------------ decoding
-    def _wire(self, update: ClientUpdate, full_layers: list[str]) -> dict[str, np.ndarray]:
-        """The reply's arrays, checked to be exactly the buffers plus the full layers' codec keys,
-        with finite values and buffers shaped like the global ones."""
-        received = require_record(update.records, ARRAYS, ArrayRecord)
-        buffers = [name for name in self.global_arrays if name not in self.layers]
-        expected = set(buffers) | {k for name in full_layers for k in self.codec.keys(name)}
-        if set(received.keys()) != expected:
-            missing = sorted(expected - set(received.keys()))
-            extra = sorted(set(received.keys()) - expected)
-            raise ReplyError("names", f"array names differ (missing {missing}, unexpected {extra})")
-        wire = to_numpy_dict(received)
-        for name, values in wire.items():
-            if values.dtype.kind == "f" and not all_finite(values):
-                raise ReplyError("non-finite", f"{name} holds NaN or Inf")
-        for name in buffers:
-            template = self.global_arrays[name]
-            if wire[name].shape != tuple(template.shape) or wire[name].dtype != template.dtype:
-                raise ReplyError(
-                    "shape",
-                    f"{name}: {wire[name].dtype} {wire[name].shape}, expected {template.dtype} "
-                    f"{tuple(template.shape)}",
-                )
-        return wire
-
-    def _layer(self, wire: dict[str, np.ndarray], name: str) -> np.ndarray:
-        template = self.global_arrays[name]
-        try:
-            return self.codec.decode(name, wire, tuple(template.shape), np.dtype(template.dtype))
-        except CodecError as err:
-            raise ReplyError("codec", str(err)) from None
-
-    def decode(self, update: ClientUpdate) -> Decoded:
-        wire = self._wire(update, list(self.layers))
-        grads = {name: self._layer(wire, name) for name in self.layers}
-        buffers = {name: wire[name] for name in self.global_arrays if name not in self.layers}
-        return Decoded(grads, buffers, units=len(grads))
+    def sums(self) -> PseudoGradients:
+        """The round's running sums."""
+        return self.running
 
     # --------------------------------------------------------------- aggregation
-    def begin_aggregation(self, server_round: int) -> None:
-        self._grads, self._buffers = WeightedSum(), WeightedSum()
-
-    def fold(self, update: ClientUpdate) -> None:
-        self._grads.add(update.payload.grads, update.num_examples)
-        self._buffers.add(update.payload.buffers, update.num_examples)
-        update.release(keep=replace(update.payload, grads={}, buffers={}))  # units, ages stay
-
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
-        buffers = cast_like(self._buffers.mean(), to_numpy_dict(self.global_arrays))
-        means = self._grads.mean()
+        sums = self.sums()
+        buffers = cast_like(sums.buffers.mean(), to_numpy_dict(self.global_arrays))
+        means = sums.grads.mean()
         self._mean_delta = {name: -mean for name, mean in means.items()}  # Δ_c = −g_c
         new: dict[str, np.ndarray] = {}
         for name, array in self.global_arrays.items():
@@ -267,9 +311,6 @@ class PseudoGradient(FedSparseStrategy):
             theta = to_numpy(array)
             new[name] = (theta - self.server_lr * mean).astype(theta.dtype)
         return to_array_record(new)
-
-    def delta_norms(self, payload: Decoded) -> dict[str, float]:
-        return {name: l2_norm(np.asarray(g)) for name, g in payload.grads.items()}  # ‖Δ_c‖ = ‖g_c‖
 
     def mean_client_delta(self) -> dict[str, np.ndarray] | None:
         return self._mean_delta
@@ -308,6 +349,7 @@ class Lbgm(PseudoGradient):
 
     name = "lbgm"
     uses_lbgm = True
+    cohort_sum_type = None  # decoding needs the server's look-back gradients of each client
 
     def __init__(
         self,
@@ -346,6 +388,7 @@ class Lbgm(PseudoGradient):
             log.warning("strategy.store_dir=%s is unused: it applies to store=disk only", store_dir)
         self.delta, self.granularity, self.max_age = float(delta), granularity, max_age
         self._store_args = (store, store_dtype, store_dir)
+        self._sums: PseudoGradients | None = None
 
     @cached_property
     def units(self) -> dict[str, list[str]]:
@@ -393,9 +436,10 @@ class Lbgm(PseudoGradient):
                 )
             reused[unit] = (rho, version)
         full_layers = [n for unit, names in self.units.items() if unit not in reused for n in names]
-        wire = self._wire(update, full_layers)
+        sums = self.sums()
+        wire = sums.wire(update, full_layers)
         grads: dict[str, np.ndarray | Scaled] = {
-            name: self._layer(wire, name) for name in full_layers
+            name: sums.layer(wire, name) for name in full_layers
         }
         ages = []
         for unit, (rho, version) in reused.items():
@@ -411,8 +455,19 @@ class Lbgm(PseudoGradient):
                 flat = [grads[n].reshape(-1) for n in names]
                 vector = flat[0] if len(flat) == 1 else np.concatenate(flat)  # never written to
                 self.store.put(update.client_id, unit, self.server_round, vector)
-        buffers = {name: wire[name] for name in self.global_arrays if name not in self.layers}
-        return Decoded(grads, buffers, units=len(self.units), ages=ages)
+        return Decoded(grads, sums.buffer_values(wire), units=len(self.units), ages=ages)
+
+    def begin_aggregation(self, server_round: int) -> None:
+        self._sums = PseudoGradients(self.train_job(server_round, []), self.global_arrays)
+
+    def sums(self) -> PseudoGradients:
+        return self._sums
+
+    def delta_norms(self, payload: Decoded) -> dict[str, float]:
+        return self._sums.delta_norms(payload)
+
+    def fold(self, update: ClientUpdate) -> None:
+        self._sums.add(update)
 
     def round_metrics(self, server_round: int) -> dict[str, Any]:
         payloads = [u.payload for u in self.last_updates]

@@ -23,10 +23,11 @@ from flwr.app import MetricRecord
 from torch import nn
 
 from models.training import TensorData, round_seed
-from strategies.base import METRICS, ClientAlgorithm, check_number
+from strategies.base import ClientAlgorithm, check_number
 from strategies.fedavg import FedAvg
 from strategies.job import ClientJob, ConfigScalar
 from strategies.registry import Algorithm, register_algorithm
+from strategies.update import METRICS
 from strategies.wire import ClientState, Record
 
 SCORES = ("sensitivity", "magnitude", "random")

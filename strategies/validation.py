@@ -20,7 +20,7 @@ class ReplyError(ValueError):
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+        self.reason, self.detail = reason, detail
 
 
 def require_record(records: dict[str, Record], name: str, kind: type[R]) -> R:

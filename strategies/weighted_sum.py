@@ -45,6 +45,29 @@ class WeightedSum:
             for_each_slice(flat.size, accumulate)
         self.weight += weight
 
+    def partial(self) -> dict[str, np.ndarray]:
+        """The float64 sums Σ_c w_c·x_c so far, in the arrays' shapes (views, not copies)."""
+        return {name: acc.reshape(self.shapes[name]) for name, acc in self.sums.items()}
+
+    def merge(self, sums: Mapping[str, np.ndarray], weight: int) -> None:
+        """Add another sum's :meth:`partial` (a node's sum over its cohort) and its weight:
+        only the order of the float64 additions differs from adding its clients one by one."""
+        for name, value in sums.items():
+            flat = np.asarray(value, dtype=np.float64).reshape(-1)
+            if name not in self.sums:
+                self.sums[name] = np.zeros(flat.size, dtype=np.float64)
+                self.shapes[name] = tuple(np.shape(value))
+            elif flat.size != self.sums[name].size:
+                expected = self.sums[name].size
+                raise ValueError(f"{name}: a partial sum of {flat.size} entries, not {expected}")
+            acc = self.sums[name]
+
+            def accumulate(part: slice, acc: np.ndarray = acc, flat: np.ndarray = flat) -> None:
+                acc[part] += flat[part]
+
+            for_each_slice(flat.size, accumulate)
+        self.weight += weight
+
     def mean(self) -> dict[str, np.ndarray]:
         """The weighted mean per name, in float64 and the arrays' shapes."""
         return {

@@ -45,6 +45,7 @@ def _setup(clients_per_node: int):
             "clients_per_round=4",
             "partition=iid",
             f"engine.clients_per_node={clients_per_node}",
+            "engine.reduce_cohorts=false",  # replies per client (tests/test_reduction.py: not)
         ]
     )
     return cfg, client_job(cfg), initial_arrays(cfg)

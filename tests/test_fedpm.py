@@ -227,7 +227,9 @@ def test_beta_update_matches_the_closed_form(reset_period: int, lambda0: float) 
     for server_round in range(1, 8):
         masks = [(rng.random((4, 3)) < 0.6).astype(np.uint8) for _ in range(rng.integers(1, 5))]
         rounds.append(masks)
-        theta = posterior.update(server_round, [{"w": m} for m in masks])["w"]
+        theta = posterior.update(
+            server_round, {"w": sum(m.astype(np.int32) for m in masks)}, len(masks)
+        )["w"]
         np.testing.assert_allclose(
             theta, _closed_form_theta(rounds, reset_period, lambda0, 0.01), rtol=1e-12
         )
@@ -239,7 +241,9 @@ def test_reset_every_round_with_a_flat_prior_is_the_mean_of_clipped_masks() -> N
     posterior = BetaPosterior(1.0, 0.01, 1)
     for server_round in (1, 2, 3):
         masks = [(rng.random(50) < 0.5).astype(np.uint8) for _ in range(6)]
-        theta = posterior.update(server_round, [{"w": m} for m in masks])["w"]
+        theta = posterior.update(
+            server_round, {"w": sum(m.astype(np.int32) for m in masks)}, len(masks)
+        )["w"]
         np.testing.assert_allclose(
             theta, np.mean([np.clip(m, 0.01, 0.99) for m in masks], axis=0), rtol=1e-12
         )
@@ -448,7 +452,7 @@ def _sigma(scores: np.ndarray) -> np.ndarray:
 
 def _monitor_round(make_grid, scores: dict[str, np.ndarray], masks: list[dict], examples: list):
     """One aggregation of hand-made masks from the global ``scores``: (strategy, updates, new
-    global arrays), each update decoded and its ‖Δ_c‖ taken as ``aggregate_train`` does."""
+    global arrays), each update decoded, its ‖Δ_c‖ taken and folded as ``aggregate_train`` does."""
     strategy = _strategy(*PACKED)
     arrays = ArrayRecord({k: Array(v) for k, v in scores.items()})
     list(strategy.configure_train(1, arrays, ConfigRecord(), make_grid(4, 1)))
@@ -458,6 +462,7 @@ def _monitor_round(make_grid, scores: dict[str, np.ndarray], masks: list[dict], 
         update = ClientUpdate(client_id, n, None, {ARRAYS: packed})
         update.payload = strategy.decode(update)
         update.delta_norms = strategy.delta_norms(update.payload)
+        strategy.fold(update)
         updates.append(update)
     new = strategy.aggregate(1, updates)
     strategy.last_updates = updates

@@ -19,12 +19,12 @@ from server_app.experiment import run_experiment
 from server_app.inprocess import InProcessGrid
 from server_app.settings import ConfigError, build_strategy, compose_config
 from strategies.arrays import l2_norm
-from strategies.base import CONFIG, METRICS
 from strategies.cohort import ClientDirectory
 from strategies.compression import topk_count
 from strategies.job import ClientJob
 from strategies.lbg_book import INDEX, ClientLBGs
 from strategies.lbgm import LBGM, PseudoGradientClient, Scaled, projection
+from strategies.update import CONFIG, METRICS
 from strategies.weighted_sum import WeightedSum
 from strategies.wire import ClientState, RecordDict, pack_clients, unpack_clients
 

@@ -1,0 +1,151 @@
+"""Cohort reduction: a node hosting many clients sends one partial sum instead of one update each.
+
+Where a round's aggregate is a sum over clients (FedAvg's weighted sum and so LIPS's, FedPM's
+mask counts, top-k and sign pseudo-gradients), the strategy names a :class:`CohortSum`, built on
+either end from what both hold: the job and the round's train downlink. The server folds every
+per-client reply through it. A node asked to reduce (``engine.reduce_cohorts``, simulation only,
+more than one client per node) checks, decodes and adds its clients' replies through the same
+class, as each client finishes training, and replies with a :class:`CohortReducer` message: per
+client a verdict (the bytes its reply had, or why it was dropped), its metrics, its monitor norms
+and stats; and the cohort's partial sum once. So the server receives O(nodes × model) bytes and
+holds nothing per client, while the round's measures stay per client: bytes, ``rejected``
+counters, losses and norms are those of each client's own reply.
+
+Tolerance: weighted sums travel as float64 partial sums, so the only change to unreduced
+aggregation is the order of float64 additions (relative error below ~1e-15 per entry, far under
+float32's resolution): the float32 global model is the same or one unit in the last place away
+per entry. Integer sums (FedPM's counts) are exact.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from strategies.arrays import to_array_record, to_numpy_dict
+from strategies.update import METRICS, ClientUpdate, checked_update, decode_train
+from strategies.validation import ReplyError, check_num_examples, require_record
+from strategies.wire import Record, pack_clients, record_bytes
+
+VERDICT = "verdict"  # per client: the bytes its reply had; why it was dropped, if it was
+NORMS = "norms"  # per client: ‖Δ_c‖ per array, for the layer monitor
+STATS = "stats"  # per client: what the strategy's round metrics read
+PARTIAL = "partial"  # once per reply: the cohort's partial sum
+PARTIAL_WEIGHT = "partial-weight"  # once per reply: the weight in it
+
+
+class CohortSum(ABC):
+    """A round's aggregate as a sum over clients: each reply checked and decoded, then added;
+    or a node's partial sum merged whole."""
+
+    @property
+    @abstractmethod
+    def weight(self) -> int:
+        """The total weight added so far (examples, or clients)."""
+
+    @abstractmethod
+    def reply_limit(self) -> int:
+        """Most bytes one client's reply may carry."""
+
+    @abstractmethod
+    def decode(self, update: ClientUpdate) -> Any:
+        """Validate and decode one client's payload; raise ReplyError to drop it."""
+
+    def delta_norms(self, payload: Any) -> dict[str, float]:
+        """‖Δ_c‖ per array of one decoded payload, for the layer monitor (default: none)."""
+        return {}
+
+    def client_stats(self, update: ClientUpdate) -> dict[str, float]:
+        """Numbers of one decoded reply the strategy's round metrics read (default: none)."""
+        return {}
+
+    @abstractmethod
+    def add(self, update: ClientUpdate) -> None:
+        """Add one decoded update and release its arrays."""
+
+    @abstractmethod
+    def partial(self) -> dict[str, np.ndarray]:
+        """The sum so far, as arrays that :meth:`merge` adds back."""
+
+    @abstractmethod
+    def merge(self, partial: Mapping[str, np.ndarray], weight: int) -> None:
+        """Add another cohort's :meth:`partial` and its weight."""
+
+
+class CohortReducer:
+    """A node's side: check, decode and add each client's reply as it is made, then reply once."""
+
+    def __init__(self, running: CohortSum) -> None:
+        self.running = running
+        self.per_client: dict[int, dict[str, Record]] = {}
+
+    def add(self, client_id: int, records: dict[str, Record]) -> None:
+        """Judge one client's reply exactly as the server would, and add it when it is valid."""
+        size = record_bytes(records.values())
+        try:
+            update = checked_update(client_id, records, size, self.running.reply_limit(), 1)
+            decode_train(update, self.running)
+        except ReplyError as err:
+            verdict = {"bytes": size, "rejected": err.reason, "detail": err.detail or "-"}
+            self.per_client[client_id] = {VERDICT: ConfigRecord(verdict)}
+            return
+        self.running.add(update)
+        self.per_client[client_id] = {
+            VERDICT: ConfigRecord({"bytes": size}),
+            METRICS: update.metrics,
+            NORMS: MetricRecord(update.delta_norms),
+            STATS: MetricRecord(update.stats),
+        }
+
+    def content(self) -> RecordDict:
+        """The reply: every client's verdict and measures, and the cohort's partial sum."""
+        content = pack_clients(self.per_client)
+        content[PARTIAL] = to_array_record(self.running.partial())
+        content[PARTIAL_WEIGHT] = ConfigRecord({"weight": self.running.weight})
+        return content
+
+
+def is_reduced(content: RecordDict) -> bool:
+    """Whether a node's reply is a reduced cohort."""
+    return PARTIAL in content
+
+
+def reported_size(records: Mapping[str, Record]) -> int:
+    """The bytes a client's reply had, as its node reported them (0: no verdict)."""
+    verdict = records.get(VERDICT)
+    size = verdict.get("bytes") if isinstance(verdict, ConfigRecord) else None
+    return size if isinstance(size, int) and size >= 0 else 0
+
+
+def reported_update(client_id: int, records: dict[str, Record]) -> ClientUpdate:
+    """A client's update as its node judged it, without arrays; the node's ReplyError when the
+    node dropped it."""
+    verdict = require_record(records, VERDICT, ConfigRecord)
+    if "rejected" in verdict:
+        raise ReplyError(str(verdict["rejected"]), str(verdict.get("detail", "")))
+    metrics = require_record(records, METRICS, MetricRecord)
+    norms = require_record(records, NORMS, MetricRecord)
+    stats = require_record(records, STATS, MetricRecord)
+    return ClientUpdate(
+        client_id,
+        check_num_examples(metrics, 1),
+        metrics,
+        {},
+        delta_norms={k: float(v) for k, v in norms.items()},
+        stats=dict(stats),
+    )
+
+
+def reported_partial(content: RecordDict) -> tuple[dict[str, np.ndarray], int]:
+    """A reduced reply's partial sum and its weight; ReplyError when they are malformed."""
+    arrays, weight = content.get(PARTIAL), content.get(PARTIAL_WEIGHT)
+    if not isinstance(arrays, ArrayRecord) or not isinstance(weight, ConfigRecord):
+        raise ReplyError("partial", "a reduced reply needs its partial sum and its weight")
+    total = weight.get("weight")
+    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+        raise ReplyError("partial", f"partial weight must be an integer >= 0, got {total!r}")
+    return to_numpy_dict(arrays), total
