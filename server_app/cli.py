@@ -30,7 +30,7 @@ from server_app.engine import (
     with_clients_per_node,
 )
 from server_app.experiment import initial_arrays, starting_point
-from server_app.settings import ConfigError, check_data, validate
+from server_app.settings import ConfigError, check_data, cohorts_reduce, validate
 from strategies.cohort import expected_nodes
 
 # not __name__: under `python -m server_app.cli` that is "__main__", a logger conf/ leaves at
@@ -49,7 +49,8 @@ def run_simulation(cfg: DictConfig, run_dir: Path, sweep: Path | None = None) ->
 
     start_ray(cfg.engine.ray_address)  # Flower's backend then reuses this Ray connection
     cpus, gpus = cfg.engine.client_cpus, float(cfg.engine.client_gpus)
-    model_bytes = initial_arrays(cfg).count_bytes()
+    # a reduced cohort replies with one partial sum whatever its size: no cap from the model
+    model_bytes = 0 if cohorts_reduce(cfg) else initial_arrays(cfg).count_bytes()
     cfg = with_clients_per_node(cfg, actor_pool_size(cpus, gpus), model_bytes)
     scratch = auto_state_folder(cfg, run_dir)
     # after ray.init, which sets its own SIGTERM handler (a sys.exit that Flower's threads outlive)

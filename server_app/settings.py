@@ -358,6 +358,17 @@ def client_job(cfg: DictConfig) -> ClientJob:
     return replace(job, reduce_cohorts=server.reduces_cohorts(job, cfg.max_client_weight))
 
 
+def cohorts_reduce(cfg: DictConfig) -> bool:
+    """Whether nodes hosting more than one client reduce their cohorts under ``cfg``."""
+    job = replace(
+        client_job(cfg),
+        clients_per_node=2,
+        reduce_cohorts=bool(cfg.engine.get("reduce_cohorts", False)),
+    )
+    server = strategies.get_algorithm(cfg.strategy.name).server
+    return server.reduces_cohorts(job, cfg.max_client_weight)
+
+
 def client_state_dir(cfg: DictConfig) -> str:
     """The folder clients keep array state in ("" = Flower's context.state); ``auto`` is "" here,
     the simulation launcher resolves it first (see ``server_app.engine.client_state_folder``)."""

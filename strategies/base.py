@@ -492,7 +492,7 @@ class FedSparseStrategy(Strategy, LayerView):
         try:
             if fold is None or self.running is None:
                 raise ReplyError("reduction", "this round aggregates every reply on its own")
-            partial, weight = reported_partial(content)
+            partial, weight = reported_partial(content, self.running)
         except ReplyError as err:
             log.warning("node %d reply dropped (clients %s): %s", node_id, cohort, err)
             stats.rejected[err.reason] += len(cohort)

@@ -57,6 +57,9 @@ class WeightedArrays(CohortSum):
     def partial(self) -> dict[str, np.ndarray]:
         return self.sum.partial()
 
+    def layout(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        return {name: (v.shape, np.dtype(np.float64)) for name, v in self.base.items()}
+
     def merge(self, partial: Mapping[str, np.ndarray], weight: int) -> None:
         self.sum.merge(partial, weight)
 

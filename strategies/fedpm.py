@@ -316,13 +316,14 @@ class MaskCounts(CohortSum):
     def partial(self) -> dict[str, np.ndarray]:
         return self.counts
 
+    def layout(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        return {name: (shape, np.dtype(np.int32)) for name, shape in self.shapes.items()}
+
     def merge(self, partial: Mapping[str, np.ndarray], weight: int) -> None:
         for name, count in partial.items():
-            if name not in self.shapes or tuple(count.shape) != self.shapes[name]:
-                raise ValueError(f"partial mask count {name} {count.shape} fits no mask")
             if name not in self.counts:
                 self.counts[name] = np.zeros(count.shape, np.int32)
-            np.add(self.counts[name], count, out=self.counts[name], casting="unsafe")
+            np.add(self.counts[name], count, out=self.counts[name])
         self.clients += weight
 
 

@@ -229,6 +229,17 @@ class PseudoGradients(CohortSum):
             **{BUFFER + name: v for name, v in self.buffers.partial().items()},
         }
 
+    def layout(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        float64 = np.dtype(np.float64)
+        return {
+            **{GRAD + name: (shape, float64) for name, shape in self.layers.items()},
+            **{
+                BUFFER + name: (tuple(a.shape), float64)
+                for name, a in self.template.items()
+                if name not in self.layers
+            },
+        }
+
     def merge(self, partial: Mapping[str, np.ndarray], weight: int) -> None:
         for prefix, total in ((GRAD, self.grads), (BUFFER, self.buffers)):
             part = {k[len(prefix) :]: v for k, v in partial.items() if k.startswith(prefix)}

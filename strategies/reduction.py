@@ -72,6 +72,10 @@ class CohortSum(ABC):
         """The sum so far, as arrays that :meth:`merge` adds back."""
 
     @abstractmethod
+    def layout(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Name, shape and dtype of every array of a non-empty :meth:`partial`."""
+
+    @abstractmethod
     def merge(self, partial: Mapping[str, np.ndarray], weight: int) -> None:
         """Add another cohort's :meth:`partial` and its weight."""
 
@@ -140,12 +144,23 @@ def reported_update(client_id: int, records: dict[str, Record]) -> ClientUpdate:
     )
 
 
-def reported_partial(content: RecordDict) -> tuple[dict[str, np.ndarray], int]:
-    """A reduced reply's partial sum and its weight; ReplyError when they are malformed."""
+def reported_partial(content: RecordDict, running: CohortSum) -> tuple[dict[str, np.ndarray], int]:
+    """A reduced reply's partial sum and its weight, checked against ``running``'s layout
+    (nothing at weight 0, else exactly its arrays); ReplyError when they do not fit."""
     arrays, weight = content.get(PARTIAL), content.get(PARTIAL_WEIGHT)
     if not isinstance(arrays, ArrayRecord) or not isinstance(weight, ConfigRecord):
         raise ReplyError("partial", "a reduced reply needs its partial sum and its weight")
     total = weight.get("weight")
     if isinstance(total, bool) or not isinstance(total, int) or total < 0:
         raise ReplyError("partial", f"partial weight must be an integer >= 0, got {total!r}")
-    return to_numpy_dict(arrays), total
+    expected = running.layout() if total else {}
+    if set(arrays.keys()) != set(expected):
+        raise ReplyError("partial", f"partial arrays {sorted(arrays.keys())} != {sorted(expected)}")
+    partial = to_numpy_dict(arrays)
+    for name, (shape, dtype) in expected.items():
+        if partial[name].shape != shape or partial[name].dtype != dtype:
+            raise ReplyError(
+                "partial",
+                f"{name}: {partial[name].dtype} {partial[name].shape}, expected {dtype} {shape}",
+            )
+    return partial, total

@@ -21,8 +21,14 @@ import client_app.app as client_app
 from client_app.faults import plan_faults
 from server_app.experiment import initial_arrays, run_experiment
 from server_app.inprocess import InProcessGrid
-from server_app.settings import ConfigError, build_strategy, compose_config, validate
-from strategies.arrays import to_numpy_dict
+from server_app.settings import (
+    ConfigError,
+    build_strategy,
+    cohorts_reduce,
+    compose_config,
+    validate,
+)
+from strategies.arrays import to_array_record, to_numpy_dict
 from strategies.cohort import ClientDirectory, expected_nodes
 from strategies.reduction import PARTIAL, PARTIAL_WEIGHT, is_reduced
 
@@ -48,15 +54,18 @@ def _cfg(strategy: str, reduce: bool, *extra: str):
     )
 
 
-def _round(strategy: str, reduce: bool, *extra: str, server_round: int = 2):
+def _round(strategy: str, reduce: bool, *extra: str, server_round: int = 2, tamper=None):
     """One train round of fresh nodes (round 2: LIPS prunes, FedPM's θ is no longer flat):
-    the strategy after aggregating, the new arrays and the nodes' replies."""
+    the strategy after aggregating, the new arrays and the nodes' replies (``tamper`` may
+    change those before the server reads them)."""
     cfg = _cfg(strategy, reduce, *extra)
     grid = InProcessGrid(expected_nodes(NUM_CLIENTS, PER_NODE))
     built = build_strategy(cfg, ClientDirectory(NUM_CLIENTS, PER_NODE))
     built.directory.wait_for_nodes(grid)
     messages = built.configure_train(server_round, initial_arrays(cfg), ConfigRecord(), grid)
     replies = grid.send_and_receive(messages)
+    if tamper is not None:
+        tamper(replies)
     arrays, _ = built.aggregate_train(server_round, replies)
     return built, arrays, replies
 
@@ -222,3 +231,29 @@ def test_k8_and_k1_runs_report_the_same_metrics_within_tolerance(tmp_path: Path)
 def test_reduce_cohorts_must_be_a_boolean() -> None:
     with pytest.raises(ConfigError, match=r"engine\.reduce_cohorts='yes'.*true or false"):
         validate(compose_config(["engine.reduce_cohorts=yes"]))
+
+
+def test_auto_cohorts_are_not_capped_by_the_model_when_they_reduce() -> None:
+    """A reduced reply is one partial sum whatever K, so ``auto`` needs no model-size cap;
+    LBGM (per-client replies) keeps it."""
+    assert cohorts_reduce(compose_config(["strategy=fedavg"]))
+    assert not cohorts_reduce(compose_config(["strategy=lbgm"]))
+    assert not cohorts_reduce(compose_config(["engine.reduce_cohorts=false"]))
+    assert not cohorts_reduce(compose_config(["max_client_weight=10"]))
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedpm", "topk"])
+def test_a_partial_sum_that_does_not_fit_drops_its_node_whole(strategy: str) -> None:
+    """A partial sum missing an array, or of another shape, drops the node's cohort under
+    ``partial`` (not a crash in the aggregate); the other node's sum is the round's."""
+
+    def cut_one_array(replies) -> None:
+        partial = replies[0].content[PARTIAL]
+        name = next(iter(partial.keys()))
+        arrays = to_numpy_dict(partial)
+        arrays[name] = arrays[name].reshape(-1)[:-1]
+        replies[0].content[PARTIAL] = to_array_record(arrays)
+
+    tampered, arrays, _ = _round(strategy, True, tamper=cut_one_array)
+    assert tampered.stats.rejected == {"partial": PER_NODE}
+    assert tampered.stats.clients == NUM_CLIENTS - PER_NODE and arrays is not None
