@@ -50,8 +50,15 @@ def run_simulation(cfg: DictConfig, run_dir: Path, sweep: Path | None = None) ->
     start_ray(cfg.engine.ray_address)  # Flower's backend then reuses this Ray connection
     cpus, gpus = cfg.engine.client_cpus, float(cfg.engine.client_gpus)
     # a reduced cohort replies with one partial sum whatever its size: no cap from the model
-    model_bytes = 0 if cohorts_reduce(cfg) else initial_arrays(cfg).count_bytes()
+    reducing = cohorts_reduce(cfg)
+    model_bytes = 0 if reducing else initial_arrays(cfg).count_bytes()
     cfg = with_clients_per_node(cfg, actor_pool_size(cpus, gpus), model_bytes)
+    if reducing and cfg.engine.clients_per_node > 1:
+        log.info(
+            "engine.reduce_cohorts: each node checks its %d clients' replies and sends one "
+            "partial sum",
+            cfg.engine.clients_per_node,
+        )
     scratch = auto_state_folder(cfg, run_dir)
     # after ray.init, which sets its own SIGTERM handler (a sys.exit that Flower's threads outlive)
     with client_state_folder(cfg, run_dir) as cfg, stop_on_interrupt(run_dir, scratch):
