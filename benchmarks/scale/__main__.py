@@ -9,11 +9,14 @@
 
 Rows, each run in a fresh process tree at every client count (all clients sampled each round):
 (a) plain Flower: ClientApp + stock ``flwr.serverapp.strategy.FedAvg``, one SuperNode per
-client (``plain_flower.py``); (b) the compute floor: the same local training in plain PyTorch
-in one and in two processes (``floor.py``); (c) fedsparse with each strategy at
-``engine.clients_per_node=1`` and ``auto``. Same data, model and local work everywhere
+client (``plain_flower.py``); (b) the compute floors (``floor.py``): FedAvg's local training
+and averaging in plain PyTorch in one and in two processes, and each other strategy's own floor
+(its client algorithm and server arithmetic, in two processes); (c) fedsparse with each strategy
+at ``engine.clients_per_node=1`` and ``auto``. Same data, model and local work everywhere
 (``work.py``); every row evaluates the global model centrally once per round (FedPM rows turn
 off the sampled-mask accuracy, ``strategy.eval_samples=0``: 5 more evaluations by default).
+The report holds each fedsparse row against FedAvg's 2-process floor and against its own
+strategy's (a variant such as ``fedpm-packed``: its base strategy's floor).
 
 A round's time is the gap between two successive per-round progress lines as this script reads
 them, so it covers everything a round does (fedsparse: also the checkpoint and monitor); the
@@ -24,11 +27,14 @@ included), sampled every 0.5 s; peak GPU memory is the device's largest ``memory
 (``nvidia-smi``) during the row. Writes ``benchmarks/results/<name>.{json,md,png}``
 (``--name``, default ``scale``).
 
-``--model``, ``--dataset`` and ``--client-gpus`` change the fedsparse rows only; rows (a) and
-(b) are written for ``work.py``'s cnn on mnist5k, so other setups run with ``--no-baselines``
-(``--gpu`` does). ``--gpu`` is short for ``--model resnet18 --dataset cifar10_synthetic
---client-gpus 0.1 --clients 500,1000 --cohorts auto --strategies fedavg --no-baselines
---rounds 3 --auto-rounds 3 --name scale_gpu``; options given beside it win.
+``--model``, ``--dataset`` and ``--local-steps`` change the fedsparse rows and the floors;
+row (a) is written for ``work.py``'s cnn on mnist5k and one local epoch, so other setups run
+with ``--no-baselines``, which also drops the floors unless ``--floors`` asks for them
+(``--no-baselines --floors --model resnet18 --dataset cifar10_synthetic --local-steps 1``: a
+large-model row held against its floors). ``--client-gpus`` changes the fedsparse rows only
+(the floors train on the CPU). ``--gpu`` is short for ``--model resnet18 --dataset
+cifar10_synthetic --client-gpus 0.1 --clients 500,1000 --cohorts auto --strategies fedavg
+--no-baselines --rounds 3 --auto-rounds 3 --name scale_gpu``; options given beside it win.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from pathlib import Path
 from benchmarks.scale import work
 
 REPO = Path(__file__).resolve().parents[2]
-ROUND_LINE = re.compile(r"^\[(fedsparse|plain-flower|floor x\d)\] round (\d+)")
+ROUND_LINE = re.compile(r"^\[(fedsparse|plain-flower|floor x\d+)\] round (\d+)")
 SAMPLE_S = 0.5
 TIMEOUT_S = 1800
 CPUS = os.cpu_count() or 1
@@ -87,7 +93,7 @@ class Row:
 
     kind: str  # floor-1 | floor-2 | flower | fedsparse
     clients: int
-    strategy: str = ""
+    strategy: str = ""  # fedsparse and floor rows (a floor row written without one: fedavg)
     clients_per_node: str = ""
     rounds: int = 0
     round_s: list[float] = field(default_factory=list)
@@ -97,6 +103,17 @@ class Row:
     decode_s: float = float("nan")  # FedPM: median server seconds decoding masks per round
     wall_s: float = 0.0
     error: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind.startswith("floor") and not self.strategy:
+            self.strategy = "fedavg"
+
+    @property
+    def floor_strategy(self) -> str:
+        """The strategy whose floor this row is held against."""
+        if self.kind == "flower":
+            return "fedavg"
+        return VARIANTS.get(self.strategy, (self.strategy,))[0]
 
     @property
     def k_setting(self) -> str:
@@ -112,11 +129,10 @@ class Row:
     def label(self) -> str:
         if self.kind == "fedsparse":
             return f"fedsparse {self.strategy} K={self.k_setting}"
-        return {
-            "flower": "plain Flower FedAvg",
-            "floor-1": "PyTorch, 1 process",
-            "floor-2": "PyTorch, 2 processes",
-        }[self.kind]
+        if self.kind == "flower":
+            return "plain Flower FedAvg"
+        processes = int(self.kind.removeprefix("floor-"))
+        return f"PyTorch {self.strategy}, {processes} process" + ("es" if processes > 1 else "")
 
     @property
     def median_s(self) -> float:
@@ -233,25 +249,36 @@ def _stop_tree(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def floor_strategies(strategies: list[str]) -> list[str]:
+    """The strategies that get a 2-process floor: FedAvg (every row's reference) and the base
+    strategy of each fedsparse row, once each."""
+    return list(dict.fromkeys(["fedavg", *(VARIANTS.get(s, (s,))[0] for s in strategies)]))
+
+
+def floor_command(args: argparse.Namespace, row: Row) -> list[str]:
+    """``floor.py`` for ``row``, with the fedsparse rows' model, data set and local steps."""
+    command = [sys.executable, "-m", "benchmarks.scale.floor", "--clients", str(row.clients)]
+    command += ["--rounds", str(row.rounds), "--processes", row.kind.removeprefix("floor-")]
+    command += ["--strategy", row.strategy, "--model", args.model, "--dataset", args.dataset]
+    return command + ([] if args.local_steps is None else ["--local-steps", str(args.local_steps)])
+
+
 def commands(args: argparse.Namespace, clients: int) -> list[tuple[Row, list[str]]]:
     """Every row at ``clients`` clients, with the command that measures it."""
     python = sys.executable
     least = args.rounds if clients > SMALL_CLIENTS else max(args.rounds, args.small_rounds)
-    plan = [
-        (Row("floor-1", clients, rounds=least), ["-m", "benchmarks.scale.floor"]),
-        (Row("floor-2", clients, rounds=least), ["-m", "benchmarks.scale.floor"]),
-        (Row("flower", clients, rounds=least), ["-m", "benchmarks.scale.plain_flower"]),
-    ]
-    if not args.baselines:
-        plan = []
+    strategies = args.strategies.split(",")
     jobs = []
-    for row, module in plan:
-        extra = ["--processes", row.kind[-1]] if row.kind.startswith("floor") else []
-        jobs.append(
-            (row, [python, *module, "--clients", str(clients), "--rounds", str(row.rounds), *extra])
-        )
+    if args.floors:
+        floors = [Row("floor-1", clients, "fedavg", rounds=least)]
+        floors += [Row("floor-2", clients, s, rounds=least) for s in floor_strategies(strategies)]
+        jobs += [(row, floor_command(args, row)) for row in floors]
+    if args.baselines:
+        row = Row("flower", clients, rounds=least)
+        module = ["-m", "benchmarks.scale.plain_flower"]
+        jobs.append((row, [python, *module, "--clients", str(clients), "--rounds", str(least)]))
     for k in args.cohorts.split(","):
-        for strategy in args.strategies.split(","):
+        for strategy in strategies:
             rounds = least if k == "1" else max(least, args.auto_rounds)
             row = Row("fedsparse", clients, strategy, k, rounds)
             run_dir = args.runs / f"{strategy}_k{k}_n{clients}"
@@ -267,6 +294,7 @@ def commands(args: argparse.Namespace, clients: int) -> list[tuple[Row, list[str
                 f"clients_per_round={clients}",
                 f"num_rounds={row.rounds}",
                 "local_epochs=1",
+                f"local_steps={'null' if args.local_steps is None else args.local_steps}",
                 "batch_size=32",
                 "lr=0.05",
                 "momentum=0.9",
@@ -327,6 +355,7 @@ def setup(args: argparse.Namespace) -> dict[str, object]:
     return {
         "model": args.model,
         "dataset": args.dataset,
+        "local_steps": args.local_steps,
         "client_gpus": args.client_gpus,
         "actors": min(cpu_actors, gpu_actors),
     }
@@ -345,6 +374,8 @@ def machine() -> str:
 def _ratio(numerator: Row | None, denominator: Row | None) -> str:
     if numerator is None or denominator is None or not numerator.round_s:
         return "–"
+    if not denominator.round_s:
+        return "– (failed)"
     return f"{numerator.median_s / denominator.median_s:.2f}×"
 
 
@@ -352,9 +383,9 @@ def report(args: argparse.Namespace) -> None:
     """Tables and the round-time plot from ``<name>.json``."""
     data = json.loads((args.results / f"{args.name}.json").read_text())
     rows = [Row(**r) for r in data["rows"]]
-    run_setup = {"model": "cnn", "dataset": "mnist5k", "client_gpus": 0.0, "actors": CPUS}
-    run_setup.update(data.get("setup", {}))
-    actors = run_setup["actors"]
+    run_setup = {"model": "cnn", "dataset": "mnist5k", "local_steps": None}
+    run_setup.update({"client_gpus": 0.0, "actors": CPUS, **data.get("setup", {})})
+    actors, steps = run_setup["actors"], run_setup["local_steps"]
     with_gpu = any(row.gpu_peak_mb > 0 for row in rows)
 
     def find(kind: str, clients: int, strategy: str = "", k: str = "") -> Row | None:
@@ -370,24 +401,30 @@ def report(args: argparse.Namespace) -> None:
         "# Scale: seconds per round vs clients",
         "",
         f"Machine: {data['machine']}. Written by `python -m benchmarks.scale`. "
-        f"{run_setup['dataset']} IID, {run_setup['model']}, 1 local epoch (batch 32, SGD 0.05, "
-        "momentum 0.9), all clients sampled every round, one central evaluation every round "
+        f"{run_setup['dataset']} IID, {run_setup['model']}, "
+        + (f"{steps} local steps" if steps else "1 local epoch")
+        + " (batch 32, SGD 0.05, momentum 0.9), all clients sampled every round, one central "
+        "evaluation every round "
         "(FedPM rows: `strategy.eval_samples=0`, its sampled-mask evaluations off), "
         f"1 CPU and {run_setup['client_gpus']} GPU per Ray actor ({actors} actors). Median "
         "seconds per round after the first round (rounds: how many were measured); peak = "
         "largest PSS sum of the whole process tree; client training s / actor = the clients' "
         "own training seconds (`client_train_s`) "
-        f"over the {actors} actors, i.e. the compute share of a fedsparse round"
+        f"over the {actors} actors, i.e. the compute share of a fedsparse round; × 2-process "
+        "floor = over FedAvg's floor in 2 processes; × own floor = over the 2-process floor of "
+        "the row's own strategy (`floor.py --strategy`: its client algorithm and server "
+        "arithmetic in plain PyTorch, on the CPU)"
         + ("; peak GPU = the device's largest memory in use during the row." if with_gpu else "."),
         "",
         "| clients | row | K | rounds | s/round | × plain Flower | × 2-process floor "
-        "| × fedsparse FedAvg (same K) | client training s / actor | peak MB |"
+        "| × own floor | × fedsparse FedAvg (same K) | client training s / actor | peak MB |"
         + (" peak GPU MB |" if with_gpu else ""),
-        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if with_gpu else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if with_gpu else ""),
     ]
     for row in rows:
         flower = find("flower", row.clients)
-        floor = find("floor-2", row.clients)
+        floor = find("floor-2", row.clients, "fedavg")
+        own_floor = find("floor-2", row.clients, row.floor_strategy)
         k = row.k_setting
         fedavg = find("fedsparse", row.clients, "fedavg", k) if row.kind == "fedsparse" else None
         seconds = f"{row.median_s:.2f}" if row.round_s else f"failed: {row.error[:80]}"
@@ -396,7 +433,7 @@ def report(args: argparse.Namespace) -> None:
         lines.append(
             f"| {row.clients} | {row.name} | {row.clients_per_node or '–'} "
             f"| {len(row.round_s)} | {seconds} | {_ratio(row, flower)} | {_ratio(row, floor)} "
-            f"| {_ratio(row, fedavg) if fedavg is not row else '1.00×'} "
+            f"| {_ratio(row, own_floor)} | {_ratio(row, fedavg) if fedavg is not row else '1.00×'} "
             f"| {'–' if math.isnan(row.train_s) else f'{row.train_s / actors:.2f}'} "
             f"| {row.peak_mb:.0f} |" + (f" {row.gpu_peak_mb:.0f} |" if with_gpu else "")
         )
@@ -437,7 +474,7 @@ def targets(rows: list[Row], find) -> list[str]:
         check("FedAvg K=1 ≤ 1.10× plain Flower", n, "1", fedavg["1"], find("flower", n), 1.10)
         if n in (100, 1000):
             label = "FedAvg K=auto ≤ 1.5× 2-process floor"
-            check(label, n, "auto", fedavg["auto"], find("floor-2", n), 1.5)
+            check(label, n, "auto", fedavg["auto"], find("floor-2", n, "fedavg"), 1.5)
         for k in ("1", "auto"):
             for strategy in ("lips", "lbgm", "fedpm"):
                 label = f"{strategy} ≤ 1.25× FedAvg (same K)"
@@ -500,23 +537,39 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=REPO / "benchmarks/runs/scale")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks/results")
     parser.add_argument("--name", default="scale", help="results file stem: <results>/<name>.md")
-    parser.add_argument("--model", default="cnn", help="fedsparse rows' model")
-    parser.add_argument("--dataset", default="mnist5k", help="fedsparse rows' data set")
+    parser.add_argument("--model", default=work.MODEL, help="fedsparse rows' and floors' model")
+    parser.add_argument(
+        "--dataset", default=work.DATASET, help="fedsparse rows' and floors' data set"
+    )
+    parser.add_argument(
+        "--local-steps", type=int, default=None, help="optimizer steps per round (default: 1 epoch)"
+    )
     parser.add_argument("--client-gpus", type=float, default=0.0, help="GPU share per actor")
     parser.add_argument(
         "--baselines",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="rows (a) and (b): plain Flower and the PyTorch floor (cnn on mnist5k only)",
+        help="rows (a) and (b): plain Flower (cnn on mnist5k, 1 epoch only) and the floors",
+    )
+    parser.add_argument(
+        "--floors",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="rows (b), the PyTorch floors of FedAvg and of each strategy (default: --baselines)",
     )
     parser.add_argument("--report-only", action="store_true")
     if "--gpu" in sys.argv[1:]:
         parser.set_defaults(**GPU_PRESET)
     args = parser.parse_args()
-    if args.baselines and (args.model, args.dataset) != (work.MODEL, work.DATASET):
+    if args.floors is None:
+        args.floors = args.baselines
+    default_work = (args.model, args.dataset, args.local_steps) == (work.MODEL, work.DATASET, None)
+    if args.baselines and not default_work:
+        steps = "" if args.local_steps is None else f" --local-steps {args.local_steps}"
         parser.error(
-            f"--model {args.model} --dataset {args.dataset}: the baseline rows run "
-            f"{work.MODEL} on {work.DATASET} (benchmarks/scale/work.py); add --no-baselines"
+            f"--model {args.model} --dataset {args.dataset}{steps}: plain Flower runs "
+            f"{work.MODEL} on {work.DATASET}, 1 local epoch (benchmarks/scale/work.py); add "
+            "--no-baselines (and --floors for the floors)"
         )
     if not args.report_only:
         run(args)

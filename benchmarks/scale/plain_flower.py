@@ -22,16 +22,17 @@ from benchmarks.scale import work
 
 
 def make_apps(num_clients: int, num_rounds: int) -> tuple[ServerApp, ClientApp]:
+    setup = work.Work(num_clients)
     client_app = ClientApp()
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
         torch.set_num_threads(1)
         client_id = int(context.node_config["partition-id"])
-        model = work.new_model(num_clients)
+        model = setup.new_model()
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         server_round = int(msg.content["config"]["server-round"])
-        examples = work.train_client(model, num_clients, client_id, server_round)
+        examples = setup.train_client(model, client_id, server_round)
         content = RecordDict(
             {
                 "arrays": ArrayRecord(model.state_dict()),
@@ -44,11 +45,11 @@ def make_apps(num_clients: int, num_rounds: int) -> tuple[ServerApp, ClientApp]:
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        model = work.new_model(num_clients)
+        model = setup.new_model()
 
         def central_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord:
             model.load_state_dict(arrays.to_torch_state_dict())
-            accuracy = work.central_accuracy(model, num_clients)
+            accuracy = setup.central_accuracy(model)
             print(f"[plain-flower] round {server_round} acc {accuracy:.4f}", flush=True)
             return MetricRecord({"accuracy": accuracy})
 

@@ -2,16 +2,20 @@
 
 mnist5k split IID into ``num_clients`` shards (the clients' own local-test share held out, as
 fedsparse does), the ``cnn`` model, one local epoch of SGD (batch 32, lr 0.05, momentum 0.9 —
-fedsparse's defaults), and a central evaluation of the new global model every round.
+fedsparse's defaults), and a central evaluation of the new global model every round. The
+floor (``floor.py``) also runs other models, data sets and a fixed number of local steps
+(``Work``'s fields), to match fedsparse rows of other setups.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 
 import torch
 from torch import nn
 
+from data.datasets import DatasetSplits
 from data.federated import DataSpec, central_test, client_data, dataset_info
 from models import build_model
 from models.training import TensorData, evaluate, round_seed, train_epochs
@@ -25,40 +29,62 @@ LR = 0.05
 MOMENTUM = 0.9
 
 
-def spec(num_clients: int) -> DataSpec:
-    return DataSpec(dataset=DATASET, partition="iid", num_clients=num_clients, seed=SEED)
+@dataclass(frozen=True)
+class Work:
+    """``num_clients`` IID shards of ``dataset``, ``model``, and the local round: one epoch, or
+    exactly ``local_steps`` optimizer steps (fedsparse's ``local_steps``)."""
 
+    num_clients: int
+    model: str = MODEL
+    dataset: str = DATASET
+    local_steps: int | None = None
 
-def new_model(num_clients: int) -> nn.Module:
-    info = dataset_info(spec(num_clients))
-    torch.manual_seed(SEED)
-    return build_model(MODEL, info.input_shape, info.num_classes)
+    @property
+    def spec(self) -> DataSpec:
+        return DataSpec(
+            dataset=self.dataset, partition="iid", num_clients=self.num_clients, seed=SEED
+        )
+
+    @property
+    def info(self) -> DatasetSplits:
+        return dataset_info(self.spec)
+
+    def new_model(self) -> nn.Module:
+        """The initial global model, seeded as fedsparse's server seeds it."""
+        torch.manual_seed(SEED)
+        return build_model(self.model, self.info.input_shape, self.info.num_classes)
+
+    def train_set(self, client_id: int) -> TensorData:
+        return _train_set(self, client_id)
+
+    def train_client(
+        self,
+        model: nn.Module,
+        client_id: int,
+        server_round: int,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> int:
+        """One client's local training, in place (SGD unless ``optimizer`` is given); returns
+        its number of examples."""
+        data = self.train_set(client_id)
+        if optimizer is None:
+            optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+        seed = round_seed(SEED, server_round, client_id)
+        train_epochs(model, data, optimizer, LOCAL_EPOCHS, BATCH_SIZE, seed, self.local_steps)
+        return len(data)
+
+    def central_accuracy(self, model: nn.Module) -> float:
+        return evaluate(model, _central_test_set(self))[1]
 
 
 @cache
-def client_train_set(num_clients: int, client_id: int) -> TensorData:
+def _train_set(work: Work, client_id: int) -> TensorData:
     """A client's training shard as tensors, loaded once per process."""
-    info = dataset_info(spec(num_clients))
-    train, _ = client_data(spec(num_clients), client_id)
-    return TensorData.from_arrays(train, info.mean, info.std, torch.device("cpu"))
+    train, _ = client_data(work.spec, client_id)
+    return TensorData.from_arrays(train, work.info.mean, work.info.std, torch.device("cpu"))
 
 
 @cache
-def central_test_set(num_clients: int) -> TensorData:
-    info = dataset_info(spec(num_clients))
-    return TensorData.from_arrays(
-        central_test(spec(num_clients)), info.mean, info.std, torch.device("cpu")
-    )
-
-
-def train_client(model: nn.Module, num_clients: int, client_id: int, server_round: int) -> int:
-    """One client's local training, in place; returns its number of examples."""
-    data = client_train_set(num_clients, client_id)
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    seed = round_seed(SEED, server_round, client_id)
-    train_epochs(model, data, optimizer, LOCAL_EPOCHS, BATCH_SIZE, seed)
-    return len(data)
-
-
-def central_accuracy(model: nn.Module, num_clients: int) -> float:
-    return evaluate(model, central_test_set(num_clients))[1]
+def _central_test_set(work: Work) -> TensorData:
+    test = central_test(work.spec)
+    return TensorData.from_arrays(test, work.info.mean, work.info.std, torch.device("cpu"))
