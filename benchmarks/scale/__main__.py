@@ -71,8 +71,15 @@ SMALL_CLIENTS, SMALL_ROUNDS = 100, 12
 # strategy.eval_samples (default 5) more central evaluations, so its rows turn it off.
 SAME_WORK = {"fedpm": ["strategy.eval_samples=0"]}
 # Row names that are a strategy with settings of its own: --strategies fedpm,fedpm-packed puts
-# FedPM's coded and bit-packed uplinks side by side.
-VARIANTS = {"fedpm-packed": ("fedpm", ["strategy.uplink_coding=packed"])}
+# FedPM's coded and bit-packed uplinks side by side; <strategy>-unreduced turns cohort reduction
+# off (every client's update travels, as before engine.reduce_cohorts).
+VARIANTS = {
+    "fedpm-packed": ("fedpm", ["strategy.uplink_coding=packed"]),
+    **{
+        f"{name}-unreduced": (name, ["engine.reduce_cohorts=false"])
+        for name in ("fedavg", "lips", "fedpm", "topk", "signsgd")
+    },
+}
 GPU_PRESET = {
     "model": "resnet18",
     "dataset": "cifar10_synthetic",
@@ -472,13 +479,25 @@ def targets(rows: list[Row], find) -> list[str]:
     for n in sorted({r.clients for r in rows}):
         fedavg = {k: find("fedsparse", n, "fedavg", k) for k in ("1", "auto")}
         check("FedAvg K=1 ≤ 1.10× plain Flower", n, "1", fedavg["1"], find("flower", n), 1.10)
-        if n in (100, 1000):
-            label = "FedAvg K=auto ≤ 1.5× 2-process floor"
-            check(label, n, "auto", fedavg["auto"], find("floor-2", n, "fedavg"), 1.5)
-        for k in ("1", "auto"):
-            for strategy in ("lips", "lbgm", "fedpm"):
-                label = f"{strategy} ≤ 1.25× FedAvg (same K)"
-                check(label, n, k, find("fedsparse", n, strategy, k), fedavg[k], 1.25)
+        for row in rows:  # each strategy against its own floor (replaced "1.25× FedAvg")
+            if row.kind == "fedsparse" and row.clients == n and row.k_setting == "auto":
+                own = find("floor-2", n, row.floor_strategy)
+                check(f"{row.strategy} K=auto ≤ 1.5× its own floor", n, "auto", row, own, 1.5)
+    for row in rows:
+        small = find("fedsparse", 10, row.strategy, row.k_setting)
+        if (
+            row.kind == "fedsparse"
+            and row.clients > 10
+            and small is not None
+            and small.peak_mb
+            and not row.strategy.endswith("-unreduced")
+        ):
+            ratio = row.peak_mb / small.peak_mb
+            lines.append(
+                f"| {row.strategy}: peak memory ≤ 2× that of 10 clients ({row.peak_mb / 1024:.1f}"
+                f" GB vs {small.peak_mb / 1024:.1f} GB) | {row.clients} | {row.k_setting} "
+                f"| {ratio:.2f}× | {'yes' if ratio <= 2 else 'no'} |"
+            )
     for row in rows:
         if row.kind == "fedsparse" and row.clients == 1000 and row.k_setting == "auto":
             done = len(row.round_s) + 1 if row.round_s and not row.error else 0
