@@ -5,7 +5,10 @@ messages: it samples clients, sends one message per hosting node, validates each
 reply on its own, counts bytes per client, and hands each valid update to the algorithm's
 ``fold`` in client-id order (so float sums are reproducible) as soon as the replies of every
 earlier client are in, then asks ``aggregate`` for the new global arrays. A strategy that sums
-as it folds never holds a round's updates together.
+as it folds never holds a round's updates together. A strategy whose aggregate is a sum names
+its :class:`~strategies.reduction.CohortSum` (``cohort_sum_type``): it decodes and folds every
+reply, and lets nodes that host several clients send one partial sum, merged in the same place
+of the order, with each client's bytes, verdict and metrics beside it.
 ``ClientAlgorithm`` is the client half the generic ClientApp runtime calls.
 """
 
