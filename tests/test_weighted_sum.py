@@ -90,3 +90,40 @@ def test_weighted_average_keeps_float32() -> None:
     result = weighted_mean([a, b], [1, 1])
     assert result["w"].dtype == np.float32
     np.testing.assert_array_equal(result["w"], np.array([1.5, 4.0], dtype=np.float32))
+
+
+def test_merged_partial_sums_agree_with_one_by_one_within_float64_rounding() -> None:
+    """Cohorts' float64 partial sums, merged in cohort order, give the one-by-one mean up to the
+    order of float64 additions: below 1e-15 relative in float64, and float32 means equal or one
+    step apart; the weight is the total weight."""
+    rng = np.random.default_rng(7)
+    arrays = [{"w": rng.normal(size=(64, 33)).astype(np.float32)} for _ in range(24)]
+    weights = [int(w) for w in rng.integers(1, 500, size=24)]
+    one_by_one = WeightedSum()
+    for values, weight in zip(arrays, weights, strict=True):
+        one_by_one.add(values, weight)
+    merged = WeightedSum()
+    for start in range(0, 24, 5):  # cohorts of 5 (the last of 4)
+        cohort = WeightedSum()
+        for client in range(start, min(start + 5, 24)):
+            cohort.add(arrays[client], weights[client])
+        merged.merge(cohort.partial(), cohort.weight)
+    assert merged.weight == one_by_one.weight == sum(weights)
+    exact, reduced = one_by_one.mean()["w"], merged.mean()["w"]
+    np.testing.assert_allclose(reduced, exact, rtol=1e-15, atol=1e-15)
+    steps = np.abs(
+        reduced.astype(np.float32).view(np.int32).astype(np.int64)
+        - exact.astype(np.float32).view(np.int32).astype(np.int64)
+    )
+    assert steps.max() <= 1
+
+
+def test_merging_one_partial_into_an_empty_sum_is_that_sum_and_a_misfit_is_refused() -> None:
+    cohort = WeightedSum()
+    cohort.add({"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, 3)
+    merged = WeightedSum()
+    merged.merge(cohort.partial(), cohort.weight)
+    np.testing.assert_array_equal(merged.mean()["w"], cohort.mean()["w"])
+    assert merged.mean()["w"].shape == (2, 3)
+    with pytest.raises(ValueError, match="partial sum of 5 entries, not 6"):
+        merged.merge({"w": np.zeros(5)}, 1)

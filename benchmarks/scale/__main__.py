@@ -63,6 +63,7 @@ ROUND_LINE = re.compile(r"^\[(fedsparse|plain-flower|floor x\d+)\] round (\d+)")
 SAMPLE_S = 0.5
 TIMEOUT_S = 1800
 CPUS = os.cpu_count() or 1
+DEFAULT_WORK = (work.MODEL, work.DATASET, None)  # model, data set, local steps of work.py
 AUTO_ROUNDS = 5  # K=auto rows run at least 5 rounds: the 1,000-client memory check
 # Up to 100 clients a round takes one or two seconds, and Flower's 0.1 s dispatch poll alone moves
 # a median of 3 by ~10%: every row at those sizes runs at least 12 rounds (a median of 11).
@@ -107,7 +108,7 @@ class Row:
     peak_mb: float = 0.0
     gpu_peak_mb: float = 0.0  # the device's peak memory.used during the row (0: no GPU)
     train_s: float = float("nan")  # fedsparse: median Σ of the clients' own training seconds
-    decode_s: float = float("nan")  # FedPM: median server seconds decoding masks per round
+    decode_s: float = float("nan")  # FedPM: median seconds decoding masks per round (Σ replies)
     wall_s: float = 0.0
     error: str = ""
 
@@ -277,14 +278,16 @@ def commands(args: argparse.Namespace, clients: int) -> list[tuple[Row, list[str
     strategies = args.strategies.split(",")
     jobs = []
     if args.floors:
-        floors = [Row("floor-1", clients, "fedavg", rounds=least)]
+        default_work = (args.model, args.dataset, args.local_steps) == DEFAULT_WORK
+        # the 1-process floor is the cnn rows' reference; a large model's would take hours
+        floors = [Row("floor-1", clients, "fedavg", rounds=least)] if default_work else []
         floors += [Row("floor-2", clients, s, rounds=least) for s in floor_strategies(strategies)]
         jobs += [(row, floor_command(args, row)) for row in floors]
     if args.baselines:
         row = Row("flower", clients, rounds=least)
         module = ["-m", "benchmarks.scale.plain_flower"]
         jobs.append((row, [python, *module, "--clients", str(clients), "--rounds", str(least)]))
-    for k in args.cohorts.split(","):
+    for k in filter(None, args.cohorts.split(",")):  # --cohorts "": floors only
         for strategy in strategies:
             rounds = least if k == "1" else max(least, args.auto_rounds)
             row = Row("fedsparse", clients, strategy, k, rounds)
@@ -422,6 +425,7 @@ def report(args: argparse.Namespace) -> None:
         "the row's own strategy (`floor.py --strategy`: its client algorithm and server "
         "arithmetic in plain PyTorch, on the CPU)"
         + ("; peak GPU = the device's largest memory in use during the row." if with_gpu else "."),
+        *(f"\n{note}" for note in data.get("notes", [])),  # how a sweep's rows came together
         "",
         "| clients | row | K | rounds | s/round | × plain Flower | × 2-process floor "
         "| × own floor | × fedsparse FedAvg (same K) | client training s / actor | peak MB |"
@@ -448,10 +452,11 @@ def report(args: argparse.Namespace) -> None:
     if decoding:
         lines += [
             "",
-            "FedPM's server seconds per round spent decoding masks (or waiting for the decoding "
-            "processes), median:",
+            "FedPM's seconds per round decoding masks, summed over the replies (`fedpm_decode_s`:"
+            " on the nodes, spread over the actors, when cohorts reduce; in the server, or "
+            "waiting for its decoding processes, when they do not), median:",
             "",
-            "| clients | row | K | s/round | server decode s/round |",
+            "| clients | row | K | s/round | decode s/round |",
             "|---|---|---|---|---|",
             *(
                 f"| {r.clients} | {r.name} | {r.clients_per_node} | {r.median_s:.2f} "
@@ -582,8 +587,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.floors is None:
         args.floors = args.baselines
-    default_work = (args.model, args.dataset, args.local_steps) == (work.MODEL, work.DATASET, None)
-    if args.baselines and not default_work:
+    if args.baselines and (args.model, args.dataset, args.local_steps) != DEFAULT_WORK:
         steps = "" if args.local_steps is None else f" --local-steps {args.local_steps}"
         parser.error(
             f"--model {args.model} --dataset {args.dataset}{steps}: plain Flower runs "

@@ -7,13 +7,15 @@ the server's arithmetic of a fedsparse round, with the project's own functions.
 - topk, signsgd, lbgm: each client sends its pseudo-gradient (received − trained parameters)
   through the strategy's codec, with error feedback, as ``PseudoGradientClient`` does; under LBGM
   a unit whose look-back gradient (LBG) still fits (phase error ≤ δ) goes as its ρ, any other in
-  full, which becomes the LBG at both ends. The parent decodes every reply (with its own copy of
-  every client's LBGs), sums the pseudo-gradients weighted by examples and steps
-  θ ← θ − server_lr·v. Every reply arrives, so LBGM's version protocol (for lost replies) has
-  nothing to do: a unit's LBG is its last full send.
+  full, which becomes the LBG at both ends. Under LBGM the parent decodes every reply (with its
+  own copy of every client's LBGs); top-k and signSGD replies are decoded and summed in the
+  worker that made them (as a reducing fedsparse node does), the parent adds the partial sums.
+  Then θ ← θ − server_lr·v. Every reply arrives, so LBGM's version protocol (for lost replies)
+  has nothing to do: a unit's LBG is its last full send.
 - fedpm: each client trains the masked network's scores from the θ it received (Adam), draws one
   mask from σ(scores) and range-codes it against the uint16 θ, as ``FedPMClient`` does; the
-  parent decodes every mask, counts its ones and updates the Beta posterior. The central
+  worker decodes its clients' masks and counts their ones (as a reducing fedsparse node does),
+  the parent adds the counts and updates the Beta posterior. The central
   evaluation is of the thresholded network (eval mode), fedsparse's FedPM ``accuracy``.
 """
 
@@ -45,7 +47,6 @@ from strategies.fedpm import (
 from strategies.lbgm import Scaled, projection, units_of
 from strategies.lips import SCORE_STREAM, layer_scores, lips_density, prunable_layers, prune_top
 from strategies.mask_codec import (
-    CodedMasks,
     decode_masks,
     encode_masks,
     prior_probabilities,
@@ -150,10 +151,20 @@ def lbgm_reuse(
     return rhos
 
 
+@dataclass
+class PartialSums:
+    """A worker's Σ n_c·g_c and Σ n_c·b_c over its clients' decoded replies, and Σ n_c."""
+
+    grads: Arrays
+    buffers: Arrays
+    examples: int
+
+
 def pseudo_gradient_share(
     setup: Setup, client_ids: list[int], state: State, server_round: int
-) -> list[PseudoGradientReply]:
-    """Each client's reply after dense training from the received ``state``."""
+) -> list[PseudoGradientReply] | PartialSums:
+    """Each client's reply after dense training from the received ``state``; without LBGM
+    (the aggregate is then a plain sum) decoded and summed here."""
     model = setup.work.new_model()
     codec = codec_of(setup)
     feedback = codec.name != "none" and bool(setup.params["error_feedback"])
@@ -175,7 +186,18 @@ def pseudo_gradient_share(
         }
         full = {name: wire for name, wire in wires.items() if name not in reused}
         replies.append(PseudoGradientReply(client_id, examples, full, rhos, buffers))
-    return replies
+    if units:
+        return replies
+    grads, buffers = WeightedSum(), WeightedSum()
+    dtype = np.dtype(np.float32)
+    for reply in replies:
+        decoded = {
+            name: codec.decode(name, wire, tuple(state[name].shape), dtype)
+            for name, wire in reply.wires.items()
+        }
+        grads.add(decoded, reply.examples)
+        buffers.add(reply.buffers, reply.examples)
+    return PartialSums(grads.partial(), buffers.partial(), grads.weight)
 
 
 class PseudoGradientFloor:
@@ -216,7 +238,11 @@ class PseudoGradientFloor:
                 offset += size
         return grads
 
-    def fold(self, replies: list[PseudoGradientReply]) -> None:
+    def fold(self, replies: list[PseudoGradientReply] | PartialSums) -> None:
+        if isinstance(replies, PartialSums):
+            self.grads.merge(replies.grads, replies.examples)
+            self.buffers.merge(replies.buffers, replies.examples)
+            return
         for reply in replies:
             self.grads.add(self.decode(reply), reply.examples)
             self.buffers.add(reply.buffers, reply.examples)
@@ -250,8 +276,9 @@ def fedpm_model(setup: Setup) -> nn.Module:
 
 def fedpm_share(
     setup: Setup, client_ids: list[int], priors: Arrays, server_round: int
-) -> list[CodedMasks]:
-    """Each client's mask, range-coded against the uint16 θ it received (``priors``)."""
+) -> tuple[Arrays, int]:
+    """Each client's mask, range-coded against the uint16 θ it received (``priors``), then
+    decoded again and counted: the ones per entry over these clients, and how many."""
     model = fedpm_model(setup)
     set_estimator(model, setup.params["estimator"])
     scores = {  # the scores to train from: logit(q / 2¹⁶), decoded once for every client
@@ -272,7 +299,13 @@ def fedpm_share(
             for name, score in model.state_dict().items()
         }
         replies.append(encode_masks(masks, priors))
-    return replies
+    shapes = {k: tuple(q.shape) for k, q in priors.items()}
+    counts: Arrays = {}
+    for coded in replies:
+        for name, mask in decode_masks(coded.stream, coded.header(), shapes, priors).items():
+            count = counts.setdefault(name, np.zeros(mask.shape, np.int32))
+            np.add(count, mask, out=count)
+    return counts, len(replies)
 
 
 class FedPMFloor:
@@ -282,7 +315,6 @@ class FedPMFloor:
 
     def __init__(self, setup: Setup) -> None:
         self.model = fedpm_model(setup)
-        self.shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
         params = setup.params
         self.posterior = BetaPosterior(
             float(params["lambda0"]), float(params["eps"]), params["reset_period"]
@@ -298,14 +330,13 @@ class FedPMFloor:
         }
         return self.priors
 
-    def fold(self, replies: list[CodedMasks]) -> None:
-        """Decode each mask and count its ones, every client once."""
-        for coded in replies:
-            masks = decode_masks(coded.stream, coded.header(), self.shapes, self.priors)
-            for name, mask in masks.items():
-                count = self.counts.setdefault(name, np.zeros(mask.shape, np.int32))
-                np.add(count, mask, out=count)
-            self.clients += 1
+    def fold(self, share: tuple[Arrays, int]) -> None:
+        """Add a worker's counts of ones, every client once."""
+        counts, clients = share
+        for name, count in counts.items():
+            total = self.counts.setdefault(name, np.zeros(count.shape, np.int32))
+            np.add(total, count, out=total)
+        self.clients += clients
 
     def step(self, server_round: int) -> None:
         theta = self.posterior.update(server_round, self.counts, self.clients)
