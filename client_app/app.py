@@ -33,12 +33,12 @@ from models.training import (
     seed_torch,
     train_epochs,
 )
-from strategies.base import ClientAlgorithm
-from strategies.cohort import QUERY_CONFIG, hosted_clients
-from strategies.job import ClientJob
-from strategies.reduction import CohortReducer
-from strategies.update import ARRAYS, CONFIG, METRICS
-from strategies.wire import CLIENT_IDS_KEY, ClientState, Record, pack_clients
+from strategies.protocol.base import ClientAlgorithm
+from strategies.protocol.cohort import QUERY_CONFIG, hosted_clients
+from strategies.protocol.job import ClientJob
+from strategies.protocol.reduction import CohortReducer
+from strategies.protocol.update import ARRAYS, CONFIG, METRICS
+from strategies.protocol.wire import CLIENT_IDS_KEY, ClientState, Record, pack_clients
 
 DATA_ROOT = "data-root"
 TEMPLATES_KEPT = 4

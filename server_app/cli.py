@@ -31,7 +31,7 @@ from server_app.engine import (
 )
 from server_app.experiment import initial_arrays, starting_point
 from server_app.settings import ConfigError, check_data, cohorts_reduce, validate
-from strategies.cohort import expected_nodes
+from strategies.protocol.cohort import expected_nodes
 
 # not __name__: under `python -m server_app.cli` that is "__main__", a logger conf/ leaves at
 # WARNING, so its lines ("results in …") went missing there

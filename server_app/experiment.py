@@ -40,8 +40,8 @@ from server_app.results import (
 )
 from server_app.settings import ConfigError, build_strategy, client_job, strategy_params
 from server_app.tracking import start as start_tracking
-from strategies.arrays import to_array_record
-from strategies.cohort import ClientDirectory
+from strategies.protocol.arrays import to_array_record
+from strategies.protocol.cohort import ClientDirectory
 
 log = logging.getLogger(__name__)
 

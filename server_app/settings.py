@@ -28,9 +28,9 @@ from data.federated import client_partition, dataset_info
 from data.partition import PARTITIONS
 from server_app import tracking
 from server_app.engine import AUTO, with_clients_per_node
-from strategies.base import FedSparseStrategy
-from strategies.cohort import ClientDirectory
-from strategies.job import FULL_BATCH, ClientJob
+from strategies.protocol.base import FedSparseStrategy
+from strategies.protocol.cohort import ClientDirectory
+from strategies.protocol.job import FULL_BATCH, ClientJob
 
 DEVICES = ("auto", "cpu", "cuda")
 

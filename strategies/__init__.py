@@ -1,7 +1,8 @@
-"""Federated algorithms: each module holds a server strategy, its client half and its codec."""
+"""Federated algorithms: each module holds a server strategy, its client half and its codec;
+``strategies.protocol`` holds what they share."""
 
 from strategies import fedavg, fedpm, lbgm, lips  # noqa: F401  (registers the built-in algorithms)
-from strategies.registry import (
+from strategies.protocol.registry import (
     Algorithm,
     available_algorithms,
     build_job_model,

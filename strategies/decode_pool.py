@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import ConfigRecord
 
 from strategies.mask_codec import decode_masks, pack_mask, unpack_mask
-from strategies.validation import ReplyError
+from strategies.protocol.validation import ReplyError
 
 Layout = tuple[tuple[str, tuple[int, ...]], ...]  # mask names and shapes, in score order
 

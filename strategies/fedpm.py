@@ -55,18 +55,7 @@ from models.masked import (
     weight_hash,
 )
 from models.training import TensorData, evaluate, load_weights, resolve_device, round_seed
-from strategies.arrays import dot, to_array_record, to_numpy, to_numpy_dict
-from strategies.base import (
-    ARRAYS,
-    REPLY_SLACK_BYTES,
-    ClientAlgorithm,
-    ClientUpdate,
-    FedSparseStrategy,
-    finite_or_zero,
-)
 from strategies.decode_pool import DecodePool
-from strategies.job import ClientJob
-from strategies.layers import LayerView, is_layer_weight
 from strategies.mask_codec import (
     FLAGS_KEY,
     RANGE,
@@ -80,11 +69,22 @@ from strategies.mask_codec import (
     quantize_prior,
     unpack_mask,
 )
-from strategies.reduction import CohortSum
-from strategies.registry import Algorithm, register_algorithm
-from strategies.update import METRICS
-from strategies.validation import ReplyError, require_record
-from strategies.wire import ClientState, Record, decoded_tensors, record_bytes
+from strategies.protocol.arrays import dot, to_array_record, to_numpy, to_numpy_dict
+from strategies.protocol.base import (
+    ARRAYS,
+    REPLY_SLACK_BYTES,
+    ClientAlgorithm,
+    ClientUpdate,
+    FedSparseStrategy,
+    finite_or_zero,
+)
+from strategies.protocol.job import ClientJob
+from strategies.protocol.layers import LayerView, is_layer_weight
+from strategies.protocol.reduction import CohortSum
+from strategies.protocol.registry import Algorithm, register_algorithm
+from strategies.protocol.update import METRICS
+from strategies.protocol.validation import ReplyError, require_record
+from strategies.protocol.wire import ClientState, Record, decoded_tensors, record_bytes
 
 MASKED_FORMS = {name: f"masked_{name}" for name in ("cnn", "conv4", "conv6", "conv10")}
 DOWNLINK_DTYPES = {"uint16": np.uint16, "float32": np.float32, "float16": np.float16}

@@ -40,24 +40,29 @@ from torch import nn
 
 import models
 from data.federated import DataSpec, dataset_info
-from strategies.arrays import dot, l2_norm, to_array_record, to_numpy, to_numpy_dict
-from strategies.base import (
+from strategies.compression import COMPRESSORS, Codec, CodecError, make_codec
+from strategies.protocol.arrays import dot, l2_norm, to_array_record, to_numpy, to_numpy_dict
+from strategies.protocol.base import (
     ARRAYS,
     ClientAlgorithm,
     ClientUpdate,
     FedSparseStrategy,
     check_number,
 )
-from strategies.compression import COMPRESSORS, Codec, CodecError, make_codec
-from strategies.job import ClientJob, ConfigScalar
-from strategies.lbg_book import ClientLBGs
-from strategies.lbg_store import STORE_DTYPES, STORES, make_store
-from strategies.reduction import CohortSum
-from strategies.registry import Algorithm, register_algorithm
-from strategies.update import METRICS, REPLY_SLACK_BYTES
-from strategies.validation import ReplyError, all_finite, check_finite_metric, require_record
-from strategies.weighted_sum import WeightedSum, cast_like
-from strategies.wire import ClientState, Record, client_key
+from strategies.protocol.job import ClientJob, ConfigScalar
+from strategies.protocol.lbg_book import ClientLBGs
+from strategies.protocol.lbg_store import STORE_DTYPES, STORES, make_store
+from strategies.protocol.reduction import CohortSum
+from strategies.protocol.registry import Algorithm, register_algorithm
+from strategies.protocol.update import METRICS, REPLY_SLACK_BYTES
+from strategies.protocol.validation import (
+    ReplyError,
+    all_finite,
+    check_finite_metric,
+    require_record,
+)
+from strategies.protocol.weighted_sum import WeightedSum, cast_like
+from strategies.protocol.wire import ClientState, Record, client_key
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +101,8 @@ def projection(g: np.ndarray, lbg: np.ndarray) -> tuple[float, float] | None:
 
     None when ``lbg`` is zero (no direction to reuse) or a product overflows. A zero ``g``
     gives (0, 0): ρ·LBG = g. The three dot products run in the vectors' own precision (float32
-    for a model's gradients, :func:`~strategies.arrays.dot`): casting both to float64 first cost
+    for a model's gradients, :func:`~strategies.protocol.arrays.dot`): casting both to float64
+    first cost
     ~4× more, and ρ and e differ from the float64 values by ~1e-6 relative, far finer than any
     useful δ.
     """

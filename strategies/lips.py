@@ -23,12 +23,12 @@ from flwr.app import MetricRecord
 from torch import nn
 
 from models.training import TensorData, round_seed
-from strategies.base import ClientAlgorithm, check_number
 from strategies.fedavg import FedAvg
-from strategies.job import ClientJob, ConfigScalar
-from strategies.registry import Algorithm, register_algorithm
-from strategies.update import METRICS
-from strategies.wire import ClientState, Record
+from strategies.protocol.base import ClientAlgorithm, check_number
+from strategies.protocol.job import ClientJob, ConfigScalar
+from strategies.protocol.registry import Algorithm, register_algorithm
+from strategies.protocol.update import METRICS
+from strategies.protocol.wire import ClientState, Record
 
 SCORES = ("sensitivity", "magnitude", "random")
 PRUNED_PREFIX = "lips-pruned."

@@ -24,7 +24,7 @@ import constriction
 import numpy as np
 from flwr.app import ConfigRecord
 
-from strategies.validation import ReplyError
+from strategies.protocol.validation import ReplyError
 
 PRIOR_BITS = 16
 PRIOR_SCALE = 1 << PRIOR_BITS  # θ = q / 2¹⁶ exactly, as float64

@@ -9,9 +9,9 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from strategies.cohort import QUERY_CONFIG, expected_nodes, hosted_clients
-from strategies.job import ClientJob
-from strategies.wire import CLIENT_IDS_KEY
+from strategies.protocol.cohort import QUERY_CONFIG, expected_nodes, hosted_clients
+from strategies.protocol.job import ClientJob
+from strategies.protocol.wire import CLIENT_IDS_KEY
 
 NODE_BASE = 1000
 

@@ -16,7 +16,13 @@ import torch
 from flwr.app import Array, ArrayRecord
 
 from models import build_model
-from strategies.arrays import to_array, to_array_record, to_numpy, to_numpy_dict, to_tensors
+from strategies.protocol.arrays import (
+    to_array,
+    to_array_record,
+    to_numpy,
+    to_numpy_dict,
+    to_tensors,
+)
 
 ARRAYS = [
     np.arange(10, dtype=np.float32),
@@ -109,7 +115,7 @@ def test_flowers_network_encoding_round_trips_our_arrays() -> None:
 _DOTS = """
 import numpy as np
 from server_app.monitor import aggregation_effectiveness
-from strategies.arrays import dot, l2_norm
+from strategies.protocol.arrays import dot, l2_norm
 from strategies.lbgm import projection
 rng = np.random.default_rng(0)
 a, b = rng.standard_normal(1_000_003), rng.standard_normal(1_000_003)

@@ -19,7 +19,7 @@ from data.device import (
 )
 from server_app.experiment import initial_arrays
 from server_app.settings import client_job, compose_config
-from strategies.wire import unpack_clients
+from strategies.protocol.wire import unpack_clients
 
 SHAPE = (1, 8, 8)
 

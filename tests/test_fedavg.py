@@ -17,14 +17,19 @@ from flwr.app import (
     RecordDict,
 )
 
-from strategies import slices
-from strategies.arrays import l2_norm
-from strategies.base import ClientUpdate
-from strategies.cohort import ClientDirectory
 from strategies.fedavg import FedAvg
-from strategies.job import ClientJob
-from strategies.validation import ReplyError, all_finite, arrays_like
-from strategies.wire import pack_clients, record_bytes, shared_payload_bytes, unpack_clients
+from strategies.protocol import slices
+from strategies.protocol.arrays import l2_norm
+from strategies.protocol.base import ClientUpdate
+from strategies.protocol.cohort import ClientDirectory
+from strategies.protocol.job import ClientJob
+from strategies.protocol.validation import ReplyError, all_finite, arrays_like
+from strategies.protocol.wire import (
+    pack_clients,
+    record_bytes,
+    shared_payload_bytes,
+    unpack_clients,
+)
 from tests.test_weighted_sum import weighted_mean
 
 NPY_HEADER_MAX = 256  # generous bound on the .npy header + key length per array

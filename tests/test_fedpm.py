@@ -37,9 +37,6 @@ from server_app.inprocess import InProcessGrid
 from server_app.monitor import LayerMonitor
 from server_app.plots import BPP_PLOT, PLOTS
 from server_app.settings import ConfigError, build_strategy, compose_config
-from strategies.arrays import l2_norm
-from strategies.base import ARRAYS, ClientUpdate
-from strategies.cohort import ClientDirectory
 from strategies.fedpm import (
     CODE,
     EXPORT_FILE,
@@ -53,7 +50,6 @@ from strategies.fedpm import (
     received_theta,
     sigmoid,
 )
-from strategies.job import ClientJob
 from strategies.mask_codec import (
     decode_masks,
     encode_masks,
@@ -61,9 +57,13 @@ from strategies.mask_codec import (
     quantize_prior,
     unpack_mask,
 )
-from strategies.registry import Algorithm, register_algorithm
-from strategies.validation import ReplyError
-from strategies.wire import pack_clients
+from strategies.protocol.arrays import l2_norm
+from strategies.protocol.base import ARRAYS, ClientUpdate
+from strategies.protocol.cohort import ClientDirectory
+from strategies.protocol.job import ClientJob
+from strategies.protocol.registry import Algorithm, register_algorithm
+from strategies.protocol.validation import ReplyError
+from strategies.protocol.wire import pack_clients
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_RUN = [

@@ -1,4 +1,4 @@
-"""Tests for strategies.job: the ClientJob wire form."""
+"""Tests for strategies.protocol.job: the ClientJob wire form."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from flwr.app import ConfigRecord
 
 from data.federated import DataSpec
-from strategies.job import FULL_BATCH, STRATEGY_PREFIX, ClientJob
+from strategies.protocol.job import FULL_BATCH, STRATEGY_PREFIX, ClientJob
 
 
 def _job(**changes) -> ClientJob:

@@ -18,15 +18,15 @@ from server_app.checkpoint import load_checkpoint
 from server_app.experiment import run_experiment
 from server_app.inprocess import InProcessGrid
 from server_app.settings import ConfigError, build_strategy, compose_config
-from strategies.arrays import l2_norm
-from strategies.cohort import ClientDirectory
 from strategies.compression import topk_count
-from strategies.job import ClientJob
-from strategies.lbg_book import INDEX, ClientLBGs
 from strategies.lbgm import LBGM, PseudoGradientClient, Scaled, projection
-from strategies.update import CONFIG, METRICS
-from strategies.weighted_sum import WeightedSum
-from strategies.wire import ClientState, RecordDict, pack_clients, unpack_clients
+from strategies.protocol.arrays import l2_norm
+from strategies.protocol.cohort import ClientDirectory
+from strategies.protocol.job import ClientJob
+from strategies.protocol.lbg_book import INDEX, ClientLBGs
+from strategies.protocol.update import CONFIG, METRICS
+from strategies.protocol.weighted_sum import WeightedSum
+from strategies.protocol.wire import ClientState, RecordDict, pack_clients, unpack_clients
 
 TOY_RUN = [
     "dataset=digits",

@@ -15,8 +15,6 @@ from models.training import TensorData
 from server_app.experiment import run_experiment
 from server_app.inprocess import InProcessGrid
 from server_app.settings import ConfigError, build_strategy, compose_config
-from strategies.cohort import ClientDirectory
-from strategies.job import ClientJob
 from strategies.lips import (
     LipsClient,
     layer_scores,
@@ -25,6 +23,8 @@ from strategies.lips import (
     prune_top,
     sparse_round,
 )
+from strategies.protocol.cohort import ClientDirectory
+from strategies.protocol.job import ClientJob
 
 TOY_RUN = [
     "dataset=digits",

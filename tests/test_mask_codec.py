@@ -28,7 +28,7 @@ from strategies.mask_codec import (
     quantize_prior,
     range_encode,
 )
-from strategies.validation import ReplyError
+from strategies.protocol.validation import ReplyError
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {"conv.weight_score": (6, 1, 3, 3), "conv.bias_score": (6,), "fc.weight_score": (10, 301)}

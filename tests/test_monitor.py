@@ -20,9 +20,9 @@ from server_app.results import (
     summarize,
     write_summary,
 )
-from strategies.arrays import l2_norm
 from strategies.fedpm import MaskScores
-from strategies.layers import is_layer_weight
+from strategies.protocol.arrays import l2_norm
+from strategies.protocol.layers import is_layer_weight
 
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:

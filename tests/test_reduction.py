@@ -28,9 +28,9 @@ from server_app.settings import (
     compose_config,
     validate,
 )
-from strategies.arrays import to_array_record, to_numpy_dict
-from strategies.cohort import ClientDirectory, expected_nodes
-from strategies.reduction import PARTIAL, PARTIAL_WEIGHT, is_reduced
+from strategies.protocol.arrays import to_array_record, to_numpy_dict
+from strategies.protocol.cohort import ClientDirectory, expected_nodes
+from strategies.protocol.reduction import PARTIAL, PARTIAL_WEIGHT, is_reduced
 
 REDUCING = ("fedavg", "lips", "fedpm", "topk", "signsgd")
 CORRUPT_KIND = {"fedpm": "garble"}  # FedPM's reply is a byte stream: damage it as one

@@ -17,7 +17,7 @@ from server_app.engine import auto_state_folder, client_state_folder
 from server_app.experiment import run_experiment
 from server_app.inprocess import InProcessGrid
 from server_app.settings import client_job, compose_config, validate
-from strategies.wire import ClientState, client_key
+from strategies.protocol.wire import ClientState, client_key
 
 
 def _record(seed: int) -> ArrayRecord:

@@ -52,7 +52,7 @@ from strategies.mask_codec import (
     prior_probabilities,
     quantize_prior,
 )
-from strategies.weighted_sum import WeightedSum, cast_like
+from strategies.protocol.weighted_sum import WeightedSum, cast_like
 
 Arrays = dict[str, np.ndarray]
 # A worker process's clients' own arrays across rounds, by client id.

@@ -6,9 +6,9 @@ reply on its own, counts bytes per client, and hands each valid update to the al
 ``fold`` in client-id order (so float sums are reproducible) as soon as the replies of every
 earlier client are in, then asks ``aggregate`` for the new global arrays. A strategy that sums
 as it folds never holds a round's updates together. A strategy whose aggregate is a sum names
-its :class:`~strategies.reduction.CohortSum` (``cohort_sum_type``): it decodes and folds every
-reply, and lets nodes that host several clients send one partial sum, merged in the same place
-of the order, with each client's bytes, verdict and metrics beside it.
+its :class:`~strategies.protocol.reduction.CohortSum` (``cohort_sum_type``): it decodes and
+folds every reply, and lets nodes that host several clients send one partial sum, merged in
+the same place of the order, with each client's bytes, verdict and metrics beside it.
 ``ClientAlgorithm`` is the client half the generic ClientApp runtime calls.
 """
 
@@ -30,18 +30,18 @@ from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from models.training import TensorData, load_weights
-from strategies.arrays import to_array_record, to_numpy
-from strategies.cohort import ClientDirectory
-from strategies.job import ClientJob, ConfigScalar
-from strategies.layers import LayerView
-from strategies.reduction import (
+from strategies.protocol.arrays import to_array_record, to_numpy
+from strategies.protocol.cohort import ClientDirectory
+from strategies.protocol.job import ClientJob, ConfigScalar
+from strategies.protocol.layers import LayerView
+from strategies.protocol.reduction import (
     CohortSum,
     is_reduced,
     reported_partial,
     reported_size,
     reported_update,
 )
-from strategies.update import (
+from strategies.protocol.update import (
     ARRAYS,
     CONFIG,
     REPLY_SLACK_BYTES,
@@ -49,8 +49,8 @@ from strategies.update import (
     checked_update,
     decode_train,
 )
-from strategies.validation import ReplyError, check_finite_metric
-from strategies.wire import (
+from strategies.protocol.validation import ReplyError, check_finite_metric
+from strategies.protocol.wire import (
     ClientState,
     Record,
     decoded_tensors,
@@ -133,9 +133,9 @@ class FedSparseStrategy(Strategy, LayerView):
     name = "base"
     cohort_sum_type: type[CohortSum] | None = None
     """The hook of cohort reduction: when the round's aggregate is a sum over clients, the
-    :class:`~strategies.reduction.CohortSum` that decodes, measures and adds each reply, built
-    from ``(train job, train downlink)`` on the server and, when the job says so, on each node
-    (None: every reply travels and is decoded on its own)."""
+    :class:`~strategies.protocol.reduction.CohortSum` that decodes, measures and adds each
+    reply, built from ``(train job, train downlink)`` on the server and, when the job says so,
+    on each node (None: every reply travels and is decoded on its own)."""
 
     def __init__(
         self,

@@ -8,9 +8,9 @@ from typing import TypeVar
 import numpy as np
 from flwr.app import ArrayRecord, MetricRecord
 
-from strategies.arrays import to_numpy
-from strategies.slices import map_arrays
-from strategies.wire import Record
+from strategies.protocol.arrays import to_numpy
+from strategies.protocol.slices import map_arrays
+from strategies.protocol.wire import Record
 
 R = TypeVar("R", bound=Record)
 

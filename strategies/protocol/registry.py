@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from torch import nn
 
 import models
-from strategies.base import ClientAlgorithm, FedSparseStrategy
-from strategies.job import ClientJob
+from strategies.protocol.base import ClientAlgorithm, FedSparseStrategy
+from strategies.protocol.job import ClientJob
 
 JobModelBuilder = Callable[[ClientJob, tuple[int, int, int], int], nn.Module]
 """Builds the model a job trains from ``(job, input_shape as (C, H, W), num_classes)``."""

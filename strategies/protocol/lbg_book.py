@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ConfigRecord
 
-from strategies.wire import ClientState
+from strategies.protocol.wire import ClientState
 
 INDEX = "lbgm-index"
 BLOCK = "lbgm-block:"
