@@ -306,11 +306,7 @@ class MaskCounts(CohortSum):
         return self._stats.pop(update.client_id)
 
     def add(self, update: ClientUpdate) -> None:
-        for name, mask in update.payload.items():
-            if name not in self.counts:
-                self.counts[name] = np.zeros(mask.shape, np.int32)
-            np.add(self.counts[name], mask, out=self.counts[name])
-        self.clients += 1
+        self.merge(update.payload, 1)  # one client's mask is its own count of ones
         update.release()
 
     def partial(self) -> dict[str, np.ndarray]:

@@ -306,13 +306,9 @@ class PseudoGradient(FedSparseStrategy):
         self.server_round = server_round  # the version of the LBGs sent in this round
         return super().configure_train(server_round, arrays, config, grid)
 
-    def sums(self) -> PseudoGradients:
-        """The round's running sums."""
-        return self.running
-
     # --------------------------------------------------------------- aggregation
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
-        sums = self.sums()
+        sums: PseudoGradients = self.running
         buffers = cast_like(sums.buffers.mean(), to_numpy_dict(self.global_arrays))
         means = sums.grads.mean()
         self._mean_delta = {name: -mean for name, mean in means.items()}  # Δ_c = −g_c
@@ -366,7 +362,7 @@ class Lbgm(PseudoGradient):
 
     name = "lbgm"
     uses_lbgm = True
-    cohort_sum_type = None  # decoding needs the server's look-back gradients of each client
+    nodes_decode = False  # decoding needs the server's look-back gradients of each client
 
     def __init__(
         self,
@@ -405,7 +401,6 @@ class Lbgm(PseudoGradient):
             log.warning("strategy.store_dir=%s is unused: it applies to store=disk only", store_dir)
         self.delta, self.granularity, self.max_age = float(delta), granularity, max_age
         self._store_args = (store, store_dtype, store_dir)
-        self._sums: PseudoGradients | None = None
 
     @cached_property
     def units(self) -> dict[str, list[str]]:
@@ -453,7 +448,7 @@ class Lbgm(PseudoGradient):
                 )
             reused[unit] = (rho, version)
         full_layers = [n for unit, names in self.units.items() if unit not in reused for n in names]
-        sums = self.sums()
+        sums: PseudoGradients = self.running
         wire = sums.wire(update, full_layers)
         grads: dict[str, np.ndarray | Scaled] = {
             name: sums.layer(wire, name) for name in full_layers
@@ -473,18 +468,6 @@ class Lbgm(PseudoGradient):
                 vector = flat[0] if len(flat) == 1 else np.concatenate(flat)  # never written to
                 self.store.put(update.client_id, unit, self.server_round, vector)
         return Decoded(grads, sums.buffer_values(wire), units=len(self.units), ages=ages)
-
-    def begin_aggregation(self, server_round: int) -> None:
-        self._sums = PseudoGradients(self.train_job(server_round, []), self.global_arrays)
-
-    def sums(self) -> PseudoGradients:
-        return self._sums
-
-    def delta_norms(self, payload: Decoded) -> dict[str, float]:
-        return self._sums.delta_norms(payload)
-
-    def fold(self, update: ClientUpdate) -> None:
-        self._sums.add(update)
 
     def round_metrics(self, server_round: int) -> dict[str, Any]:
         payloads = [u.payload for u in self.last_updates]

@@ -136,6 +136,9 @@ class FedSparseStrategy(Strategy, LayerView):
     :class:`~strategies.protocol.reduction.CohortSum` that decodes, measures and adds each
     reply, built from ``(train job, train downlink)`` on the server and, when the job says so,
     on each node (None: every reply travels and is decoded on its own)."""
+    nodes_decode = True
+    """Whether a node can decode its clients' replies with the cohort sum alone (False: the
+    server's decoding needs per-client state it keeps, and every reply travels)."""
 
     def __init__(
         self,
@@ -173,6 +176,7 @@ class FedSparseStrategy(Strategy, LayerView):
             and job.clients_per_node > 1
             and max_client_weight is None
             and cls.cohort_sum_type is not None
+            and cls.nodes_decode
         )
 
     # ----------------------------------------------------------------- sampling and routing
@@ -493,7 +497,7 @@ class FedSparseStrategy(Strategy, LayerView):
         """The valid updates of a node's reduced reply (as the node judged them, without
         arrays), and the work that merges its partial sum."""
         try:
-            if fold is None or self.running is None:
+            if fold is None or not self.job.reduce_cohorts:
                 raise ReplyError("reduction", "this round aggregates every reply on its own")
             partial, weight = reported_partial(content, self.running)
         except ReplyError as err:
