@@ -24,6 +24,7 @@ class WeightedArrays(CohortSum):
 
     def __init__(self, job: ClientJob, downlink: ArrayRecord) -> None:
         self.template = downlink
+        self.limit = 2 * downlink.count_bytes() + REPLY_SLACK_BYTES
         self.base = to_numpy_dict(downlink)
         self.sum = WeightedSum()
         self._scratch: dict[str, np.ndarray] = {}  # one client's delta at a time (monitor)
@@ -34,7 +35,7 @@ class WeightedArrays(CohortSum):
 
     def reply_limit(self) -> int:
         """Twice the dense model plus slack."""
-        return 2 * self.template.count_bytes() + REPLY_SLACK_BYTES
+        return self.limit
 
     def decode(self, update: ClientUpdate) -> dict[str, np.ndarray]:
         return arrays_like(require_record(update.records, ARRAYS, ArrayRecord), self.template)

@@ -228,6 +228,8 @@ class MaskCounts(CohortSum):
             self.theta = {k: sigmoid(v) for k, v in arrays.items()}
             self.priors = {k: quantize_prior(t) for k, t in self.theta.items()}
         self.shapes = {k: tuple(a.shape) for k, a in arrays.items()}
+        packed = sum(packed_size(math.prod(s)) for s in self.shapes.values())
+        self.limit = packed + REPLY_SLACK_BYTES  # a coded reply falls back to packed at worst
         self.lengths = {k: CodeLengths.of(q) for k, q in self.priors.items()}
         self.coded = job.params.get("uplink_coding", "range") == "range"
         eps = float(job.params.get("eps", 0.01))
@@ -245,8 +247,8 @@ class MaskCounts(CohortSum):
         return self.clients
 
     def reply_limit(self) -> int:
-        """Packed bits of every mask plus slack (a coded reply falls back to them at worst)."""
-        return sum(packed_size(math.prod(s)) for s in self.shapes.values()) + REPLY_SLACK_BYTES
+        """Packed bits of every mask plus slack."""
+        return self.limit
 
     def decode(self, update: ClientUpdate) -> dict[str, np.ndarray]:
         started = time.perf_counter()

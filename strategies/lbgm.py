@@ -166,6 +166,7 @@ class PseudoGradients(CohortSum):
 
     def __init__(self, job: ClientJob, downlink: ArrayRecord) -> None:
         self.template = downlink
+        self.limit = 2 * downlink.count_bytes() + REPLY_SLACK_BYTES
         self.layers = parameter_shapes(job)
         self.codec = make_codec(
             str(job.params.get("compressor", "none")), float(job.params.get("topk_ratio", 0.1))
@@ -178,7 +179,7 @@ class PseudoGradients(CohortSum):
 
     def reply_limit(self) -> int:
         """Twice the dense model plus slack."""
-        return 2 * self.template.count_bytes() + REPLY_SLACK_BYTES
+        return self.limit
 
     def wire(self, update: ClientUpdate, full_layers: list[str]) -> dict[str, np.ndarray]:
         """The reply's arrays, checked to be exactly the buffers plus the full layers' codec keys,

@@ -476,16 +476,14 @@ class FedSparseStrategy(Strategy, LayerView):
         per_client = unpack_clients(content)
         if prefetch is not None:
             prefetch({c: per_client[c] for c in cohort if c in per_client})
-        updates = []
+        updates, limit = [], self.reply_limit()
         for client_id in cohort:
             records = per_client.get(client_id, {})
             size = record_bytes(records.values())
             stats.uplink_bytes += size
             try:
                 updates.append(
-                    decode(
-                        checked_update(client_id, records, size, self.reply_limit(), min_examples)
-                    )
+                    decode(checked_update(client_id, records, size, limit, min_examples))
                 )
             except ReplyError as err:
                 _dropped(client_id, err, stats)

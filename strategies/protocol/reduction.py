@@ -85,13 +85,14 @@ class CohortReducer:
 
     def __init__(self, running: CohortSum) -> None:
         self.running = running
+        self.limit = running.reply_limit()
         self.per_client: dict[int, dict[str, Record]] = {}
 
     def add(self, client_id: int, records: dict[str, Record]) -> None:
         """Judge one client's reply exactly as the server would, and add it when it is valid."""
         size = record_bytes(records.values())
         try:
-            update = checked_update(client_id, records, size, self.running.reply_limit(), 1)
+            update = checked_update(client_id, records, size, self.limit, 1)
             decode_train(update, self.running)
         except ReplyError as err:
             verdict = {"bytes": size, "rejected": err.reason, "detail": err.detail or "-"}
