@@ -1,15 +1,18 @@
 """Split sample indices among federated clients, IID or with label skew.
 
-Every partitioner returns one sorted int64 index array per client; together
-they are disjoint and cover every sample exactly once. All randomness comes
-from the generator passed in, so a seed fixes the partition.
+Every partitioner returns one sorted int64 index array per client. The splits
+(``iid``, ``dirichlet``, ``pathological``) are disjoint and cover every sample
+exactly once; ``dirichlet_draw`` is the LIPS code's per-client sampling, where
+clients draw from the full class pools and may share samples. All randomness
+comes from the generator passed in, so a seed fixes the partition.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "pathological")
+PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "dirichlet_draw", "pathological")
+DISJOINT_PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "pathological")
 
 MAX_DIRICHLET_ATTEMPTS = 100
 
@@ -23,17 +26,23 @@ def partition_indices(
     alpha: float = 0.5,
     min_size: int = 10,
     classes_per_client: int = 2,
+    samples_per_client: int = 100,
 ) -> list[np.ndarray]:
     """Partition ``range(len(labels))`` among ``num_clients`` clients by ``kind``.
 
-    ``alpha`` and ``min_size`` apply to ``dirichlet``, ``classes_per_client``
-    to ``pathological``; the other kinds ignore them.
+    ``alpha`` applies to both Dirichlet kinds, ``min_size`` to ``dirichlet``,
+    ``samples_per_client`` to ``dirichlet_draw``, ``classes_per_client`` to
+    ``pathological``; the other kinds ignore them.
     """
     rng = np.random.default_rng(seed)
     if kind == "iid":
         return iid_partition(labels, num_clients, rng)
     if kind == "dirichlet":
         return dirichlet_partition(labels, num_clients, rng, alpha=alpha, min_size=min_size)
+    if kind == "dirichlet_draw":
+        return dirichlet_draw_partition(
+            labels, num_clients, rng, alpha=alpha, samples_per_client=samples_per_client
+        )
     if kind == "pathological":
         return pathological_partition(
             labels, num_clients, rng, classes_per_client=classes_per_client
@@ -97,6 +106,60 @@ def dirichlet_partition(
             parts[client] = np.concatenate([parts[client], chunk])
     _top_up(parts, min_size, rng)
     return [np.sort(part).astype(np.int64) for part in parts]
+
+
+def dirichlet_draw_partition(
+    labels: np.ndarray,
+    num_clients: int,
+    rng: np.random.Generator,
+    *,
+    alpha: float = 0.1,
+    samples_per_client: int = 100,
+) -> list[np.ndarray]:
+    """Each client draws ``samples_per_client`` samples with its own Dir(``alpha``) class mix.
+
+    The LIPS code's sampling: client proportions q ~ Dir(alpha), class counts
+    ``split_counts(samples_per_client, q)``, each class's samples drawn from that class's full
+    pool without replacement (with replacement only when a client needs more of a class than
+    it has). Draws are per client, so **clients may share samples**; this is not a disjoint split.
+    """
+    labels = _check_inputs(labels, num_clients)
+    if not alpha > 0:
+        raise ValueError(
+            f"alpha must be > 0, got {alpha}; e.g. 0.1 (strong skew) to 100 (near IID)."
+        )
+    if samples_per_client < 1:
+        raise ValueError(f"samples_per_client must be >= 1, got {samples_per_client}.")
+    pools = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    parts = []
+    for _ in range(num_clients):
+        mix = rng.dirichlet(np.full(len(pools), alpha))
+        parts.append(draw_by_class(pools, split_counts(samples_per_client, mix), rng))
+    return parts
+
+
+def split_counts(total: int, proportions: np.ndarray) -> np.ndarray:
+    """``total`` split by ``proportions`` into integers that sum to ``total`` exactly (largest
+    remainders get the rounding), so a class mix is kept to within one sample per class."""
+    proportions = np.asarray(proportions, dtype=np.float64)
+    raw = proportions / proportions.sum() * total
+    counts = np.floor(raw).astype(np.int64)
+    short = total - int(counts.sum())
+    counts[np.argsort(-(raw - counts), kind="stable")[:short]] += 1
+    return counts
+
+
+def draw_by_class(
+    pools: list[np.ndarray], counts: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """``counts[c]`` indices from each class pool ``pools[c]`` (sorted); without replacement
+    unless a count exceeds its pool."""
+    drawn = [
+        rng.choice(pool, size=int(count), replace=int(count) > len(pool))
+        for pool, count in zip(pools, counts, strict=True)
+        if count > 0
+    ]
+    return np.sort(np.concatenate(drawn)).astype(np.int64)
 
 
 def _top_up(parts: list[np.ndarray], min_size: int, rng: np.random.Generator) -> None:

@@ -24,7 +24,7 @@ import strategies
 from client_app.batchnorm import BN_POLICIES, batchnorm_keys
 from client_app.faults import CORRUPT_KINDS
 from data.datasets import DATASETS, INPUT_SHAPES
-from data.federated import client_partition, dataset_info
+from data.federated import LOCAL_TESTS, client_partition, dataset_info
 from data.partition import PARTITIONS
 from server_app import tracking
 from server_app.engine import AUTO, with_clients_per_node
@@ -162,11 +162,31 @@ def validate(cfg: DictConfig) -> None:
             cfg.local_steps,
         )
     _warn_idle_topk_ratio(cfg)
-    if cfg.partition.name == "dirichlet":
+    if cfg.partition.name in ("dirichlet", "dirichlet_draw"):
         _check(cfg, "partition.alpha", lambda v: _is_number(v) and v > 0, "must be a number > 0")
+    if cfg.partition.name == "dirichlet":
         _check(
             cfg, "partition.min_size", lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"
         )
+    if cfg.partition.name == "dirichlet_draw":
+        _check(
+            cfg,
+            "partition.samples_per_client",
+            lambda v: _is_int(v) and v >= 1,
+            "must be an integer >= 1",
+        )
+    _check(
+        cfg,
+        "partition.local_test",
+        lambda v: v in LOCAL_TESTS,
+        f"choose one of: {', '.join(LOCAL_TESTS)}",
+    )
+    _check(
+        cfg,
+        "partition.local_test_size",
+        lambda v: _is_int(v) and v >= 1,
+        "must be an integer >= 1",
+    )
     if cfg.partition.name == "pathological":
         _check(
             cfg,
@@ -332,7 +352,10 @@ def client_job(cfg: DictConfig) -> ClientJob:
         alpha=float(partition.get("alpha", 0.5)),
         min_size=int(partition.get("min_size", 10)),
         classes_per_client=int(partition.get("classes_per_client", 2)),
+        samples_per_client=int(partition.get("samples_per_client", 100)),
         local_test_fraction=float(cfg.local_test_fraction),
+        local_test=str(partition.local_test),
+        local_test_size=int(partition.local_test_size),
         dataset_root=cfg.dataset.root or "",
         download=bool(cfg.dataset.download),
         local_epochs=cfg.local_epochs,

@@ -12,7 +12,7 @@ from data.federated import (
     client_partition,
     dataset_info,
 )
-from data.partition import PARTITIONS
+from data.partition import DISJOINT_PARTITIONS
 
 
 def _spec(**overrides: object) -> DataSpec:
@@ -20,7 +20,7 @@ def _spec(**overrides: object) -> DataSpec:
     return DataSpec(**(fields | overrides))
 
 
-@pytest.mark.parametrize("partition", PARTITIONS)
+@pytest.mark.parametrize("partition", DISJOINT_PARTITIONS)
 def test_clients_cover_the_train_split_exactly(partition: str) -> None:
     spec = _spec(partition=partition)
     train = dataset_info(spec).train

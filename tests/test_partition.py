@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from data.partition import (
+    DISJOINT_PARTITIONS,
     PARTITIONS,
     dirichlet_partition,
     iid_partition,
@@ -34,7 +35,7 @@ def _label_skew(labels: np.ndarray, parts: list[np.ndarray]) -> float:
     return float(np.mean([np.bincount(labels[p]).max() / len(p) for p in parts]))
 
 
-@pytest.mark.parametrize("kind", PARTITIONS)
+@pytest.mark.parametrize("kind", DISJOINT_PARTITIONS)
 @pytest.mark.parametrize("seed", [0, 1, 7])
 @pytest.mark.parametrize("num_clients", [1, 3, 10])
 def test_partitions_are_disjoint_and_complete(kind: str, seed: int, num_clients: int) -> None:
@@ -101,7 +102,7 @@ def test_pathological_gives_exactly_k_classes(num_clients: int, k: int) -> None:
     [
         ({"num_clients": 0}, "num_clients"),
         ({"num_clients": 1001}, "num_clients"),
-        ({"kind": "shards"}, "iid, dirichlet, pathological"),
+        ({"kind": "shards"}, "iid, dirichlet, dirichlet_draw, pathological"),
         ({"kind": "dirichlet", "alpha": 0.0}, "alpha"),
         ({"kind": "dirichlet", "alpha": -1.0}, "alpha"),
         ({"kind": "dirichlet", "min_size": 201}, "min_size"),

@@ -398,14 +398,16 @@ class FedSparseStrategy(Strategy, LayerView):
         if not updates:
             return None
         weights = [u.num_examples for u in updates]
+        accuracies = [u.metrics["accuracy"] for u in updates]
         return MetricRecord(
             {
                 "fed_loss": float(
                     np.average([u.metrics["loss"] for u in updates], weights=weights)
                 ),
-                "fed_accuracy": float(
-                    np.average([u.metrics["accuracy"] for u in updates], weights=weights)
-                ),
+                "fed_accuracy": float(np.average(accuracies, weights=weights)),
+                # the LIPS paper's metric: each client counts once, whatever its test set's size
+                "local_accuracy_mean": float(np.mean(accuracies)),
+                "local_accuracy_std": float(np.std(accuracies)),
             }
         )
 

@@ -30,7 +30,10 @@ class ClientJob:
     alpha: float = 0.5
     min_size: int = 10
     classes_per_client: int = 2
+    samples_per_client: int = 100
     local_test_fraction: float = 0.2
+    local_test: str = "split"
+    local_test_size: int = 400
     dataset_root: str = ""
     download: bool = False
     local_epochs: int = 1
@@ -64,7 +67,10 @@ class ClientJob:
             alpha=self.alpha,
             min_size=self.min_size,
             classes_per_client=self.classes_per_client,
+            samples_per_client=self.samples_per_client,
             local_test_fraction=self.local_test_fraction,
+            local_test=self.local_test,
+            local_test_size=self.local_test_size,
             root=self.dataset_root or None,
             download=self.download,
         )
