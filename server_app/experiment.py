@@ -7,6 +7,7 @@ CLI and a deployed ServerApp run the same code.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -35,7 +36,9 @@ from server_app.results import (
     NUMBER_NEUTRAL_KEYS,
     SUMMARY_FILE,
     MetricsLog,
+    link_bpp,
     summarize,
+    total_bpp,
     write_summary,
 )
 from server_app.settings import ConfigError, build_strategy, client_job, strategy_params
@@ -147,6 +150,10 @@ class CentralEvaluator:
         return evaluate(self.model, self.data)
 
 
+def _bpp(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
 def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path, sweep: Path | None = None) -> dict:
     """Run (or resume) the configured experiment on ``grid``; returns the summary. ``sweep`` is
     the folder of the ``--multirun`` this run is a job of (its tracking experiment)."""
@@ -175,6 +182,7 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path, sweep: Path | Non
     metrics = MetricsLog(run_dir, keep_through_round=first_round - 1)
     tracker = start_tracking(cfg, run_dir, sweep, first_round)
     evaluator = CentralEvaluator(cfg)
+    num_params = sum(math.prod(a.shape) for a in arrays.values())
     directory.wait_for_nodes(grid)
     print(
         f"[fedsparse] {cfg.strategy.name} on {cfg.dataset.name} ({cfg.partition.name}), "
@@ -195,6 +203,7 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path, sweep: Path | Non
                 f"{dict(strategy.stats.rejected)}); {_resume_hint(run_dir)}"
             )
         row = {"round": server_round, **strategy.stats.to_metrics()}
+        row.update(link_bpp(row, num_params))
         row.update(
             monitor.observe(
                 server_round,
@@ -227,8 +236,9 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path, sweep: Path | Non
         note = strategy.progress(row) if row["clients"] else ""
         print(
             f"[fedsparse] round {server_round}/{cfg.num_rounds}  acc {row['accuracy']:.4f}  "
-            f"loss {row['loss']:.4f}  up {row['uplink_bytes'] / 1e6:.2f} MB  "
-            f"down {row['downlink_bytes'] / 1e6:.2f} MB  clients {row['clients']}  "
+            f"loss {row['loss']:.4f}  up {row['uplink_bytes'] / 1e6:.2f} MB "
+            f"({_bpp(row['uplink_bpp'])} bpp)  down {row['downlink_bytes'] / 1e6:.2f} MB "
+            f"({_bpp(row['downlink_bpp'])} bpp)  clients {row['clients']}  "
             f"failures {row['failures']}  {row['round_s']:.1f} s" + (f"  {note}" if note else ""),
             flush=True,
         )
@@ -242,6 +252,8 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path, sweep: Path | Non
         model=cfg.model.name,
         partition=cfg.partition.name,
         num_clients=cfg.num_clients,
+        num_params=num_params,
+        **total_bpp(metrics.rows, num_params),
         **strategy.finish(run_dir),
     )
     write_summary(run_dir, summary)

@@ -12,7 +12,12 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 
-PLOTS = ("accuracy_vs_round.png", "accuracy_vs_uplink.png", "layer_updates.png")
+PLOTS = (
+    "accuracy_vs_round.png",
+    "accuracy_vs_uplink.png",
+    "layer_updates.png",
+    "accuracy_vs_total_bytes.png",
+)
 BPP_PLOT = "bpp_vs_round.png"  # only for runs whose rows report bits per parameter
 BPP_MARK = "_bpp_"  # a strategy's bits-per-parameter keys, e.g. fedpm_bpp_wire
 BYTE_UNITS = (("GB", 1e9), ("MB", 1e6), ("kB", 1e3), ("B", 1.0))
@@ -55,7 +60,19 @@ def accuracy_vs_round(rows: list[dict[str, Any]], title: str) -> plt.Figure:
 def accuracy_vs_uplink(rows: list[dict[str, Any]], title: str) -> plt.Figure:
     """Accuracy vs cumulative uplink, in the unit that suits the run's total (kB, MB, GB); log x
     only when the uplink spans at least a decade, with plain-number 1-2-5 ticks."""
-    uplink = np.cumsum([r["uplink_bytes"] for r in rows], dtype=float)
+    return accuracy_vs_bytes(rows, title, ("uplink_bytes",), "uplink")
+
+
+def accuracy_vs_total_bytes(rows: list[dict[str, Any]], title: str) -> plt.Figure:
+    """Accuracy vs cumulative uplink + downlink: what a client's link carries both ways."""
+    return accuracy_vs_bytes(rows, title, ("uplink_bytes", "downlink_bytes"), "up + down")
+
+
+def accuracy_vs_bytes(
+    rows: list[dict[str, Any]], title: str, keys: tuple[str, ...], label: str
+) -> plt.Figure:
+    """Accuracy vs the cumulative sum of the rows' ``keys`` byte counts."""
+    uplink = np.cumsum([sum(r[k] for k in keys) for r in rows], dtype=float)
     unit, scale = byte_unit(float(uplink[-1]) if len(uplink) else 0.0)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(uplink / scale, [_number(r["accuracy"]) for r in rows], marker="o", ms=3)
@@ -67,7 +84,7 @@ def accuracy_vs_uplink(rows: list[dict[str, Any]], title: str) -> plt.Figure:
     else:
         ax.ticklabel_format(axis="x", style="plain", useOffset=False)
     ax.set(
-        xlabel=f"cumulative uplink ({unit}, measured)",
+        xlabel=f"cumulative {label} ({unit}, measured)",
         ylabel="central test accuracy",
         title=title,
     )
@@ -148,11 +165,12 @@ def bpp_vs_round(rows: list[dict[str, Any]], title: str) -> plt.Figure:
 
 
 def plot_run(rows: list[dict[str, Any]], out_dir: Path, title: str) -> None:
-    """Accuracy vs round, accuracy vs cumulative uplink and the per-layer update heatmap; bits
-    per parameter per round when the strategy reports them."""
+    """Accuracy vs round, vs cumulative uplink and vs cumulative up + down bytes, and the
+    per-layer update heatmap; bits per parameter per round when the strategy reports them."""
     out_dir.mkdir(parents=True, exist_ok=True)
     _save(accuracy_vs_round(rows, title), out_dir / PLOTS[0])
     _save(accuracy_vs_uplink(rows, title), out_dir / PLOTS[1])
     _save(layer_updates(rows), out_dir / PLOTS[2])
+    _save(accuracy_vs_total_bytes(rows, title), out_dir / PLOTS[3])
     if bpp_keys(rows):
         _save(bpp_vs_round(rows, title), out_dir / BPP_PLOT)

@@ -70,6 +70,25 @@ class MetricsLog:
             handle.flush()
 
 
+def link_bpp(row: dict[str, Any], num_params: int) -> dict[str, float | None]:
+    """Bits per model parameter per sampled client of one round, each way (measured bytes)."""
+    per_client = row.get("sampled", 0) * num_params
+    return {
+        f"{link}_bpp": 8 * row[f"{link}_bytes"] / per_client if per_client else None
+        for link in ("uplink", "downlink")
+    }
+
+
+def total_bpp(rows: list[dict[str, Any]], num_params: int) -> dict[str, float | None]:
+    """Up, down and up + down bits per parameter per client-round over the whole run."""
+    client_rounds = sum(r.get("sampled", 0) for r in rows) * num_params
+    if not client_rounds:
+        return {"uplink_bpp": None, "downlink_bpp": None, "total_bpp": None}
+    up = 8 * sum(r["uplink_bytes"] for r in rows) / client_rounds
+    down = 8 * sum(r["downlink_bytes"] for r in rows) / client_rounds
+    return {"uplink_bpp": up, "downlink_bpp": down, "total_bpp": up + down}
+
+
 def summarize(rows: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
     """The headline numbers of a run, from its metrics rows."""
     accuracies = [r["accuracy"] for r in rows if r.get("accuracy") is not None]

@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MessageType, MetricRecord, RecordDict
 from torch import nn
 
 from data.federated import central_test, dataset_info
@@ -55,7 +55,9 @@ from models.masked import (
     weight_hash,
 )
 from models.training import TensorData, evaluate, load_weights, resolve_device, round_seed
+from strategies import theta_codec
 from strategies.decode_pool import DecodePool
+from strategies.klms_codec import KlmsSettings, decode_layer, encode_masks_klms, kl_bits, layer_key
 from strategies.mask_codec import (
     FLAGS_KEY,
     RANGE,
@@ -73,6 +75,7 @@ from strategies.protocol.arrays import dot, to_array_record, to_numpy, to_numpy_
 from strategies.protocol.base import (
     ARRAYS,
     REPLY_SLACK_BYTES,
+    SAMPLE_TRAIN,
     ClientAlgorithm,
     ClientUpdate,
     FedSparseStrategy,
@@ -84,11 +87,24 @@ from strategies.protocol.reduction import CohortSum
 from strategies.protocol.registry import Algorithm, register_algorithm
 from strategies.protocol.update import METRICS
 from strategies.protocol.validation import ReplyError, require_record
-from strategies.protocol.wire import ClientState, Record, decoded_tensors, record_bytes
+from strategies.protocol.wire import (
+    ClientState,
+    Record,
+    client_key,
+    decoded_tensors,
+    record_bytes,
+)
 
 MASKED_FORMS = {name: f"masked_{name}" for name in ("cnn", "conv4", "conv6", "conv10")}
 DOWNLINK_DTYPES = {"uint16": np.uint16, "float32": np.float32, "float16": np.float16}
-UPLINK_CODINGS = ("range", "packed")
+UPLINK_CODINGS = ("range", "klms", "packed")
+CODED_UPLINKS = ("range", "klms")
+DOWNLINK_CODINGS = ("coded", "plain")  # coded: strategies.theta_codec; plain: downlink_dtype
+KEEP = "fedpm-keep"  # per-client downlink record: keep this θ, the next round codes against it
+BASE_STATE, BASE_ROUND_STATE = (
+    "fedpm-base",
+    "fedpm-base-round",
+)  # both send one byte stream coded against the uint16 θ
 CODE = "fedpm-code"  # the coded reply's header record (strategies.mask_codec)
 STREAM = "masks"  # the coded reply's one array: every layer's segment in score order
 POOL_MIN_CLIENTS = 16  # decode_workers=auto uses the pool from this many clients per round
@@ -98,6 +114,7 @@ MASK_STREAM = 0x3A5C  # the uplink mask draw, apart from the batch-order stream
 TRAIN_MASK_STREAM = 0x7D2B  # the masks of every local training forward pass
 EVAL_STREAM = 0xE7A1  # the server's sampled-mask evaluation
 ENCODE_METRIC = "fedpm-encode-s"
+KL_METRIC = "fedpm-kl-bits"  # Σ KL(q‖θ_g) of the client's trained q: the KLMS bound, not sent
 EXPORT_FILE = "final_model.fedpm"
 SCORE_SUFFIX = "_score"  # models.masked names a layer's mask scores `<its weight's name>_score`
 
@@ -123,6 +140,25 @@ def job_weight_seed(job: ClientJob) -> int:
     """``strategy.weight_seed`` when set, else derived from the run seed."""
     value = job.params.get("weight_seed")
     return derived_weight_seed(job.seed) if value is None else int(value)
+
+
+def klms_settings(job: ClientJob) -> KlmsSettings:
+    """The job's ``strategy.klms_*`` settings (the same on both ends)."""
+    defaults = KlmsSettings()
+    return KlmsSettings(
+        bits=int(job.params.get("klms_bits", defaults.bits)),
+        kl_per_block=float(job.params.get("klms_kl_per_block", defaults.kl_per_block)),
+        max_block=int(job.params.get("klms_max_block", defaults.max_block)),
+        fresh_kl=float(job.params.get("klms_fresh_kl", defaults.fresh_kl)),
+    )
+
+
+def klms_keys(job: ClientJob, client_id: int, names: list[str]) -> dict[str, np.uint32]:
+    """Each layer's candidate key for ``client_id`` in the job's round."""
+    return {
+        name: layer_key(job.seed, job.server_round, client_id, layer)
+        for layer, name in enumerate(names)
+    }
 
 
 def build_fedpm_model(
@@ -221,6 +257,8 @@ class MaskCounts(CohortSum):
 
     def __init__(self, job: ClientJob, downlink: ArrayRecord) -> None:
         arrays = to_numpy_dict(downlink)
+        if theta_codec.is_coded(arrays):
+            arrays = theta_codec.decode(arrays)
         if all(a.dtype == np.uint16 for a in arrays.values()):
             self.priors = arrays
             self.theta = {k: prior_probabilities(q).reshape(q.shape) for k, q in arrays.items()}
@@ -231,7 +269,10 @@ class MaskCounts(CohortSum):
         packed = sum(packed_size(math.prod(s)) for s in self.shapes.values())
         self.limit = packed + REPLY_SLACK_BYTES  # a coded reply falls back to packed at worst
         self.lengths = {k: CodeLengths.of(q) for k, q in self.priors.items()}
-        self.coded = job.params.get("uplink_coding", "range") == "range"
+        uplink = job.params.get("uplink_coding", "range")
+        self.coded = uplink in CODED_UPLINKS
+        self.job = job
+        self.klms = klms_settings(job) if uplink == "klms" else None
         eps = float(job.params.get("eps", 0.01))
         self.norm_terms = {  # ‖Δ_c‖² = Σ (ε−θ)² + Σ m_c·((1−ε−θ)² − (ε−θ)²)
             name: (dot(eps - theta, eps - theta), (1.0 - 2.0 * eps) * (1.0 - 2.0 * theta))
@@ -262,7 +303,9 @@ class MaskCounts(CohortSum):
             stream = to_numpy(record[STREAM])
             masks = self.predecoded(update.client_id) if self.predecoded else None
             if masks is None:
-                masks = decode_masks(stream, header, self.shapes, self.priors)
+                masks = decode_masks(
+                    stream, header, self.shapes, self.priors, self._klms_decoder(update.client_id)
+                )
             stream_bytes = int(stream.size)
             layers = zip(masks, header[FLAGS_KEY], header[SIZES_KEY], strict=True)
             coded = [(name, size) for name, flag, size in layers if flag == RANGE]
@@ -291,8 +334,22 @@ class MaskCounts(CohortSum):
                 update.metrics.get(ENCODE_METRIC) if update.metrics else None
             ),
             "decode_s": decode_s,
+            "kl_bits": finite_or_zero(update.metrics.get(KL_METRIC) if update.metrics else None),
         }
         return masks
+
+    def _klms_decoder(self, client_id: int) -> Callable[[str, np.ndarray], np.ndarray] | None:
+        """Decodes a client's KLMS layers (regenerating its chosen candidates); None unless
+        the uplink is KLMS."""
+        if self.klms is None:
+            return None
+        keys = klms_keys(self.job, client_id, list(self.shapes))
+        settings = self.klms
+
+        def decode(name: str, segment: np.ndarray) -> np.ndarray:
+            return decode_layer(segment, self.priors[name], keys[name], settings, name)
+
+        return decode
 
     def delta_norms(self, payload: dict[str, np.ndarray]) -> dict[str, float]:
         """‖clip(m_c, ε, 1−ε) − θ‖ per mask array: one dot product of the mask with a per-round
@@ -358,7 +415,12 @@ class FedPM(MaskScores, FedSparseStrategy):
         eval_samples: int = 5,
         weight_seed: int | None = None,
         downlink_dtype: str = "uint16",
+        downlink_coding: str = "coded",
         uplink_coding: str = "range",
+        klms_bits: int = KlmsSettings.bits,
+        klms_kl_per_block: float = KlmsSettings.kl_per_block,
+        klms_max_block: int = KlmsSettings.max_block,
+        klms_fresh_kl: float = KlmsSettings.fresh_kl,
         decode_workers: int | str = "auto",
         local_lr: float = 0.1,
         **kwargs: Any,
@@ -383,14 +445,20 @@ class FedPM(MaskScores, FedSparseStrategy):
                 f"strategy.downlink_dtype={downlink_dtype!r}: choose one of: "
                 f"{', '.join(DOWNLINK_DTYPES)}"
             )
+        if downlink_coding not in DOWNLINK_CODINGS:
+            raise ValueError(
+                f"strategy.downlink_coding={downlink_coding!r}: choose one of: "
+                f"{', '.join(DOWNLINK_CODINGS)}"
+            )
         if uplink_coding not in UPLINK_CODINGS:
             raise ValueError(
                 f"strategy.uplink_coding={uplink_coding!r}: choose one of: "
                 f"{', '.join(UPLINK_CODINGS)}"
             )
-        if uplink_coding == "range" and downlink_dtype != "uint16":
+        if uplink_coding in CODED_UPLINKS and downlink_dtype != "uint16":
             raise ValueError(
-                f"strategy.downlink_dtype={downlink_dtype!r}: strategy.uplink_coding=range needs "
+                f"strategy.downlink_dtype={downlink_dtype!r}: strategy.uplink_coding="
+                f"{uplink_coding} needs "
                 "uint16 (the coder's model must be the same integers on both ends); set "
                 "strategy.downlink_dtype=uint16 or strategy.uplink_coding=packed"
             )
@@ -409,7 +477,9 @@ class FedPM(MaskScores, FedSparseStrategy):
         self.posterior = BetaPosterior(float(lambda0), float(eps), reset_period)
         self.eval_samples = eval_samples
         self.downlink_dtype = DOWNLINK_DTYPES[downlink_dtype]
-        self.coded = uplink_coding == "range"
+        self.downlink_coded = downlink_coding == "coded" and downlink_dtype == "uint16"
+        self.coded = uplink_coding in CODED_UPLINKS
+        klms = KlmsSettings(klms_bits, klms_kl_per_block, klms_max_block, klms_fresh_kl)
         self.weight_seed = job_weight_seed(self.job)
         info = dataset_info(self.job.data_spec())
         self.input_shape, self.num_classes = tuple(info.input_shape), info.num_classes
@@ -419,6 +489,9 @@ class FedPM(MaskScores, FedSparseStrategy):
         self.weight_hash = weight_hash(template)
         self.shapes = {k: tuple(v.shape) for k, v in template.state_dict().items()}
         self.num_params = sum(math.prod(s) for s in self.shapes.values())
+        if uplink_coding == "klms":
+            for name, shape in self.shapes.items():
+                klms.check_layer(math.prod(shape), name)
         self.job = replace(
             self.job,
             params={
@@ -429,11 +502,16 @@ class FedPM(MaskScores, FedSparseStrategy):
         )
         self._evaluator: MaskEvaluator | None = None
         self._scores: dict[str, np.ndarray] = {}
-        self._downlink: tuple[ArrayRecord | None, ArrayRecord] = (None, ArrayRecord())
+        self._downlink: tuple[tuple[ArrayRecord, bool] | None, ArrayRecord] = (None, ArrayRecord())
+        self._variants: dict[str, ArrayRecord] = {}  # the coded train downlink, per node kind
+        self._sent_theta: tuple[int, dict[str, np.ndarray], set[int]] | None = None
+        self._base: tuple[int, dict[str, np.ndarray]] | None = None
+        self._holders: set[int] = set()
         self._prior: tuple[ArrayRecord | None, dict[str, np.ndarray]] = (None, {})
         self._mean_delta: dict[str, np.ndarray] | None = None
         workers = self.decode_workers(decode_workers)
-        self.pool = DecodePool(workers, self.shapes) if workers and self.coded else None
+        ranged = uplink_coding == "range"  # the pool range-decodes; KLMS decodes in place
+        self.pool = DecodePool(workers, self.shapes) if workers and ranged else None
 
     def decode_workers(self, setting: int | str) -> int:
         """Processes that range-decode replies. ``auto``: half the cores, at most
@@ -446,18 +524,86 @@ class FedPM(MaskScores, FedSparseStrategy):
         workers = min((os.cpu_count() or 1) // 2, POOL_MAX_WORKERS)
         return workers if workers >= 2 and self.clients_per_round >= POOL_MIN_CLIENTS else 0
 
+    def configure_train(self, server_round, arrays, config, grid):
+        """Roll the coded downlink's base: the θ of the previous round, held by the clients
+        that were asked to keep it and replied."""
+        sent = self._sent_theta
+        if sent is not None and sent[0] == server_round - 1:
+            self._base = (sent[0], sent[1])
+            self._holders = {u.client_id for u in self.last_updates} & sent[2]
+        else:
+            self._base, self._holders = None, set()
+        self._variants = {}
+        if self.downlink_coded:
+            self.directory.refresh(grid)
+            keep = set(self.sample_clients(server_round + 1, SAMPLE_TRAIN))
+            self._sent_theta = (server_round, self.prior(arrays), keep)
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def client_records(self, server_round: int, client_id: int) -> dict[str, Record]:
+        """Under the coded downlink, the clients sampled again next round keep this θ."""
+        sent = self._sent_theta
+        if self.downlink_coded and sent and sent[0] == server_round and client_id in sent[2]:
+            return {KEEP: ConfigRecord({"round": server_round})}
+        return {}
+
+    def node_content(
+        self, server_round: int, arrays: ArrayRecord, cohort: list[int], message_type: str
+    ) -> RecordDict:
+        """A node's coded θ carries the self-contained stream unless its one client holds the
+        base (then the delta alone), and the delta when any of its clients holds the base."""
+        content = super().node_content(server_round, arrays, cohort, message_type)
+        if self.downlink_coded and message_type == MessageType.TRAIN:
+            full = content[ARRAYS]
+            holders = theta_codec.BASE in full and [c for c in cohort if c in self._holders]
+            kind = "delta" if holders and len(cohort) == 1 else "full" if holders else "self"
+            if kind not in self._variants:
+                drop = {"delta": theta_codec.SELF_CONTAINED, "self": theta_codec.DELTA}
+                variant = ArrayRecord()
+                for name, array in full.items():
+                    if name not in drop.get(kind, ()):
+                        variant[name] = array
+                self._variants[kind] = variant
+            content[ARRAYS] = self._variants[kind]
+        return content
+
+    def downlink_bytes(self, content: RecordDict, cohort: list[int]) -> int:
+        """Each client counts the θ stream it decodes: the delta where it holds the base,
+        else the self-contained one."""
+        total = super().downlink_bytes(content, cohort)
+        record = content.get(ARRAYS)
+        if not isinstance(record, ArrayRecord) or theta_codec.CRC not in record:
+            return total
+
+        def part(keys: tuple[str, ...]) -> int:
+            return sum(len(record[k].data) + len(k) for k in keys if k in record)
+
+        own, delta = part(theta_codec.SELF_CONTAINED), part(theta_codec.DELTA)
+        for client in cohort:
+            total -= own if client in self._holders and delta else delta
+        return total
+
     def downlink(self, server_round: int, arrays: ArrayRecord, message_type: str) -> ArrayRecord:
-        """Only θ travels, as uint16 fixed point (the coder's prior) or as scores in
-        ``downlink_dtype``; the weights come from the seed. Encoded once per global model,
-        however many node messages carry it."""
-        if self._downlink[0] is not arrays:
-            if self.downlink_dtype is np.uint16:
+        """Only θ travels: coded (``strategies.theta_codec``: indices of its few values,
+        self-contained and, for train messages, against the previous round's θ), as uint16
+        fixed point (the coder's prior) or as scores in ``downlink_dtype``; the weights come
+        from the seed. Encoded once per global model, however many node messages carry it."""
+        train = message_type == MessageType.TRAIN
+        delta = train and self._base is not None and bool(self._holders)
+        cached, cached_delta = self._downlink[0] or (None, False)
+        if cached is not arrays or cached_delta != delta:
+            if self.downlink_coded and theta_codec.codable(self.prior(arrays)):
+                coded = theta_codec.encode(self.prior(arrays))
+                if delta:
+                    coded |= theta_codec.encode_delta(self.prior(arrays), self._base) or {}
+                encoded = to_array_record(coded)
+            elif self.downlink_dtype is np.uint16:
                 encoded = to_array_record(self.prior(arrays))
             else:
                 encoded = to_array_record(
                     {name: to_numpy(a).astype(self.downlink_dtype) for name, a in arrays.items()}
                 )
-            self._downlink = (arrays, encoded)
+            self._downlink = ((arrays, delta), encoded)
         return self._downlink[1]
 
     def prior(self, arrays: ArrayRecord) -> dict[str, np.ndarray]:
@@ -526,6 +672,7 @@ class FedPM(MaskScores, FedSparseStrategy):
             / n,
             "fedpm_bpp_entropy": mean([entropy_bpp(s["ones"], n) for s in stats]),
             "fedpm_bpp_ideal": mean([s["ideal_bits"] for s in stats]) / n,
+            "fedpm_bpp_kl": mean([s["kl_bits"] for s in stats]) / n,
             "fedpm_coded_frac": mean([s["coded_entries"] for s in stats]) / n,
             "fedpm_coder_overhead": (
                 sum(s["coded_bits"] for s in stats) / coded_ideal - 1.0 if coded_ideal > 0 else None
@@ -547,6 +694,7 @@ class FedPM(MaskScores, FedSparseStrategy):
     def progress(self, row: Mapping[str, Any]) -> str:
         return (
             f"bpp {row['fedpm_bpp_wire']:.3f} (ideal {row['fedpm_bpp_ideal']:.3f}, "
+            f"KL {row['fedpm_bpp_kl']:.3f}, "
             f"H₂ {row['fedpm_bpp_entropy']:.3f}, packed {row['fedpm_bpp_packed']:.3f})"
         )
 
@@ -622,6 +770,8 @@ class FedPMClient(ClientAlgorithm):
 
     def __init__(self) -> None:
         self.priors: dict[str, np.ndarray] = {}
+        self.coded_downlink = False
+        self.keep = False
 
     def receive(
         self,
@@ -641,8 +791,11 @@ class FedPMClient(ClientAlgorithm):
                 f"client {client_id}: frozen weights from weight_seed={job_weight_seed(job)} hash "
                 f"to {local}, the server's hash is {expected!r}; numpy/torch versions differ?"
             )
-        self.priors, scores = received_theta(content[ARRAYS])
+        self.coded_downlink = theta_codec.CRC in content[ARRAYS]
+        base = stored_base(state) if self.coded_downlink else None
+        self.priors, scores = received_theta(content[ARRAYS], base)
         load_weights(model, scores)
+        self.keep = content.get(client_key(client_id, KEEP)) is not None
         set_estimator(model, str(job.params.get("estimator", "scaled")))
 
     def prepare(
@@ -667,25 +820,67 @@ class FedPMClient(ClientAlgorithm):
         self, model: nn.Module, client_id: int, job: ClientJob, state: ClientState
     ) -> dict[str, Record]:
         set_mask_rng(model, None)  # training is over: the working model forgets its stream
-        rng = MaskRNG(round_seed(job.seed, job.server_round, client_id) ^ MASK_STREAM)
-        masks = {
-            name: draw_bool_mask(torch.sigmoid(score.detach().cpu()), rng).numpy()
-            for name, score in model.state_dict().items()
-        }
-        if job.params.get("uplink_coding", "range") == "packed":
-            return {ARRAYS: to_array_record({k: pack_mask(m) for k, m in masks.items()})}
+        if self.coded_downlink:
+            keep_base(state, job.server_round, self.priors if self.keep else None)
+        seed = round_seed(job.seed, job.server_round, client_id) ^ MASK_STREAM
+        scores = {name: score.detach().cpu() for name, score in model.state_dict().items()}
+        uplink = job.params.get("uplink_coding", "range")
+        metrics = MetricRecord()
+        if self.priors:
+            probabilities = {name: sigmoid(s.numpy()) for name, s in scores.items()}
+            metrics[KL_METRIC] = float(
+                sum(kl_bits(q, self.priors[name]).sum() for name, q in probabilities.items())
+            )
+        if uplink == "packed":
+            rng = MaskRNG(seed)
+            packed = {
+                k: pack_mask(draw_bool_mask(torch.sigmoid(s), rng).numpy())
+                for k, s in scores.items()
+            }
+            return {ARRAYS: to_array_record(packed), METRICS: metrics}
         if not self.priors:
             raise RuntimeError(
-                "strategy.uplink_coding=range needs the uint16 θ downlink "
+                f"strategy.uplink_coding={uplink} needs the uint16 θ downlink "
                 "(strategy.downlink_dtype=uint16): no prior to code the masks against"
             )
+        if uplink == "range":
+            rng = MaskRNG(seed)
+            masks = {k: draw_bool_mask(torch.sigmoid(s), rng).numpy() for k, s in scores.items()}
         started = time.perf_counter()
-        coded = encode_masks(masks, self.priors)
+        if uplink == "klms":
+            coded, _ = encode_masks_klms(
+                probabilities,
+                self.priors,
+                klms_keys(job, client_id, list(scores)),
+                klms_settings(job),
+                np.random.default_rng(seed),
+            )
+        else:
+            coded = encode_masks(masks, self.priors)
+        metrics[ENCODE_METRIC] = time.perf_counter() - started
         return {
             ARRAYS: to_array_record({STREAM: coded.stream}),
             CODE: coded.header(),
-            METRICS: MetricRecord({ENCODE_METRIC: time.perf_counter() - started}),
+            METRICS: metrics,
         }
+
+
+def stored_base(state: ClientState) -> tuple[int, dict[str, np.ndarray]] | None:
+    """The θ this client kept for the coded downlink, with its round (None: none kept)."""
+    base, meta = state.get_arrays(BASE_STATE), state.get(BASE_ROUND_STATE)
+    if base is None or not isinstance(meta, ConfigRecord):
+        return None
+    return int(meta["round"]), base
+
+
+def keep_base(state: ClientState, server_round: int, priors: dict[str, np.ndarray] | None) -> None:
+    """Keep this round's θ as the next coded downlink's base, or forget any kept one."""
+    if priors is None:
+        state.delete(BASE_STATE)
+        state.delete(BASE_ROUND_STATE)
+        return
+    state.set_arrays(BASE_STATE, priors)
+    state.set(BASE_ROUND_STATE, ConfigRecord({"round": server_round}))
 
 
 class _LastTheta:
@@ -696,12 +891,16 @@ class _LastTheta:
 
 
 def received_theta(
-    record: ArrayRecord,
+    record: ArrayRecord, base: tuple[int, dict[str, np.ndarray]] | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
-    """The downlink as (uint16 priors, float32 scores to train from): a uint16 θ gives both
-    (scores = logit(q / 2¹⁶)); float scores give no prior. Decoded once per record."""
+    """The downlink as (uint16 priors, float32 scores to train from): a coded or uint16 θ gives
+    both (scores = logit(q / 2¹⁶)); float scores give no prior. A coded θ is rebuilt from the
+    self-contained stream or against ``base``, the θ the client kept (every client that can
+    rebuild it gets the same θ bit for bit); decoded once per record."""
     if _LastTheta.record is not record:
         arrays = to_numpy_dict(record)
+        if theta_codec.is_coded(arrays):
+            arrays = theta_codec.decode(arrays, base)
         if all(a.dtype == np.uint16 for a in arrays.values()):
             scores = {
                 k: torch.from_numpy(logit(prior_probabilities(q)).astype(np.float32)).view(q.shape)

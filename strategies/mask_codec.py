@@ -10,14 +10,16 @@ The coder is ``constriction``'s range coder with its ``Bernoulli(perfect=False)`
 fixed-point probabilities). A coded reply is one byte stream: per layer, either the packed bits
 (flag 0) or the coder's 32-bit words in little-endian order (flag 1, only where that is
 smaller), plus a header with the flags, each segment's byte length and the CRC32 of every layer's
-packed mask, so a stream that decodes to anything but the client's mask is caught.
+packed mask, so a stream that decodes to anything but the client's mask is caught. A third flag
+marks a layer sent as a KLMS choice among shared candidates (``strategies.klms_codec``), which
+the caller decodes.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import constriction
@@ -29,7 +31,7 @@ from strategies.protocol.validation import ReplyError
 PRIOR_BITS = 16
 PRIOR_SCALE = 1 << PRIOR_BITS  # θ = q / 2¹⁶ exactly, as float64
 PRIOR_MIN, PRIOR_MAX = 1, PRIOR_SCALE - 1  # no entry gets probability 0 or 1
-PACKED, RANGE = 0, 1  # per-layer flags of a coded reply
+PACKED, RANGE, KLMS = 0, 1, 2  # per-layer flags of a coded reply (KLMS: strategies.klms_codec)
 WORD_BYTES = 4
 FLAGS_KEY, SIZES_KEY, CRC_KEY = "flags", "sizes", "crc32"
 # constriction's submodules exist only as attributes of its native module (no import by path).
@@ -146,12 +148,14 @@ def encode_masks(masks: Mapping[str, np.ndarray], priors: Mapping[str, np.ndarra
     )
 
 
-def _header_fields(header: ConfigRecord, layers: int) -> tuple[bytes, list[int], int]:
+def _header_fields(
+    header: ConfigRecord, layers: int, allowed: set[int]
+) -> tuple[bytes, list[int], int]:
     """The header's flags, segment sizes and CRC, each checked for type and count."""
     flags, sizes, crc = header.get(FLAGS_KEY), header.get(SIZES_KEY), header.get(CRC_KEY)
-    if not isinstance(flags, bytes) or len(flags) != layers or set(flags) - {PACKED, RANGE}:
+    if not isinstance(flags, bytes) or len(flags) != layers or set(flags) - allowed:
         raise ReplyError(
-            "mask-flag", f"flags {flags!r}: expected {layers} bytes, each {PACKED} or {RANGE}"
+            "mask-flag", f"flags {flags!r}: expected {layers} bytes, each one of {sorted(allowed)}"
         )
     if (
         not isinstance(sizes, list)
@@ -169,9 +173,12 @@ def decode_masks(
     header: ConfigRecord,
     shapes: Mapping[str, tuple[int, ...]],
     priors: Mapping[str, np.ndarray],
+    klms: Callable[[str, np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The uint8 masks of a coded reply, after every check; any defect is a ReplyError."""
-    flags, sizes, crc = _header_fields(header, len(shapes))
+    """The uint8 masks of a coded reply, after every check; any defect is a ReplyError.
+    ``klms(name, segment)`` decodes a KLMS layer's flat mask; without it such a layer is one."""
+    allowed = {PACKED, RANGE} if klms is None else {PACKED, RANGE, KLMS}
+    flags, sizes, crc = _header_fields(header, len(shapes), allowed)
     if stream.dtype != np.uint8 or stream.ndim != 1:
         raise ReplyError("mask-dtype", f"stream {stream.dtype}{stream.shape}, expected uint8 (n,)")
     if stream.size != sum(sizes):
@@ -183,6 +190,8 @@ def decode_masks(
         entries = math.prod(shape)
         if flag == PACKED:
             mask = unpack_mask(segment, shape, name)
+        elif flag == KLMS:
+            mask = klms(name, segment).reshape(shape)
         else:
             if size % WORD_BYTES or not WORD_BYTES <= size < packed_size(entries):
                 raise ReplyError(

@@ -93,6 +93,7 @@ class RoundStats:
 
     def to_metrics(self) -> dict[str, Any]:
         return {
+            "sampled": self.sampled,
             "clients": self.clients,
             "failures": self.failures,
             "uplink_bytes": self.uplink_bytes,
@@ -198,16 +199,21 @@ class FedSparseStrategy(Strategy, LayerView):
         messages = []
         for node_id, cohort in self._sent.items():
             content = self.node_content(server_round, arrays, cohort, message_type)
-            private = unpack_clients(content)
-            stats.downlink_bytes += shared_payload_bytes(content) * len(cohort) + sum(
-                record_bytes(records.values()) for records in private.values()
-            )
+            stats.downlink_bytes += self.downlink_bytes(content, cohort)
             messages.append(Message(content, dst_node_id=node_id, message_type=message_type))
         if message_type == MessageType.TRAIN:
             self.stats = stats
         else:
             self.evaluate_stats = stats
         return messages
+
+    def downlink_bytes(self, content: RecordDict, cohort: list[int]) -> int:
+        """Bytes a node message sends, counted per client as if each had its own link: the
+        shared records once per client, plus each client's own records."""
+        private = unpack_clients(content)
+        return shared_payload_bytes(content) * len(cohort) + sum(
+            record_bytes(records.values()) for records in private.values()
+        )
 
     def node_content(
         self, server_round: int, arrays: ArrayRecord, cohort: list[int], message_type: str
