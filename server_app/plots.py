@@ -72,7 +72,7 @@ def accuracy_vs_bytes(
     rows: list[dict[str, Any]], title: str, keys: tuple[str, ...], label: str
 ) -> plt.Figure:
     """Accuracy vs the cumulative sum of the rows' ``keys`` byte counts."""
-    uplink = np.cumsum([sum(r[k] for k in keys) for r in rows], dtype=float)
+    uplink = np.cumsum([sum(r.get(k, 0) for k in keys) for r in rows], dtype=float)
     unit, scale = byte_unit(float(uplink[-1]) if len(uplink) else 0.0)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(uplink / scale, [_number(r["accuracy"]) for r in rows], marker="o", ms=3)

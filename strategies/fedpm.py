@@ -887,6 +887,7 @@ class _LastTheta:
     """The most recent θ downlink and what it decodes to (a cohort's clients share one)."""
 
     record: ClassVar[ArrayRecord | None] = None
+    base_round: ClassVar[int | None] = None  # a client without this base decodes for itself
     decoded: ClassVar[tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]] = ({}, {})
 
 
@@ -896,8 +897,10 @@ def received_theta(
     """The downlink as (uint16 priors, float32 scores to train from): a coded or uint16 θ gives
     both (scores = logit(q / 2¹⁶)); float scores give no prior. A coded θ is rebuilt from the
     self-contained stream or against ``base``, the θ the client kept (every client that can
-    rebuild it gets the same θ bit for bit); decoded once per record."""
-    if _LastTheta.record is not record:
+    rebuild it gets the same θ bit for bit); decoded once per record and base, so a client
+    that could not decode it alone fails here as it would on its own device."""
+    base_round = None if base is None else base[0]
+    if _LastTheta.record is not record or _LastTheta.base_round != base_round:
         arrays = to_numpy_dict(record)
         if theta_codec.is_coded(arrays):
             arrays = theta_codec.decode(arrays, base)
@@ -909,7 +912,7 @@ def received_theta(
             _LastTheta.decoded = (arrays, scores)
         else:
             _LastTheta.decoded = ({}, {k: v.float() for k, v in decoded_tensors(record).items()})
-        _LastTheta.record = record
+        _LastTheta.record, _LastTheta.base_round = record, base_round
     return _LastTheta.decoded
 
 

@@ -1,0 +1,232 @@
+"""FedPM on both links: the coded downlink (strategies.theta_codec) is lossless and falls back
+to a self-contained stream, and the KLMS uplink works through runs, cohorts and bad streams."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+
+from client_app.faults import corrupt_stream
+from server_app.experiment import initial_arrays, run_experiment
+from server_app.inprocess import InProcessGrid
+from server_app.replies import stream_replies
+from server_app.settings import build_strategy, compose_config
+from strategies import theta_codec
+from strategies.fedpm import CODE, EXPORT_FILE, STREAM, klms_keys, klms_settings, received_theta
+from strategies.klms_codec import encode_masks_klms
+from strategies.mask_codec import quantize_prior
+from strategies.protocol.base import ARRAYS
+from strategies.protocol.cohort import ClientDirectory
+from strategies.protocol.job import ClientJob
+from strategies.protocol.wire import pack_clients
+
+TOY_RUN = [
+    "strategy=fedpm",
+    "dataset=digits",
+    "num_clients=4",
+    "clients_per_round=4",
+    "local_epochs=1",
+    "plots=false",
+    "federated_eval=false",
+    "strategy.eval_samples=0",
+]
+SAME = ("accuracy", "loss", "fedpm_density", "fedpm_bpp_ideal", "fedpm_bpp_kl", "uplink_bytes")
+
+
+def _run(tmp_path: Path, name: str, *overrides: str) -> list[dict]:
+    cfg = compose_config([*TOY_RUN, *overrides])
+    per_node = cfg.engine.clients_per_node
+    nodes = cfg.num_clients if per_node == "auto" else -(-cfg.num_clients // int(per_node))
+    run_experiment(InProcessGrid(nodes), cfg, tmp_path / name)
+    return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
+
+
+# --------------------------------------------------------------------------- the codec
+def _theta(seed: int, levels: int = 5, shape=(30, 40)) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    values = quantize_prior(np.linspace(0.02, 0.98, levels))
+    return {"w": values[rng.integers(0, levels, shape)], "b": values[rng.integers(0, levels, 7)]}
+
+
+def _mostly_the_same(theta: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    changed = _theta(seed + 100)
+    return {k: np.where(rng.random(v.shape) < 0.8, v, changed[k]) for k, v in theta.items()}
+
+
+def test_self_contained_theta_round_trips_bit_for_bit() -> None:
+    theta = _theta(0)
+    decoded = theta_codec.decode(theta_codec.encode(theta))
+    assert list(decoded) == list(theta)
+    for name in theta:
+        assert decoded[name].dtype == np.uint16
+        np.testing.assert_array_equal(decoded[name], theta[name])
+
+
+def test_delta_theta_round_trips_from_the_kept_base_and_is_smaller() -> None:
+    base = _theta(1)
+    theta = _mostly_the_same(base, 2)
+    own = theta_codec.encode(theta)
+    delta = theta_codec.encode_delta(theta, (4, base))
+    assert delta is not None
+    message = own | delta
+    for name, value in theta_codec.decode(message, (4, base)).items():
+        np.testing.assert_array_equal(value, theta[name])
+    size = sum(message[k].nbytes for k in theta_codec.DELTA)
+    assert size < sum(message[k].nbytes for k in theta_codec.SELF_CONTAINED)
+    # a fresh client and one holding an older θ decode the self-contained stream
+    for held in (None, (2, _theta(9))):
+        for name, value in theta_codec.decode(message, held).items():
+            np.testing.assert_array_equal(value, theta[name])
+
+
+def test_delta_alone_needs_the_right_base() -> None:
+    base = _theta(1)
+    theta = _mostly_the_same(base, 2)
+    own = theta_codec.encode(theta)
+    delta_only = {k: v for k, v in own.items() if k not in theta_codec.SELF_CONTAINED}
+    delta_only |= theta_codec.encode_delta(theta, (4, base))
+    for held in (None, (3, base)):
+        with pytest.raises(theta_codec.DownlinkError, match="round 4"):
+            theta_codec.decode(delta_only, held)
+    other = _theta(5)  # the right round, another θ: the CRC catches it
+    with pytest.raises(theta_codec.DownlinkError):
+        theta_codec.decode(delta_only, (4, other))
+
+
+def test_a_delta_that_would_not_pay_is_not_sent() -> None:
+    theta = _theta(0)
+    rng = np.random.default_rng(0)
+    many_values = {k: rng.integers(1, 65535, v.shape).astype(np.uint16) for k, v in theta.items()}
+    assert theta_codec.encode_delta(theta, (1, many_values)) is None
+
+
+@pytest.mark.parametrize("damage", ["words", "counts", "crc", "levels", "shape"])
+def test_a_damaged_theta_is_a_downlink_error(damage: str) -> None:
+    coded = theta_codec.encode(_theta(0))
+    if damage == "words":
+        coded[theta_codec.WORDS] = coded[theta_codec.WORDS][:-2]
+    elif damage == "counts":
+        coded[theta_codec.COUNTS] = coded[theta_codec.COUNTS][::-1].copy()
+    elif damage == "crc":
+        coded[theta_codec.CRC] = coded[theta_codec.CRC] ^ np.uint32(1)
+    elif damage == "levels":
+        coded[theta_codec.LEVELS] = coded[theta_codec.LEVELS][:-1]
+    else:
+        coded[theta_codec.SHAPE_PREFIX + "w"] = np.array([30, 41])
+    with pytest.raises(theta_codec.DownlinkError):
+        theta_codec.decode(coded)
+
+
+# ------------------------------------------------------------------------------- runs
+def test_coded_downlink_gives_the_uint16_run_bit_for_bit_in_fewer_bytes(tmp_path) -> None:
+    coded = _run(tmp_path, "coded", "num_rounds=4")
+    plain = _run(tmp_path, "plain", "num_rounds=4", "strategy.downlink_coding=plain")
+    assert [[r[k] for k in SAME] for r in coded] == [[r[k] for k in SAME] for r in plain]
+    assert (tmp_path / "coded" / EXPORT_FILE).read_bytes() == (
+        tmp_path / "plain" / EXPORT_FILE
+    ).read_bytes()
+    for a, b in zip(coded[1:], plain[1:], strict=True):
+        assert a["downlink_bytes"] < b["downlink_bytes"] / 3
+        assert a["downlink_bpp"] < 5 < 16 <= b["downlink_bpp"]
+
+
+def test_klms_runs_reduce_in_cohorts_to_the_same_numbers(tmp_path) -> None:
+    """KLMS with nodes of two clients that decode and count their masks equals one client per
+    node: the counts are exact, so the whole run is bit for bit the same."""
+    keys = (*SAME, "downlink_bytes", "fedpm_bpp_wire")
+    single = _run(tmp_path, "k1", "num_rounds=3", "strategy.uplink_coding=klms")
+    paired = _run(
+        tmp_path, "k2", "num_rounds=3", "strategy.uplink_coding=klms", "engine.clients_per_node=2"
+    )
+    assert [[r[k] for k in keys] for r in single] == [[r[k] for k in keys] for r in paired]
+    for row in single:
+        assert row["fedpm_bpp_wire"] < 0.25 * row["fedpm_bpp_ideal"] + 0.1
+        assert 0 < row["fedpm_bpp_kl"] < row["fedpm_bpp_ideal"]
+    summary = json.loads((tmp_path / "k1" / "summary.json").read_text())
+    assert summary["total_bpp"] == pytest.approx(summary["uplink_bpp"] + summary["downlink_bpp"])
+
+
+def test_a_client_that_lost_its_base_fails_once_then_gets_a_self_contained_theta() -> None:
+    cfg = compose_config([*TOY_RUN, "num_rounds=4"])
+    grid = InProcessGrid(cfg.num_clients)
+    strategy = build_strategy(cfg, ClientDirectory(cfg.num_clients, 1))
+    arrays, rows = initial_arrays(cfg), []
+    for server_round in range(1, 5):
+        if server_round == 3:
+            grid.restart_node(partition_id=2)  # client 2's kept θ is gone
+        messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+        arrays, _ = strategy.aggregate_train(server_round, stream_replies(grid, messages, 60))
+        rows.append((strategy.stats.clients, strategy.stats.failures))
+    assert rows == [(4, 0), (4, 0), (3, 1), (4, 0)]
+
+
+# ---------------------------------------------------------------------------- bad streams
+def _klms_replies(corrupt: dict[int, str], absent: frozenset[int] = frozenset()):
+    """A FakeGrid handler replying for every client with a KLMS-coded mask (q = θ nudged),
+    client c's damaged as ``corrupt[c]`` names and the clients in ``absent`` left out."""
+
+    def handler(msg):
+        job = ClientJob.from_record(msg.content["config"])
+        priors, _ = received_theta(msg.content[ARRAYS])
+        per_client = {}
+        for c in job.client_ids:
+            if c in absent:
+                continue
+            rng = np.random.default_rng(c)
+            q = {
+                k: np.clip(p / 65536 + rng.normal(0, 0.05, p.shape), 0, 1)
+                for k, p in priors.items()
+            }
+            coded, _ = encode_masks_klms(
+                q, priors, klms_keys(job, c, list(priors)), klms_settings(job), rng
+            )
+            records = {
+                ARRAYS: ArrayRecord({STREAM: Array(coded.stream)}),
+                CODE: coded.header(),
+                "metrics": MetricRecord({"num-examples": 10, "train-loss": 0.5}),
+            }
+            if c in corrupt:
+                corrupt_stream(records, corrupt[c])
+            per_client[c] = records
+        return Message(pack_clients(per_client), reply_to=msg)
+
+    return handler
+
+
+@pytest.mark.parametrize("kind", ["truncate", "extend", "garble", "flag"])
+def test_a_bad_klms_stream_is_counted_and_never_aggregated(make_grid, kind: str) -> None:
+    results = {}
+    for label, handler in (
+        ("damaged", _klms_replies({1: kind})),
+        ("without", _klms_replies({}, frozenset({1}))),
+    ):
+        cfg = compose_config([*TOY_RUN, "strategy.uplink_coding=klms"])
+        strategy = build_strategy(cfg, ClientDirectory(cfg.num_clients, 1))
+        rng = np.random.default_rng(9)
+        arrays = ArrayRecord(
+            {
+                k: Array(rng.normal(scale=3, size=s).astype(np.float32))
+                for k, s in strategy.shapes.items()
+            }
+        )
+        grid = make_grid(4, 1, handler)
+        replies = grid.send_and_receive(strategy.configure_train(1, arrays, ConfigRecord(), grid))
+        new, _ = strategy.aggregate_train(1, replies)
+        results[label] = ({k: a.numpy() for k, a in new.items()}, strategy.stats)
+    (damaged, stats), (without, reference) = results["damaged"], results["without"]
+    for name in damaged:
+        np.testing.assert_array_equal(damaged[name], without[name], err_msg=name)
+    assert stats.clients == reference.clients == 3 and stats.failures == 1
+    assert sum(stats.rejected.values()) == 1
+    assert set(stats.rejected) <= {
+        "mask-length",
+        "mask-flag",
+        "mask-crc",
+        "klms-blocks",
+        "klms-index",
+    }
