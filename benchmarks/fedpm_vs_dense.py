@@ -86,7 +86,8 @@ def planned_runs(args: argparse.Namespace) -> list[tuple[Path, list[str]]]:
         tag = f"{point['partition']}_seed{point['seed']}"
         runs.append((args.runs / f"fedavg_{tag}", ["strategy=fedavg", *base]))
         # Coding is lossless (tested bit for bit), so packed runs only for the first seed.
-        for coding in ("range", "packed") if point["seed"] == seeds[0] else ("range",):
+        first = point["seed"] == seeds[0]
+        for coding in ("range", "klms", "packed") if first else ("range", "klms"):
             overrides = ["strategy=fedpm", f"strategy.uplink_coding={coding}", *base]
             runs.append((args.runs / f"fedpm-{coding}_{tag}", overrides))
     if not args.no_partial:

@@ -41,6 +41,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -225,8 +227,108 @@ def main() -> None:
     report(args, root)
 
 
+METRICS = (("local_accuracy_mean", "paper's metric (mean local accuracy)"), ("accuracy", "central"))
+LAST = 20  # rounds the end-of-run gain is averaged over
+
+
+def paper_report(args: argparse.Namespace, root: Path) -> None:
+    """The paper regime's report: per policy and strategy the paper's metric and central
+    accuracy (mean ± std over seeds) at the end and over the last rounds, the per-seed gain,
+    curves, heatmaps and the inertia summary."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, lips_only, stem = REGIMES[args.regime]
+    runs = {run.name: read_metrics(run) for run in find_runs(root)}
+    args.results.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# FedAvg vs LIPS in the LIPS paper's regime and metric",
+        "",
+        f"Setting: `{' '.join(REGIMES[args.regime][0])}`; LIPS `{' '.join(lips_only)}` (F=5, "
+        "d0=0.5, sensitivity score); identical data, model, seeds and local work for both. "
+        "Written by `benchmarks/lips_vs_fedavg.py --regime paper`. The paper's metric is "
+        "`local_accuracy_mean`: the global model on each client's 400-image label-matched test "
+        "set (under bn_policy=local with the client's own BatchNorm), averaged over clients.",
+        "",
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for bn in ("local", "global"):
+        seeds = sorted(
+            int(name.rsplit("seed", 1)[1])
+            for name in runs
+            if name.startswith("fedavg")
+            and name == run_name("fedavg", bn, name.rsplit("seed", 1)[1])
+        )
+        seeds = [s for s in seeds if run_name("lips", bn, str(s)) in runs]
+        if not seeds:
+            continue
+        rounds = min(len(runs[run_name(k, bn, str(s))]) for k in STRATEGIES for s in seeds)
+        lines += [
+            f"## bn_policy={bn}: {len(seeds)} seed(s) ({', '.join(map(str, seeds))}), "
+            f"{rounds} rounds",
+            "",
+            "| strategy | metric | final (mean ± std) | last 20 rounds (mean ± std) |",
+            "|---|---|---|---|",
+        ]
+        for key, label in METRICS:
+            for strategy in STRATEGIES:
+                curves = np.array(
+                    [[r[key] for r in runs[run_name(strategy, bn, str(s))][:rounds]] for s in seeds]
+                )
+                final, last = curves[:, -1], curves[:, -LAST:].mean(axis=1)
+                lines.append(
+                    f"| {strategy} | {label} | {final.mean():.4f} ± {final.std():.4f} | "
+                    f"{last.mean():.4f} ± {last.std():.4f} |"
+                )
+                ax = axes[0 if key == "local_accuracy_mean" else 1]
+                x = np.arange(1, rounds + 1)
+                line = "-" if bn == "local" else ":"
+                ax.plot(x, curves.mean(axis=0), line, label=f"{strategy} bn={bn}")
+                ax.fill_between(x, curves.min(axis=0), curves.max(axis=0), alpha=0.15)
+        lines += ["", "| seed | metric | gain final | gain last 20 |", "|---|---|---|---|"]
+        for seed in seeds:
+            for key, label in METRICS:
+                lips, fedavg = (
+                    np.array([r[key] for r in runs[run_name(k, bn, str(seed))][:rounds]])
+                    for k in ("lips", "fedavg")
+                )
+                lines.append(
+                    f"| {seed} | {label} | {lips[-1] - fedavg[-1]:+.4f} | "
+                    f"{(lips[-LAST:] - fedavg[-LAST:]).mean():+.4f} |"
+                )
+        lines.append("")
+    for ax, (_, label) in zip(axes, METRICS, strict=True):
+        ax.set(xlabel="round", ylabel="accuracy", title=label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.results / f"{stem}_accuracy.png", dpi=110)
+    plt.close(fig)
+    for strategy in STRATEGIES:
+        shutil.copy(
+            root / run_name(strategy, "local", "0") / "plots" / "layer_updates.png",
+            args.results / f"{stem}_heatmap_{strategy}.png",
+        )
+    lines += [
+        "## Layer-wise inertia (bn_policy=local and global runs together)",
+        "",
+        *inertia_rows(find_runs(root)),
+        "",
+        f"Curves (mean over seeds, band = min..max): `{stem}_accuracy.png`; heatmaps (seed 0, "
+        f"bn_policy=local): `{stem}_heatmap_fedavg.png`, `{stem}_heatmap_lips.png`.",
+        "",
+    ]
+    (args.results / f"{stem}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
 def report(args: argparse.Namespace, root: Path) -> None:
     """Write the table, the gain per seed, the inertia summary and the plots into --results."""
+    if args.regime == "paper":
+        paper_report(args, root)
+        return
     shared, lips_only, stem = REGIMES[args.regime]
     table = compare(root)
     runs = find_runs(root)
