@@ -96,7 +96,45 @@ def report(args: argparse.Namespace) -> str:
             f"{FEDAVG_BPP / total:.1f}× | {r['encode']:.3f} | {r['decode']:.4f} | "
             f"{r['train']:.3f} | {(r['encode'] + r['decode']) / r['train']:.0%} |"
         )
+    lines += [
+        "",
+        "Mean ± std over the seeds found:",
+        "",
+        "| partition | coding | seeds | final acc | uplink bpp | downlink bpp | KLMS − range acc |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for partition in ("iid", "dirichlet"):
+        found = {
+            coding: {
+                seed: row(run)
+                for seed in args.seeds.split(",")
+                if (run := args.runs / f"fedpm-{coding}_{partition}_seed{seed}")
+                .joinpath("summary.json")
+                .exists()
+            }
+            for coding in CODINGS
+        }
+        paired = sorted(set(found["range"]) & set(found["klms"]))
+        for coding in CODINGS:
+            runs = list(found[coding].values())
+            if not runs:
+                continue
+            gap = [found["klms"][s]["accuracy"] - found["range"][s]["accuracy"] for s in paired]
+            versus = (
+                f"{statistics.fmean(gap):+.4f} (seeds {','.join(paired)})"
+                if coding == "klms" and gap
+                else ""
+            )
+            cells = [_mean_std([r[key] for r in runs]) for key in ("accuracy", "up", "down")]
+            lines.append(
+                f"| {partition} | {coding} | {len(runs)} | {' | '.join(cells)} | {versus} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _mean_std(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.4f} ± {spread:.4f}"
 
 
 def main() -> None:
