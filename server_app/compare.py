@@ -106,6 +106,7 @@ def plot(groups: list[Group], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -115,7 +116,12 @@ def plot(groups: list[Group], path: Path) -> None:
         rounds = np.arange(1, length + 1)
         ax.plot(rounds, curves.mean(axis=0), label=group.label)
         ax.fill_between(rounds, curves.min(axis=0), curves.max(axis=0), alpha=0.2)
-    ax.set(xlabel="round", ylabel="central test accuracy")
+    ax.set(
+        xlabel="round",
+        ylabel="central test accuracy",
+        title="mean over seeds; band: lowest to highest seed",
+    )
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -104,7 +104,7 @@ def layer_updates(rows: list[dict[str, Any]]) -> plt.Figure:
     """The layers × rounds heatmap of ``layer_rel_update`` (a missing or null value is blank);
     a figure that says so when no row reports a layer."""
     layers = layer_names(rows)
-    title = "relative update ‖W_t − W_{t−1}‖ / ‖W_{t−1}‖ per layer"
+    title = "relative update ‖W(t) − W(t−1)‖ / ‖W(t−1)‖ per layer"
     if not layers:
         fig, ax = plt.subplots(figsize=(6, 3))
         ax.set_axis_off()
