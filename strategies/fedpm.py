@@ -98,13 +98,10 @@ from strategies.protocol.wire import (
 MASKED_FORMS = {name: f"masked_{name}" for name in ("cnn", "conv4", "conv6", "conv10")}
 DOWNLINK_DTYPES = {"uint16": np.uint16, "float32": np.float32, "float16": np.float16}
 UPLINK_CODINGS = ("range", "klms", "packed")
-CODED_UPLINKS = ("range", "klms")
+CODED_UPLINKS = ("range", "klms")  # both send one byte stream coded against the uint16 θ
 DOWNLINK_CODINGS = ("coded", "plain")  # coded: strategies.theta_codec; plain: downlink_dtype
 KEEP = "fedpm-keep"  # per-client downlink record: keep this θ, the next round codes against it
-BASE_STATE, BASE_ROUND_STATE = (
-    "fedpm-base",
-    "fedpm-base-round",
-)  # both send one byte stream coded against the uint16 θ
+BASE_STATE, BASE_ROUND_STATE = "fedpm-base", "fedpm-base-round"  # the kept θ in client state
 CODE = "fedpm-code"  # the coded reply's header record (strategies.mask_codec)
 STREAM = "masks"  # the coded reply's one array: every layer's segment in score order
 POOL_MIN_CLIENTS = 16  # decode_workers=auto uses the pool from this many clients per round
@@ -595,7 +592,7 @@ class FedPM(MaskScores, FedSparseStrategy):
             if self.downlink_coded and theta_codec.codable(self.prior(arrays)):
                 coded = theta_codec.encode(self.prior(arrays))
                 if delta:
-                    coded |= theta_codec.encode_delta(self.prior(arrays), self._base) or {}
+                    coded |= theta_codec.encode_delta(self.prior(arrays), self._base, coded) or {}
                 encoded = to_array_record(coded)
             elif self.downlink_dtype is np.uint16:
                 encoded = to_array_record(self.prior(arrays))

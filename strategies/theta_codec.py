@@ -98,13 +98,16 @@ def encode(
 
 
 def encode_delta(
-    priors: Mapping[str, np.ndarray], base: tuple[int, Mapping[str, np.ndarray]]
+    priors: Mapping[str, np.ndarray],
+    base: tuple[int, Mapping[str, np.ndarray]],
+    own: Mapping[str, np.ndarray],
 ) -> dict[str, np.ndarray] | None:
-    """The delta stream's arrays, or None when it would not be smaller than the
-    self-contained stream (e.g. a base with many distinct values makes a large table)."""
+    """The delta stream's arrays, or None when it would not be smaller than ``own``, the
+    self-contained encoding of ``priors`` (e.g. a base with many distinct values makes a
+    large table)."""
     if not codable(base[1]):
         return None
-    own, delta = encode(priors), encode(priors, base)
+    delta = encode(priors, base)
     if _bytes(delta, DELTA) >= _bytes(own, SELF_CONTAINED):
         return None
     return {k: delta[k] for k in DELTA}

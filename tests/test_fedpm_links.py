@@ -71,7 +71,7 @@ def test_delta_theta_round_trips_from_the_kept_base_and_is_smaller() -> None:
     base = _theta(1)
     theta = _mostly_the_same(base, 2)
     own = theta_codec.encode(theta)
-    delta = theta_codec.encode_delta(theta, (4, base))
+    delta = theta_codec.encode_delta(theta, (4, base), own)
     assert delta is not None
     message = own | delta
     for name, value in theta_codec.decode(message, (4, base)).items():
@@ -89,7 +89,7 @@ def test_delta_alone_needs_the_right_base() -> None:
     theta = _mostly_the_same(base, 2)
     own = theta_codec.encode(theta)
     delta_only = {k: v for k, v in own.items() if k not in theta_codec.SELF_CONTAINED}
-    delta_only |= theta_codec.encode_delta(theta, (4, base))
+    delta_only |= theta_codec.encode_delta(theta, (4, base), own)
     for held in (None, (3, base)):
         with pytest.raises(theta_codec.DownlinkError, match="round 4"):
             theta_codec.decode(delta_only, held)
@@ -102,7 +102,7 @@ def test_a_delta_that_would_not_pay_is_not_sent() -> None:
     theta = _theta(0)
     rng = np.random.default_rng(0)
     many_values = {k: rng.integers(1, 65535, v.shape).astype(np.uint16) for k, v in theta.items()}
-    assert theta_codec.encode_delta(theta, (1, many_values)) is None
+    assert theta_codec.encode_delta(theta, (1, many_values), theta_codec.encode(theta)) is None
 
 
 @pytest.mark.parametrize("damage", ["words", "counts", "crc", "levels", "shape"])
