@@ -71,11 +71,12 @@ SMALL_CLIENTS, SMALL_ROUNDS = 100, 12
 # Every row evaluates centrally once per round; FedPM's sampled-mask accuracy would add
 # strategy.eval_samples (default 5) more central evaluations, so its rows turn it off.
 SAME_WORK = {"fedpm": ["strategy.eval_samples=0"]}
-# Row names that are a strategy with settings of its own: --strategies fedpm,fedpm-packed puts
-# FedPM's coded and bit-packed uplinks side by side; <strategy>-unreduced turns cohort reduction
+# Row names that are a strategy with settings of its own: --strategies fedpm,fedpm-packed,fedpm-klms
+# puts FedPM's range-coded, bit-packed and KLMS uplinks side by side; <strategy>-unreduced turns cohort reduction
 # off (every client's update travels, as before engine.reduce_cohorts).
 VARIANTS = {
     "fedpm-packed": ("fedpm", ["strategy.uplink_coding=packed"]),
+    "fedpm-klms": ("fedpm", ["strategy.uplink_coding=klms"]),
     **{
         f"{name}-unreduced": (name, ["engine.reduce_cohorts=false"])
         for name in ("fedavg", "lips", "fedpm", "topk", "signsgd")
