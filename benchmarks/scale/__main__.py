@@ -72,8 +72,8 @@ SMALL_CLIENTS, SMALL_ROUNDS = 100, 12
 # strategy.eval_samples (default 5) more central evaluations, so its rows turn it off.
 SAME_WORK = {"fedpm": ["strategy.eval_samples=0"]}
 # Row names that are a strategy with settings of its own: --strategies fedpm,fedpm-packed,fedpm-klms
-# puts FedPM's range-coded, bit-packed and KLMS uplinks side by side; <strategy>-unreduced turns cohort reduction
-# off (every client's update travels, as before engine.reduce_cohorts).
+# puts FedPM's range-coded, bit-packed and KLMS uplinks side by side; <strategy>-unreduced turns
+# cohort reduction off (every client's update travels, as before engine.reduce_cohorts).
 VARIANTS = {
     "fedpm-packed": ("fedpm", ["strategy.uplink_coding=packed"]),
     "fedpm-klms": ("fedpm", ["strategy.uplink_coding=klms"]),
