@@ -8,6 +8,7 @@ records per client under ``"<client_id>/<name>"`` keys.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections import OrderedDict
 from functools import lru_cache
@@ -44,6 +45,15 @@ DATA_ROOT = "data-root"
 TEMPLATES_KEPT = 4
 TEMPLATE_SEED = 0
 
+
+def _drop_actor_termination_notice(record: logging.LogRecord) -> bool:
+    """Each of Flower's Ray actors logs "Manually terminating ClientAppActor" as a WARNING when
+    the simulation ends: the normal end, not something to warn about (actors import this
+    module, so the filter is installed in them)."""
+    return "Manually terminating" not in record.getMessage()
+
+
+logging.getLogger("flwr").addFilter(_drop_actor_termination_notice)
 app = ClientApp()
 keep_freed_memory()  # once per process hosting clients: each allocates and frees model-sized arrays
 

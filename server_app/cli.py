@@ -1,139 +1,36 @@
-"""``fedsparse``: the Hydra entry point; runs the experiment on Flower's Ray simulation engine.
+"""``fedsparse``: the command. Light on purpose: Ctrl-C is handled before anything heavy loads.
 
-fedsparse strategy=fedavg dataset=digits num_clients=10 num_rounds=5
-fedsparse --multirun seed=0,1,2
+    fedsparse                                        # the default experiment (see --help)
+    fedsparse strategy=lbgm strategy.delta=0.2 partition.alpha=0.1
+    fedsparse --multirun seed=0,1,2
+
+Order: signal handlers, ``--help``, the command line checked for typos and an unusable run
+folder (one line each), then the Hydra app (``server_app.launch``).
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
-
-from data.datasets import DataNotFoundError
-from server_app.checkpoint import CheckpointError
-from server_app.engine import (
-    actor_pool_size,
-    auto_state_folder,
-    client_state_folder,
-    start_ray,
-    with_clients_per_node,
-)
-from server_app.experiment import initial_arrays, starting_point
-from server_app.settings import ConfigError, check_data, cohorts_reduce, validate
-from strategies.protocol.cohort import expected_nodes
-
-# not __name__: under `python -m server_app.cli` that is "__main__", a logger conf/ leaves at
-# WARNING, so its lines ("results in …") went missing there
-log = logging.getLogger("server_app.cli")
+from server_app import interrupts
 
 
-def run_simulation(cfg: DictConfig, run_dir: Path, sweep: Path | None = None) -> None:
-    """Run ``cfg`` in-process on the Ray backend with one virtual node per cohort of clients
-    (as a job of the ``--multirun`` in ``sweep`` when one is given)."""
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    from flwr.simulation import run_simulation as flower_run_simulation
+def main() -> None:
+    interrupts.install()
+    args = sys.argv[1:]
+    if "--help" in args or "-h" in args:
+        from server_app.help import help_text
 
-    from client_app.app import app as client_app
-    from server_app.app import make_server_app
-
-    start_ray(cfg.engine.ray_address)  # Flower's backend then reuses this Ray connection
-    cpus, gpus = cfg.engine.client_cpus, float(cfg.engine.client_gpus)
-    # a reduced cohort replies with one partial sum whatever its size: no cap from the model
-    reducing = cohorts_reduce(cfg)
-    model_bytes = 0 if reducing else initial_arrays(cfg).count_bytes()
-    cfg = with_clients_per_node(cfg, actor_pool_size(cpus, gpus), model_bytes)
-    if reducing and cfg.engine.clients_per_node > 1:
-        log.info(
-            "engine.reduce_cohorts: each node checks its %d clients' replies and sends one "
-            "partial sum",
-            cfg.engine.clients_per_node,
-        )
-    scratch = auto_state_folder(cfg, run_dir)
-    # after ray.init, which sets its own SIGTERM handler (a sys.exit that Flower's threads outlive)
-    with client_state_folder(cfg, run_dir) as cfg, stop_on_interrupt(run_dir, scratch):
-        flower_run_simulation(
-            server_app=make_server_app(cfg, run_dir, sweep),
-            client_app=client_app,
-            num_supernodes=expected_nodes(cfg.num_clients, cfg.engine.clients_per_node),
-            backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": gpus}},
-        )
-
-
-@contextmanager
-def stop_on_interrupt(run_dir: Path, scratch: Path | None = None) -> Iterator[None]:
-    """Ctrl-C (SIGINT) or SIGTERM ends the run at once, Ray included, with how to resume, and
-    removes the ``scratch`` folder (the clients' state, which a resumed run starts afresh).
-
-    Flower's simulation runs the ServerApp in a thread that the main thread's
-    KeyboardInterrupt never reaches: without this the process lived on after Ctrl-C, its
-    rounds waiting for nodes that had stopped. Stopping mid-round loses nothing: the checkpoint
-    of the last finished round is written atomically, and ``resume=true`` continues from it.
-    The exit skips every ``finally``, so ``scratch`` is removed here.
-    """
-
-    def stop(signum: int, _frame: object) -> None:
-        print(
-            f"\n[fedsparse] {signal.Signals(signum).name}: stopped; resume=true "
-            f"hydra.run.dir={run_dir} continues after the last finished round",
-            file=sys.stderr,
-            flush=True,
-        )
-        import ray
-
-        ray.shutdown()  # a private local Ray stops; an attached cluster is only disconnected
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
-        logging.shutdown()
-        os._exit(128 + signum)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _drop_run_simulation_deprecation(record: logging.LogRecord) -> bool:
-    """fedsparse chooses the in-process engine on purpose; Flower's notice about it is noise."""
-    return "`run_simulation` function is deprecated" not in record.getMessage()
-
-
-@hydra.main(config_path="pkg://conf", config_name="config", version_base=None)
-def main(cfg: DictConfig) -> None:
-    """Validate the composed config and load the data, then run; a config error, missing data
-    or a run folder that cannot be used exits with a one-line message before Ray starts."""
-    flwr_log = logging.getLogger("flwr")
-    flwr_log.propagate = False  # flwr logs once, through its own handler
-    flwr_log.addFilter(_drop_run_simulation_deprecation)
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    sweep = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
-    try:
-        validate(cfg)
-        check_data(cfg)
-        checkpoint = starting_point(run_dir, cfg)
-    except (ConfigError, CheckpointError, DataNotFoundError) as err:
-        raise SystemExit(f"fedsparse: {err}") from None
-    if checkpoint is not None and checkpoint.round == cfg.num_rounds:
-        print(f"[fedsparse] {run_dir} has finished all {cfg.num_rounds} rounds: nothing to resume")
+        print(help_text())
         return
-    try:
-        run_simulation(cfg, run_dir, sweep)
-    except ConnectionError as err:
-        raise SystemExit(f"fedsparse: {err}") from None
-    log.info("results in %s", run_dir)
+    from server_app.overrides import check_command_line
+
+    problem = check_command_line(args)
+    if problem:
+        raise SystemExit(f"fedsparse: {problem}")
+    from server_app.launch import hydra_main
+
+    hydra_main()
 
 
 if __name__ == "__main__":

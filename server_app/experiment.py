@@ -41,6 +41,7 @@ from server_app.results import (
     total_bpp,
     write_summary,
 )
+from server_app.resume import rounds_note
 from server_app.settings import ConfigError, build_strategy, client_job, strategy_params
 from server_app.tracking import start as start_tracking
 from strategies.protocol.arrays import to_array_record
@@ -150,6 +151,18 @@ class CentralEvaluator:
         return evaluate(self.model, self.data)
 
 
+def final_line(rows: list[dict], wall_s: float, run_dir: Path) -> str:
+    """The run's one-line result: final and best accuracy, bytes both ways, time, folder."""
+    best = max(rows, key=lambda r: r["accuracy"])
+    up = sum(r["uplink_bytes"] for r in rows) / 1e6
+    down = sum(r["downlink_bytes"] for r in rows) / 1e6
+    return (
+        f"[fedsparse] done: {len(rows)} rounds, final acc {rows[-1]['accuracy']:.4f}, best "
+        f"{best['accuracy']:.4f} (round {best['round']}), up {up:.2f} MB, down {down:.2f} MB, "
+        f"{wall_s:.1f} s -> {run_dir}"
+    )
+
+
 def _bpp(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
@@ -169,7 +182,9 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path, sweep: Path | Non
     monitor = LayerMonitor(cfg.monitor.ref_round, strategy)
     arrays, first_round, wall_before = initial_arrays(cfg), 1, 0.0
     checkpoint = starting_point(run_dir, cfg)
+    note = ""
     if checkpoint is not None:
+        note = rounds_note(run_dir, cfg.num_rounds)
         arrays, first_round, wall_before = (
             checkpoint.arrays,
             checkpoint.round + 1,
@@ -187,7 +202,7 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path, sweep: Path | Non
     print(
         f"[fedsparse] {cfg.strategy.name} on {cfg.dataset.name} ({cfg.partition.name}), "
         f"{cfg.num_clients} clients, {cfg.clients_per_round} per round, rounds "
-        f"{first_round}..{cfg.num_rounds} -> {run_dir}",
+        f"{first_round}..{cfg.num_rounds}" + (f" ({note})" if note else "") + f" -> {run_dir}",
         flush=True,
     )
 
@@ -257,6 +272,7 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path, sweep: Path | Non
         **strategy.finish(run_dir),
     )
     write_summary(run_dir, summary)
+    print(final_line(metrics.rows, summary["wall_s"], run_dir), flush=True)
     plots = sorted((run_dir / "plots").glob("*.png"))
     tracker.finish([run_dir / SUMMARY_FILE, run_dir / CONFIG_FILE, *plots])
     return summary

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +10,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client_app.state_files import FileClientState, MissingStateFileError, client_state
-from server_app import cli
-from server_app.engine import auto_state_folder, client_state_folder
+from server_app.engine import client_state_folder
 from server_app.experiment import run_experiment
 from server_app.inprocess import InProcessGrid
 from server_app.settings import client_job, compose_config, validate
@@ -200,38 +197,6 @@ def test_auto_is_in_the_run_dir_on_local_ray_and_the_context_on_a_cluster(tmp_pa
     given = compose_config(["engine.client_state_dir=/srv/state"])
     with client_state_folder(given, tmp_path) as resolved:
         assert resolved is given
-
-
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["int", "term"])
-def test_a_stopped_run_removes_its_client_state(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int
-) -> None:
-    """Ctrl-C or SIGTERM exits at once (no ``finally`` runs), and the run's client-state/
-    is gone by then. Ray and the process exit are stubbed: no Ray starts."""
-    import ray
-
-    exits: list[tuple[int, bool]] = []
-
-    def exit_now(code: int) -> None:
-        exits.append((code, folder.exists()))
-        raise SystemExit(code)
-
-    monkeypatch.setattr(ray, "shutdown", lambda: None)
-    monkeypatch.setattr(cli.logging, "shutdown", lambda: None)
-    monkeypatch.setattr(os, "_exit", exit_now)
-    cfg = compose_config(["engine.client_state_dir=auto"])
-    scratch, before = auto_state_folder(cfg, tmp_path), signal.getsignal(signum)
-    with (
-        pytest.raises(SystemExit),
-        client_state_folder(cfg, tmp_path) as local,
-        cli.stop_on_interrupt(tmp_path, scratch),
-    ):
-        folder = Path(local.engine.client_state_dir)
-        assert folder == scratch
-        (folder / "client-0.npz").write_bytes(b"state")
-        signal.raise_signal(signum)
-    assert exits == [(128 + signum, False)]
-    assert signal.getsignal(signum) is before
 
 
 @pytest.mark.parametrize("strategy", ["lbgm", "topk"])

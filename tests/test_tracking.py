@@ -123,14 +123,14 @@ def test_resume_continues_the_same_runs_at_the_next_round(tmp_path: Path) -> Non
 
 MULTIRUN = """
 import sys
-from server_app import cli
+from server_app import cli, launch
 from server_app.experiment import run_experiment
 from server_app.inprocess import InProcessGrid
 
 def in_process(cfg, run_dir, sweep=None):
     run_experiment(InProcessGrid(cfg.num_clients), cfg, run_dir, sweep)
 
-cli.run_simulation = in_process  # Hydra's own sweep, without the Ray start of each job
+launch.run_simulation = in_process  # Hydra's own sweep, without the Ray start of each job
 sys.argv[0] = "fedsparse"
 cli.main()
 """

@@ -1,0 +1,85 @@
+"""``resume=true`` continues a run with the run's own settings (server_app/resume.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from server_app.experiment import run_experiment, starting_point
+from server_app.inprocess import InProcessGrid
+from server_app.resume import resumed_config, rounds_note
+from server_app.settings import ConfigError, compose_config
+
+RUN = ["dataset=digits", "num_clients=3", "partition=iid", "federated_eval=false", "plots=false"]
+
+
+def _stored_run(run_dir: Path, *overrides: str) -> None:
+    """A run folder's config.yaml as a run with ``overrides`` wrote it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = compose_config([*RUN, *overrides])
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def _resume(run_dir: Path, *given: str):
+    """What ``fedsparse <given> resume=true hydra.run.dir=<run_dir>`` resumes with."""
+    overrides = [*given, "resume=true"]
+    return resumed_config(compose_config(overrides), run_dir, overrides)
+
+
+def test_settings_not_given_keep_the_runs_values(tmp_path: Path) -> None:
+    """The printed hint gives no num_rounds, lr, data set...: the run's own values stand, not
+    the defaults (num_rounds=20 used to replace a 10-round run's)."""
+    _stored_run(tmp_path, "num_rounds=10", "lr=0.2", "strategy=lips", "strategy.d0=0.3")
+    cfg = _resume(tmp_path)
+    assert (cfg.num_rounds, cfg.lr, cfg.dataset.name) == (10, 0.2, "digits")
+    assert (cfg.strategy.name, cfg.strategy.d0, cfg.resume) == ("lips", 0.3, True)
+    assert rounds_note(tmp_path, cfg.num_rounds) == ""
+
+
+def test_num_rounds_given_extends_the_run_and_says_so(tmp_path: Path) -> None:
+    _stored_run(tmp_path, "num_rounds=10")
+    cfg = _resume(tmp_path, "num_rounds=20")
+    assert cfg.num_rounds == 20
+    assert rounds_note(tmp_path, 20) == "extending 10 → 20 rounds"
+
+
+@pytest.mark.parametrize(
+    ("given", "key", "run_value", "new_value"),
+    [
+        ("lr=0.1", "lr", "0.2", "0.1"),
+        ("strategy=fedpm", "strategy.name", "'fedavg'", "'fedpm'"),
+        ("partition.alpha=0.1", "partition.alpha", "None", "0.1"),
+    ],
+)
+def test_a_given_setting_that_changes_the_numbers_is_refused_by_name(
+    tmp_path: Path, given: str, key: str, run_value: str, new_value: str
+) -> None:
+    _stored_run(tmp_path, "lr=0.2")
+    with pytest.raises(ConfigError) as refused:
+        _resume(tmp_path, given)
+    message = str(refused.value)
+    assert "\n" not in message and key in message
+    assert f"the run has {run_value}" in message and f"given {new_value}" in message
+
+
+def test_number_neutral_keys_may_change(tmp_path: Path) -> None:
+    _stored_run(tmp_path, "engine.clients_per_node=1")
+    cfg = _resume(tmp_path, "engine.clients_per_node=3", "tracking=tensorboard")
+    assert cfg.engine.clients_per_node == 3 and cfg.tracking == "tensorboard"
+
+
+def test_the_printed_command_continues_a_finished_run_as_it_was(tmp_path: Path) -> None:
+    """A 2-round run of non-default settings: `resume=true` alone composes to exactly the
+    stored config, which starting_point accepts (here: nothing left to run)."""
+    run_dir = tmp_path / "run"
+    cfg = compose_config([*RUN, "num_rounds=2", "lr=0.1", "seed=4"])
+    run_experiment(InProcessGrid(cfg.num_clients), cfg, run_dir)
+    resumed = _resume(run_dir)
+    assert OmegaConf.to_container(resumed) == {
+        **OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")),
+        "resume": True,
+        "engine": OmegaConf.to_container(resumed.engine),
+    }
+    assert starting_point(run_dir, resumed).round == 2
