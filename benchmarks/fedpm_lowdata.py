@@ -54,6 +54,19 @@ SETTINGS: dict[str, tuple[str, list[str]]] = {
     "reset5": ("Beta posterior kept over 5 rounds", ["strategy.reset_period=5"]),
     "reset20": ("Beta posterior kept over 20 rounds", ["strategy.reset_period=20"]),
     "lambda2": ("prior Beta(2, 2), reset every round", ["strategy.lambda0=2"]),
+    "fedavg-epochs10": (
+        "FedAvg with 10 local epochs (the reference for epochs10)",
+        ["strategy=fedavg", "local_epochs=10"],
+    ),
+    "klms": ("KLMS uplink instead of range coding", ["strategy.uplink_coding=klms"]),
+    "klms-block512": (
+        "KLMS with blocks of at most 512 entries",
+        ["strategy.uplink_coding=klms", "strategy.klms_max_block=512"],
+    ),
+    "epochs10-klms": (
+        "10 local epochs and the KLMS uplink",
+        ["local_epochs=10", "strategy.uplink_coding=klms"],
+    ),
     "code50x5": (
         "the FedPM code's partial split: 50 clients, 5 a round",
         ["num_clients=50", "clients_per_round=5"],
@@ -69,7 +82,7 @@ def planned(args: argparse.Namespace) -> list[tuple[Path, list[str]]]:
     runs = []
     for seed in args.seeds.split(","):
         for name in names:
-            strategy = [] if name == "fedavg" else ["strategy=fedpm"]
+            strategy = [] if name.startswith("fedavg") else ["strategy=fedpm"]
             overrides = [*strategy, *BASE, *SETTINGS[name][1], f"seed={seed}"]
             runs.append((args.runs / f"{name}_seed{seed}", overrides))
     return runs

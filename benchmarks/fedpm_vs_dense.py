@@ -5,10 +5,12 @@
 
 mnist5k, IID and Dirichlet α=0.5, 10 clients all sampled every round (two cohorts of 5, one
 per CPU), 3 local epochs of batch 128 (the FedPM paper's local work) for both strategies;
-FedAvg keeps its SGD settings, FedPM uses Adam lr 0.1 on the scores. FedPM's masks go
-range-coded against θ (the default), and for the first seed also bit-packed from the same uint16
-θ downlink (the accuracy must match); a partial-participation row (100 clients, 10 per round,
-Dirichlet) runs FedAvg and coded FedPM.
+FedAvg keeps its SGD settings, FedPM uses Adam lr 0.1 on the scores. FedPM's masks go up
+range-coded against θ (the default) and as KLMS candidate indices, θ comes down entropy-coded
+(the default); for the first seed also bit-packed masks and the plain uint16 θ downlink (both
+lossless: the accuracy must match range coding's round for round); a partial-participation row
+(100 clients, 10 per round, Dirichlet) runs FedAvg and FedPM with both uplinks.
+Runs go in process, one after another (no Ray; two sweeps side by side keep a core each).
 Finished runs are kept and skipped on a rerun, an interrupted one resumes; ``--fresh`` starts
 over.
 Writes ``benchmarks/results/fedpm_vs_dense.md`` (final thresholded and sampled-mask accuracy,
@@ -35,7 +37,7 @@ from omegaconf import OmegaConf  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.sweep import grid, run_missing  # noqa: E402
+from benchmarks.sweep import grid, run_missing_in_process  # noqa: E402
 from server_app.checkpoint import load_checkpoint  # noqa: E402
 from server_app.compare import find_runs  # noqa: E402
 from server_app.results import read_metrics  # noqa: E402
@@ -44,12 +46,19 @@ SETTING = [
     "dataset=mnist5k",
     "num_clients=10",
     "clients_per_round=10",
-    "engine.clients_per_node=5",
     "local_epochs=3",
     "batch_size=128",
     "federated_eval=false",
 ]
-PARTIAL = ["num_clients=100", "clients_per_round=10", "engine.clients_per_node=5"]
+PARTIAL = ["num_clients=100", "clients_per_round=10"]
+# uplink coding -> overrides; "range-plain" is range coding with the plain uint16 θ downlink
+CODINGS = {
+    "range": ["strategy.uplink_coding=range"],
+    "klms": ["strategy.uplink_coding=klms"],
+    "packed": ["strategy.uplink_coding=packed"],
+    "range-plain": ["strategy.uplink_coding=range", "strategy.downlink_coding=plain"],
+}
+FEDAVG_BPP = 64.0  # float32 weights up and down
 BPP_KEYS = {
     "fedpm_bpp_packed": "packed bits",
     "fedpm_bpp_wire": "coded reply (wire)",
@@ -85,25 +94,25 @@ def planned_runs(args: argparse.Namespace) -> list[tuple[Path, list[str]]]:
         base = [f"{k}={v}" for k, v in point.items()] + common
         tag = f"{point['partition']}_seed{point['seed']}"
         runs.append((args.runs / f"fedavg_{tag}", ["strategy=fedavg", *base]))
-        # Coding is lossless (tested bit for bit), so packed runs only for the first seed.
+        # Packed masks and the plain downlink are lossless (tested bit for bit): first seed only.
         first = point["seed"] == seeds[0]
-        for coding in ("range", "klms", "packed") if first else ("range", "klms"):
-            overrides = ["strategy=fedpm", f"strategy.uplink_coding={coding}", *base]
+        for coding in CODINGS if first else ("range", "klms"):
+            overrides = ["strategy=fedpm", *CODINGS[coding], *base]
             runs.append((args.runs / f"fedpm-{coding}_{tag}", overrides))
     if not args.no_partial:
         for seed in seeds:
             base = ["partition=dirichlet", f"seed={seed}", *common, *PARTIAL]
             runs.append((args.runs / f"fedavg_dirichlet100_seed{seed}", ["strategy=fedavg", *base]))
-            runs.append(
-                (args.runs / f"fedpm-range_dirichlet100_seed{seed}", ["strategy=fedpm", *base])
-            )
+            for coding in ("range", "klms"):
+                overrides = ["strategy=fedpm", *CODINGS[coding], *base]
+                runs.append((args.runs / f"fedpm-{coding}_dirichlet100_seed{seed}", overrides))
     return runs
 
 
 def run_sweep(args: argparse.Namespace) -> None:
     if args.fresh and args.runs.exists():
         shutil.rmtree(args.runs)
-    run_missing(planned_runs(args), args.rounds)
+    run_missing_in_process(planned_runs(args), args.rounds)
 
 
 def run_row(run: Path) -> dict:
@@ -115,7 +124,8 @@ def run_row(run: Path) -> dict:
     replies = sum(r["clients"] for r in rows)
     name = cfg.strategy.name
     if name == "fedpm":
-        name = f"fedpm ({cfg.strategy.uplink_coding})"
+        plain = "" if cfg.strategy.downlink_coding == "coded" else ", plain θ down"
+        name = f"fedpm ({cfg.strategy.uplink_coding}{plain})"
     result = {
         "strategy": name,
         "partition": f"{cfg.partition.name} {cfg.clients_per_round}/{cfg.num_clients}",
@@ -123,6 +133,7 @@ def run_row(run: Path) -> dict:
         "accuracy": rows[-1]["accuracy"],
         "uplink_mb": uplink / 1e6,
         "rows": rows,
+        "down_bpp": json.loads((run / "summary.json").read_text())["downlink_bpp"],
     }
     if cfg.strategy.name == "fedpm":
 
@@ -137,6 +148,7 @@ def run_row(run: Path) -> dict:
             bpp_stream=per_bit("fedpm_bpp_stream"),
             bpp_ideal=per_bit("fedpm_bpp_ideal"),
             bpp_entropy=per_bit("fedpm_bpp_entropy"),
+            bpp_kl=per_bit("fedpm_bpp_kl"),
             overhead=statistics.fmean(overheads) if overheads else None,
             overhead_max=max(overheads, default=None),
             encode_ms=1e3 * statistics.fmean(r["fedpm_encode_s"] for r in rows),
@@ -150,6 +162,7 @@ def run_row(run: Path) -> dict:
             bpp=8 * uplink / (replies * params),
             model_kb=checkpoint.arrays.count_bytes() / 1e3,
         )
+    result["total_bpp"] = result["bpp"] + result["down_bpp"]
     return result
 
 
@@ -210,6 +223,49 @@ def targets(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
     return lines
 
 
+def link_targets(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
+    """The both-links issue's targets per setting (means over seeds): KLMS cumulative uplink
+    ≤ 0.10 bpp (moonshot ≤ 0.05), final accuracy within 1 pt of range coding, downlink ≤ 4 bpp
+    (moonshot ≤ 2), up + down ≥ 15× below FedAvg, KLMS encode + decode ≤ 25 % of its client's
+    round; and the plain uint16 downlink's accuracy identical to the coded one's."""
+    lines = ["## Both links: against the targets", ""]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "missed"
+
+    for setting in sorted({p for _, p in groups}):
+        klms = groups.get(("fedpm (klms)", setting))
+        coded = groups.get(("fedpm (range)", setting))
+        if not klms or not coded:
+            continue
+        up, kl = _mean(klms, "bpp"), _mean(klms, "bpp_kl")
+        gap = 100 * (_mean(klms, "accuracy") - _mean(coded, "accuracy"))
+        down = max(_mean(klms, "down_bpp"), _mean(coded, "down_bpp"))
+        ratio = FEDAVG_BPP / _mean(klms, "total_bpp")
+        cost = (_mean(klms, "encode_ms") + _mean(klms, "decode_ms")) / _mean(klms, "client_ms")
+        parts = [
+            f"KLMS uplink {up:.3f} bpp, KL bound {kl:.4f} ({verdict(up <= 0.10)} ≤ 0.10, "
+            f"moonshot ≤ 0.05 {verdict(up <= 0.05)})",
+            f"KLMS − range accuracy {gap:+.2f} pts ({verdict(gap >= -1.0)} within 1 pt)",
+            f"downlink {down:.2f} bpp, worse of the two ({verdict(down <= 4)} ≤ 4, moonshot ≤ 2 "
+            f"{verdict(down <= 2)})",
+            f"KLMS up + down {ratio:.1f}× below FedAvg ({verdict(ratio >= 15)} ≥ 15×)",
+            f"KLMS encode + decode {100 * cost:.1f} % of its client's round "
+            f"({verdict(cost <= 0.25)} ≤ 25 %)",
+        ]
+        plain = groups.get(("fedpm (range, plain θ down)", setting))
+        if plain:
+            by_seed = {r["seed"]: [x["accuracy"] for x in r["rows"]] for r in coded}
+            same = all(by_seed.get(r["seed"]) == [x["accuracy"] for x in r["rows"]] for r in plain)
+            parts.append(
+                f"plain uint16 θ downlink ({_mean(plain, 'down_bpp'):.2f} bpp): accuracy every "
+                f"round {'identical to' if same else 'DIFFERENT from'} the coded downlink's "
+                f"({verdict(same)})"
+            )
+        lines.append(f"- {setting}: " + "; ".join(parts) + ".")
+    return lines
+
+
 def plot_bpp(groups: dict[tuple[str, str], list[dict]], path: Path) -> None:
     """Bits per parameter per round of coded FedPM (mean over seeds), one panel per setting."""
     settings = sorted(p for s, p in groups if s == "fedpm (range)")
@@ -249,8 +305,9 @@ def report(args: argparse.Namespace) -> None:
         "",
         "| strategy | partition (per round / clients) | seeds | final acc (thresholded) "
         "| final acc (sampled) | cum. uplink MB | bpp wire | bpp stream | bpp ideal | bpp H₂ "
-        "| coder overhead | encode ms | decode ms | final model kB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| bpp KL | downlink bpp | up + down bpp | × below FedAvg | coder overhead | encode ms "
+        "| decode ms | final model kB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (strategy, setting), rows in sorted(groups.items()):
         fedpm = strategy.startswith("fedpm")
@@ -263,7 +320,10 @@ def report(args: argparse.Namespace) -> None:
             f"| {_stat([r['accuracy'] for r in rows], 4)} | {col('sampled', 4)} "
             f"| {_stat([r['uplink_mb'] for r in rows], 3)} "
             f"| {_stat([r['bpp'] for r in rows], 3)} | {col('bpp_stream', 3)} "
-            f"| {col('bpp_ideal', 3)} | {col('bpp_entropy', 3)} | {col('overhead', 4)} "
+            f"| {col('bpp_ideal', 3)} | {col('bpp_entropy', 3)} | {col('bpp_kl', 4)} "
+            f"| {_stat([r['down_bpp'] for r in rows], 3)} "
+            f"| {_stat([r['total_bpp'] for r in rows], 3)} "
+            f"| {FEDAVG_BPP / _mean(rows, 'total_bpp'):.1f}× | {col('overhead', 4)} "
             f"| {col('encode_ms', 1)} | {col('decode_ms', 1)} "
             f"| {_stat([r['model_kb'] for r in rows], 1)} |"
         )
@@ -273,11 +333,15 @@ def report(args: argparse.Namespace) -> None:
         "parameters. *wire* counts every byte a reply carried (mask stream, its header, the "
         "metrics); *stream* the masks alone (range-coded layers and packed fallbacks); *ideal* "
         "Σ −log₂ p_g(m) under the θ_g the client received; *H₂* the ones-fraction bound "
-        "H₂(f) + log₂(N)/N the public FedPM code reports. Coder overhead: coded bits over the "
+        "H₂(f) + log₂(N)/N the public FedPM code reports; *KL* Σ KL(q‖θ_g)/N, the bound KLMS "
+        "approaches. Downlink: every byte sent down over every client-round's N (FedAvg: 32); "
+        "up + down against FedAvg's 64. Coder overhead: coded bits over the "
         "ideal length of the range-coded layers, minus 1, mean over rounds. Encode: client, per "
         "reply; decode: server, per reply (one core).",
         "",
         *targets(groups),
+        "",
+        *link_targets(groups),
         "",
         "![bits per parameter per round](fedpm_bpp.png)",
         "",
