@@ -1,6 +1,6 @@
 """A real deployment on loopback: SuperLink (TLS, node authentication) + two SuperNodes.
 
-Runs ``fedsparse-deploy`` against it the way README's Deployment section does, checks the output
+Runs ``fedsparse-deploy`` against it the way docs/deployment.md does, checks the output
 contract, then kills one SuperNode mid-run: the run must finish on the other node with the loss
 counted in ``failures``. Every process started here is killed by process group in ``finally``.
 """

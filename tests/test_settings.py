@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 import models
 import strategies
 from data.datasets import DATASETS
+from server_app.overrides import check_command_line
 from server_app.settings import (
     ConfigError,
     build_strategy,
@@ -334,24 +336,52 @@ def test_model_too_deep_for_the_images_is_a_config_error(strategy: str) -> None:
     validate(compose_config([f"strategy={strategy}", "model=conv10", "dataset=cifar10_synthetic"]))
 
 
-def _readme_swap_commands() -> list[str]:
-    """The single-run ``fedsparse`` lines of the README's "Swapping things" block."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    block = readme.split("## Swapping things", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
-    lines = [line.split("#", 1)[0].strip() for line in block.splitlines()]
-    return [line for line in lines if line.startswith("fedsparse ") and " --" not in line]
+_ROOT = Path(__file__).parents[1]
 
 
-@pytest.mark.parametrize("command", _readme_swap_commands())
-def test_readme_examples_validate(command: str) -> None:
-    """Each example the README tells users to type is a valid config (a GPU share only where
-    torch sees a GPU)."""
+def _documented_commands(*pages: Path) -> list[str]:
+    """Every single-run ``fedsparse`` line of the ```bash blocks of ``pages`` (default: README.md
+    and docs/*.md).
+
+    Continued lines (``\\``) are joined and trailing ``# comments`` dropped. Skipped: runs with
+    flags (``--multirun``, ``--cfg``), ``<placeholders>``, and lines chaining more commands.
+    """
+    pages = pages or (_ROOT / "README.md", *sorted((_ROOT / "docs").glob("*.md")))
+    commands = []
+    for page in pages:
+        for block in re.findall(r"^```bash\n(.*?)^```", page.read_text(), re.M | re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = re.sub(r"(^|\s)#.*", "", line).strip()
+                words = line.split()
+                if (
+                    line.startswith("fedsparse ")
+                    and not any(word.startswith("-") for word in words)
+                    and "<" not in line
+                    and not re.search(r"[|;&]", line)
+                ):
+                    commands.append(" ".join(words))
+    return list(dict.fromkeys(commands))
+
+
+@pytest.mark.parametrize("command", _documented_commands())
+def test_documented_commands_validate(command: str) -> None:
+    """Each run the README and docs/ tell users to type is a valid config (a GPU share only
+    where torch sees a GPU), and the CLI's typo check finds nothing in its overrides."""
+    args = shlex.split(command)[1:]
+    assert check_command_line(args) is None
     cfg = compose_config(command.removeprefix("fedsparse "))
     if cfg.engine.client_gpus > 0 and not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no GPU"):
             validate(cfg)
         return
     validate(cfg)
+
+
+def test_the_documented_commands_are_found() -> None:
+    """The README and docs/configuration.md both hold runs to check (an empty collection would
+    make the test above pass vacuously)."""
+    assert _documented_commands(_ROOT / "README.md")
+    assert len(_documented_commands(_ROOT / "docs" / "configuration.md")) >= 10
 
 
 @pytest.mark.parametrize(
