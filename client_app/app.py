@@ -25,7 +25,7 @@ from client_app.batchnorm import keep_local_batchnorm, restore_local_batchnorm
 from client_app.faults import InjectedFault, corrupt_reply, plan_faults
 from client_app.state_files import client_state
 from data.device import device_data
-from data.federated import DataSpec, client_data, dataset_info
+from data.federated import DataSpec, client_data
 from models.training import (
     TensorData,
     evaluate,
@@ -36,7 +36,7 @@ from models.training import (
 )
 from strategies.protocol.base import ClientAlgorithm
 from strategies.protocol.cohort import QUERY_CONFIG, hosted_clients
-from strategies.protocol.job import ClientJob
+from strategies.protocol.job import ClientJob, DataInfo
 from strategies.protocol.reduction import CohortReducer
 from strategies.protocol.update import ARRAYS, CONFIG, METRICS
 from strategies.protocol.wire import CLIENT_IDS_KEY, ClientState, Record, pack_clients
@@ -60,14 +60,14 @@ keep_freed_memory()  # once per process hosting clients: each allocates and free
 
 @lru_cache(maxsize=4096)
 def _client_tensors(
-    spec: DataSpec, client_id: int, device: str, data_root: str = ""
+    spec: DataSpec, info: DataInfo, client_id: int, device: str, data_root: str = ""
 ) -> tuple[TensorData, TensorData]:
     """A client's (train, test) tensors, loaded once per process.
 
     ``data_root`` (the node config's ``data-root``) replaces the shipped partition with the
-    device's own data; it is normalised like the configured data set it must match.
+    device's own data; it must match ``info`` (the job's description of the configured data
+    set: shape and classes) and is normalised with its statistics.
     """
-    info = dataset_info(spec)
     if data_root:
         train, test = device_data(data_root, info, spec.local_test_fraction, spec.seed, client_id)
     else:
@@ -105,7 +105,7 @@ class _ModelTemplates:
     def fresh(cls, job: ClientJob, device: torch.device) -> nn.Module:
         key = repr((job.algorithm, job.model, job.dataset, device, sorted(job.params.items())))
         if key not in cls.built:
-            info = dataset_info(job.data_spec())
+            info = job.data_info()
             with torch.random.fork_rng(devices=[]):  # a build never moves the caller's RNG
                 torch.random.default_generator.manual_seed(TEMPLATE_SEED)
                 template = strategies.build_job_model(job, info.input_shape, info.num_classes)
@@ -177,7 +177,9 @@ def _train_one(
     seed = round_seed(job.seed, job.server_round, client_id)
     seed_torch(seed, device)
     model = _receive(algorithm, msg, job, client_id, state, device)
-    train, _ = _client_tensors(job.data_spec(), client_id, str(device), _data_root(context))
+    train, _ = _client_tensors(
+        job.data_spec(), job.data_info(), client_id, str(device), _data_root(context)
+    )
     started = time.perf_counter()
     algorithm.prepare(model, train, client_id, job, state)
     loss = train_epochs(
@@ -261,7 +263,9 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     for client_id in job.client_ids:
         state = client_state(context.state, client_id, job.state_dir, context.run_id)
         model = _receive(algorithm, msg, job, client_id, state, device)
-        _, test = _client_tensors(job.data_spec(), client_id, str(device), _data_root(context))
+        _, test = _client_tensors(
+            job.data_spec(), job.data_info(), client_id, str(device), _data_root(context)
+        )
         loss, accuracy = evaluate(model, test) if len(test) else (0.0, 0.0)
         per_client[client_id] = {
             METRICS: MetricRecord({"num-examples": len(test), "loss": loss, "accuracy": accuracy})

@@ -16,10 +16,17 @@ from __future__ import annotations
 import stat
 from functools import cache
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from data.datasets import ArrayDataset, DatasetSplits
+from data.datasets import ArrayDataset
+
+
+class _Described(Protocol):
+    input_shape: tuple[int, int, int]
+    num_classes: int
+
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LAYOUT = (
@@ -82,9 +89,10 @@ def device_split(
 
 
 def device_data(
-    data_root: str, info: DatasetSplits, test_fraction: float, seed: int, client_id: int
+    data_root: str, info: _Described, test_fraction: float, seed: int, client_id: int
 ) -> tuple[ArrayDataset, ArrayDataset]:
-    """The node's (train, test) sets, checked against the configured data set ``info``."""
+    """The node's (train, test) sets, checked against the configured data set's ``info``
+    (its ``input_shape`` and ``num_classes``)."""
     data = load_device_data(data_root, info.input_shape, info.num_classes)
     return device_split(data, test_fraction, seed, client_id)
 

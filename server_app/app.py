@@ -13,7 +13,7 @@ from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from server_app.experiment import run_experiment
 from server_app.settings import compose_config, validate
@@ -40,6 +40,8 @@ def make_server_app(
         if config is None:
             config = compose_config(str(context.run_config.get("overrides", "")))
             validate(config)
+            # devices may hold their own data: the job tells them the set's shape and statistics
+            OmegaConf.update(config, "engine.describe_data", True)
         target = run_dir or deployed_run_dir(context.run_config, context.run_id)
         run_experiment(grid, config, target, sweep)
 

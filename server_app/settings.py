@@ -378,7 +378,8 @@ def client_job(cfg: DictConfig) -> ClientJob:
         params={k: v for k, v in strategy_params(cfg).items() if v is not None},
     )
     server = strategies.get_algorithm(cfg.strategy.name).server
-    return replace(job, reduce_cohorts=server.reduces_cohorts(job, cfg.max_client_weight))
+    job = replace(job, reduce_cohorts=server.reduces_cohorts(job, cfg.max_client_weight))
+    return job.described() if cfg.engine.get("describe_data", False) else job
 
 
 def cohorts_reduce(cfg: DictConfig) -> bool:

@@ -39,7 +39,6 @@ from flwr.serverapp import Grid
 from torch import nn
 
 import models
-from data.federated import DataSpec, dataset_info
 from strategies.compression import COMPRESSORS, Codec, CodecError, make_codec
 from strategies.protocol.arrays import dot, l2_norm, to_array_record, to_numpy, to_numpy_dict
 from strategies.protocol.base import (
@@ -76,15 +75,17 @@ CLIENT_COUNTS = ("lbgm-reused", "lbgm-units", "lbgm-checked", "lbgm-phase-error-
 
 
 @lru_cache(maxsize=16)
-def _parameter_shapes(model: str, spec: DataSpec) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    info = dataset_info(spec)
-    built = models.build_model(model, info.input_shape, info.num_classes)
+def _parameter_shapes(
+    model: str, input_shape: tuple[int, int, int], num_classes: int
+) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    built = models.build_model(model, input_shape, num_classes)
     return tuple((name, tuple(p.shape)) for name, p in built.named_parameters())
 
 
 def parameter_shapes(job: ClientJob) -> dict[str, tuple[int, ...]]:
     """Trainable parameter tensors of the job's model (the layers LBGM works on), in order."""
-    return dict(_parameter_shapes(job.model, job.data_spec()))
+    info = job.data_info()
+    return dict(_parameter_shapes(job.model, info.input_shape, info.num_classes))
 
 
 def units_of(layers: list[str], granularity: str) -> dict[str, list[str]]:

@@ -10,7 +10,8 @@ import pytest
 from flwr.app import Context, Message, MessageType, RecordDict
 from PIL import Image
 
-from client_app.app import evaluate_global, train
+from client_app.app import _client_tensors, evaluate_global, train
+from data import federated
 from data.device import (
     DeviceDataError,
     check_data_root,
@@ -19,6 +20,8 @@ from data.device import (
 )
 from server_app.experiment import initial_arrays
 from server_app.settings import client_job, compose_config
+from strategies.protocol import job as job_module
+from strategies.protocol.job import DATA_INFO_KEYS, ClientJob
 from strategies.protocol.wire import unpack_clients
 
 SHAPE = (1, 8, 8)
@@ -126,8 +129,8 @@ def _node(node_config: dict) -> Context:
     return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={})
 
 
-def _job_message(message_type: str) -> Message:
-    cfg = compose_config(["dataset=digits", "num_clients=2", "clients_per_round=2"])
+def _job_message(message_type: str, *overrides: str) -> Message:
+    cfg = compose_config(["dataset=digits", "num_clients=2", "clients_per_round=2", *overrides])
     job, arrays = client_job(cfg), initial_arrays(cfg)
     content = RecordDict({"arrays": arrays, "config": job.for_round(1, [1]).to_record()})
     return Message(content, dst_node_id=7, message_type=message_type)
@@ -149,3 +152,47 @@ def test_client_app_refuses_a_node_data_of_another_shape(tmp_path: Path) -> None
     node = _node({"partition-id": 1, "data-root": str(tmp_path / "d.npz")})
     with pytest.raises(DeviceDataError, match=r"\(1, 28, 28\).*\(1, 8, 8\)"):
         train(_job_message(MessageType.TRAIN), node)
+
+
+def test_a_described_job_needs_no_configured_data_set_on_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In deployment the job carries the data set's shape, classes and statistics: a node with
+    data-root= trains and evaluates with the data set unloadable there, normalised exactly as
+    with the statistics it would have computed."""
+    np.savez(tmp_path / "d.npz", images=_images(50), labels=np.arange(50) % 10)
+    node = _node({"partition-id": 1, "num-partitions": 2, "data-root": str(tmp_path / "d.npz")})
+    described = _job_message(MessageType.TRAIN, "engine.describe_data=true")
+    evaluate = _job_message(MessageType.EVALUATE, "engine.describe_data=true")
+    expected = unpack_clients(train(_job_message(MessageType.TRAIN), node).content)
+
+    def unloadable(*_args, **_kwargs):
+        raise AssertionError("the node loaded the configured data set")
+
+    monkeypatch.setattr(federated, "load_dataset", unloadable)
+    monkeypatch.setattr(job_module, "dataset_info", unloadable)
+    _client_tensors.cache_clear()
+    trained = unpack_clients(train(described, Context(**_fresh(node))).content)
+    assert trained[1]["metrics"]["train-loss"] == expected[1]["metrics"]["train-loss"]
+    assert unpack_clients(evaluate_global(evaluate, node).content)[1]["metrics"]["num-examples"]
+
+
+def _fresh(node: Context) -> dict:
+    return {
+        "run_id": node.run_id,
+        "node_id": node.node_id,
+        "node_config": node.node_config,
+        "state": RecordDict(),
+        "run_config": {},
+    }
+
+
+def test_the_description_travels_only_when_asked_and_round_trips() -> None:
+    """Simulation jobs stay as they were (same bytes); a described job rebuilds exactly."""
+    plain = client_job(compose_config(["dataset=digits"]))
+    described = client_job(compose_config(["dataset=digits", "engine.describe_data=true"]))
+    assert not set(DATA_INFO_KEYS) & set(plain.to_record())
+    assert ClientJob.from_record(described.to_record()) == described
+    info = described.data_info()
+    assert (info.input_shape, info.num_classes) == ((1, 8, 8), 10)
+    assert info == plain.data_info()

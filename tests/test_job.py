@@ -8,7 +8,7 @@ import pytest
 from flwr.app import ConfigRecord
 
 from data.federated import DataSpec
-from strategies.protocol.job import FULL_BATCH, STRATEGY_PREFIX, ClientJob
+from strategies.protocol.job import DATA_INFO_KEYS, FULL_BATCH, STRATEGY_PREFIX, ClientJob
 
 
 def _job(**changes) -> ClientJob:
@@ -58,10 +58,13 @@ def test_round_trip_with_params_and_client_ids() -> None:
 
 
 def test_every_field_but_params_is_on_the_wire() -> None:
-    record = _job().to_record()
+    """Every field travels; the data set's description only when the job carries one."""
+    described = _job(input_shape=(1, 8, 8), num_classes=10, data_mean=(0.5,), data_std=(0.25,))
     names = {f.name for f in dataclasses.fields(ClientJob)} - {"params"}
-    assert names <= set(record.keys())
-    assert len(record) == len(names) + 4
+    for job, sent in ((described, names), (_job(), names - set(DATA_INFO_KEYS))):
+        record = job.to_record()
+        assert set(record.keys()) - {k for k in record if k.startswith(STRATEGY_PREFIX)} == sent
+        assert ClientJob.from_record(record) == job
 
 
 def test_empty_strings_are_not_sent_and_come_back_empty() -> None:

@@ -10,11 +10,23 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from flwr.app import ConfigRecord
 
-from data.federated import DataSpec
+from data.federated import DataSpec, dataset_info
 
 STRATEGY_PREFIX = "strategy."
 FULL_BATCH = "full"  # batch_size=full: one batch is the client's whole training split
 ConfigScalar = bool | int | float | str
+# what a device needs to know of the configured data set, carried when the server describes it
+DATA_INFO_KEYS = ("input_shape", "num_classes", "data_mean", "data_std")
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """A data set's input shape, class count and per-channel normalisation."""
+
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,11 @@ class ClientJob:
     fault_slow_s: float = 0.0
     server_round: int = 0
     client_ids: tuple[int, ...] = ()
+    # the configured data set's description (empty: the client loads the data set to learn it)
+    input_shape: tuple[int, ...] = ()
+    num_classes: int = 0
+    data_mean: tuple[float, ...] = ()
+    data_std: tuple[float, ...] = ()
     params: dict[str, ConfigScalar] = field(default_factory=dict)
 
     def data_spec(self) -> DataSpec:
@@ -75,6 +92,27 @@ class ClientJob:
             download=self.download,
         )
 
+    def described(self) -> ClientJob:
+        """This job carrying its data set's description (loads the data set once, here)."""
+        info = dataset_info(self.data_spec())
+        return replace(
+            self,
+            input_shape=tuple(info.input_shape),
+            num_classes=info.num_classes,
+            data_mean=tuple(float(m) for m in info.mean),
+            data_std=tuple(float(s) for s in info.std),
+        )
+
+    def data_info(self) -> DataInfo:
+        """The data set's description: the one the job carries, else the loaded data set's
+        (a device with its own data and a described job never loads the configured set)."""
+        if self.input_shape:
+            channels, height, width = (int(d) for d in self.input_shape)
+            shape = (channels, height, width)
+            return DataInfo(shape, self.num_classes, self.data_mean, self.data_std)
+        info = dataset_info(self.data_spec())
+        return DataInfo(tuple(info.input_shape), info.num_classes, info.mean, info.std)
+
     def batch_for(self, num_examples: int) -> int:
         """The batch size on a training split of ``num_examples``: ``full`` is all of it."""
         return max(num_examples, 1) if self.batch_size == FULL_BATCH else int(self.batch_size)
@@ -85,12 +123,15 @@ class ClientJob:
 
     def to_record(self) -> ConfigRecord:
         """Flatten into a ConfigRecord (the wire form)."""
-        flat: dict[str, ConfigScalar | list[int]] = {}
+        flat: dict[str, ConfigScalar | list[int] | list[float]] = {}
         for key, value in asdict(self).items():
             if key == "params":
                 flat.update({STRATEGY_PREFIX + k: v for k, v in value.items()})
             elif key == "client_ids":
                 flat[key] = list(value)
+            elif key in DATA_INFO_KEYS:
+                if self.input_shape:  # an undescribed job sends none of them
+                    flat[key] = list(value) if isinstance(value, tuple) else value
             elif value not in ("", None):  # Flower cannot count the bytes of an empty string
                 flat[key] = value  # nor hold None; both are the defaults they stand for
         return ConfigRecord(flat)
@@ -105,7 +146,7 @@ class ClientJob:
             if key.startswith(STRATEGY_PREFIX):
                 params[key[len(STRATEGY_PREFIX) :]] = value
             elif key in known:
-                values[key] = tuple(value) if key == "client_ids" else value
+                values[key] = tuple(value) if isinstance(value, list) else value
             else:
                 raise ValueError(
                     f"client job has unknown key {key!r}; expected one of {sorted(known)}"
