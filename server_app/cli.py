@@ -18,18 +18,22 @@ from server_app import interrupts
 def main() -> None:
     interrupts.install()
     args = sys.argv[1:]
-    if "--help" in args or "-h" in args:
+    try:
         from server_app.help import help_text
-
+        from server_app.launch import hydra_main
+        from server_app.overrides import check_command_line
+    except ModuleNotFoundError as err:  # a client-only install (an edge device)
+        raise SystemExit(
+            f"fedsparse: the server side is not installed here ({err.name} is missing); "
+            "pip install 'fedsparse[server]' (a device running only the ClientApp needs none "
+            "of it: see docs/deployment.md)"
+        ) from None
+    if "--help" in args or "-h" in args:
         print(help_text())
         return
-    from server_app.overrides import check_command_line
-
     problem = check_command_line(args)
     if problem:
         raise SystemExit(f"fedsparse: {problem}")
-    from server_app.launch import hydra_main
-
     hydra_main()
 
 

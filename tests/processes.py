@@ -59,3 +59,22 @@ def run_command(args: list[str], cwd: Path, timeout: float) -> subprocess.Comple
         if proc.poll() is None:
             kill_tree(proc)
     return subprocess.CompletedProcess(args, proc.returncode, output, None)
+
+
+SERVER_PACKAGES = ("ray", "hydra", "omegaconf", "matplotlib", "sklearn", "mlxtend", "torchvision")
+# None in sys.modules is how Python spells "not installed": ``import ray`` raises
+# ModuleNotFoundError and ``importlib.util.find_spec("ray")`` (torch probes optional packages
+# with it) returns None
+BLOCKER = f"""import sys
+
+sys.modules.update(dict.fromkeys({SERVER_PACKAGES!r}))
+"""
+
+
+def client_only_env(env: dict[str, str], folder: Path) -> dict[str, str]:
+    """``env`` whose Python processes cannot import the server-side packages: a
+    ``sitecustomize`` in ``folder``, first on ``PYTHONPATH``, blocks them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(BLOCKER)
+    path = os.pathsep.join(filter(None, [str(folder), env.get("PYTHONPATH")]))
+    return {**env, "PYTHONPATH": path}

@@ -2,7 +2,11 @@
 
 Runs ``fedsparse-deploy`` against it the way docs/deployment.md does, checks the output
 contract, then kills one SuperNode mid-run: the run must finish on the other node with the loss
-counted in ``failures``. Every process started here is killed by process group in ``finally``.
+counted in ``failures``. Node 1 is an edge device: its Python cannot import the server's
+packages (a client-only install) and it trains on its own folder of PNGs (``data-root``), so it
+cannot load the configured data set (digits needs scikit-learn) and must take the set's shape,
+classes and statistics from the job. Every process started here is killed by process group in
+``finally``.
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import strategies
 from server_app import deploy
 from server_app.settings import ConfigError
-from tests.processes import kill_tree, run_command
+from tests.processes import client_only_env, kill_tree, run_command
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -94,6 +99,22 @@ class Federation:
     env: dict[str, str]
     superlink: subprocess.Popen
     nodes: list[subprocess.Popen] = field(default_factory=list)
+    edge_env: dict[str, str] = field(default_factory=dict)
+    edge_data: Path | None = None
+
+
+EDGE_IMAGES = 40  # node 1's own 8×8 grayscale PNGs, labels 0..9
+
+
+def _edge_images(folder: Path) -> Path:
+    """A device's own data: ``<folder>/<class index>/<i>.png``, 1×8×8 like digits."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(1).integers(0, 256, (EDGE_IMAGES, 8, 8), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        (folder / str(i % 10)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image, mode="L").save(folder / str(i % 10) / f"{i}.png")
+    return folder
 
 
 def _free_port() -> int:
@@ -121,6 +142,10 @@ def _start(args: list[str], log: Path, env: dict[str, str], cwd: Path) -> subpro
 
 
 def _start_node(fed: Federation, partition: int, port: int) -> subprocess.Popen:
+    """Node 0 trains on its partition of digits; node 1 is the edge device (module docstring)."""
+    node_config = f"partition-id={partition} num-partitions=2"
+    if partition == 1:
+        node_config += f' data-root="{fed.edge_data}"'
     args = [
         "flower-supernode",
         "--superlink",
@@ -132,9 +157,10 @@ def _start_node(fed: Federation, partition: int, port: int) -> subprocess.Popen:
         "--port",
         str(_free_port()),
         "--node-config",
-        f"partition-id={partition} num-partitions=2",
+        node_config,
     ]
-    return _start(args, fed.root / f"node{partition}.log", fed.env, fed.root)
+    env = fed.edge_env if partition == 1 else fed.env
+    return _start(args, fed.root / f"node{partition}.log", env, fed.root)
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +202,8 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         root,
     )
     fed = Federation(root, env, superlink)
+    fed.edge_env = client_only_env(env, root / "client-only")
+    fed.edge_data = _edge_images(root / "edge-data")
     try:
         _wait_for_port(port, superlink, root / "superlink.log")
         subprocess.run(
@@ -247,6 +275,27 @@ def test_deployed_run_writes_the_output_contract(
     _check_contract(run_dir, strategy, failures=[0, 0])
     assert all(r["clients"] == 2 for r in _rows(run_dir))
     assert f"[fedsparse] {strategy} on digits" in output
+
+
+@needs_tools
+def test_an_edge_node_trains_fedpm_on_its_own_images(federation: Federation, tmp_path: Path):
+    """FedPM (its masked model sized from the job) trains on both nodes, the edge node
+    included; the edge node's Python really cannot import the server's packages."""
+    run_dir = tmp_path / "edge"
+    _deploy(federation, run_dir, "strategy=fedpm", "strategy.eval_samples=0")
+    _check_contract(run_dir, "fedpm", failures=[0, 0])
+    assert all(r["clients"] == 2 for r in _rows(run_dir))
+    probe = subprocess.run(
+        [sys.executable, "-c", "import client_app.app; import sklearn"],
+        cwd=REPO,
+        env=federation.edge_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert probe.returncode == 1 and "ModuleNotFoundError" in probe.stderr
+    assert "sklearn" in probe.stderr and "client_app" not in probe.stderr.split("\n")[-2]
+    assert "Traceback" not in (federation.root / "node1.log").read_text()
 
 
 @needs_tools
