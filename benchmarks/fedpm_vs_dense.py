@@ -178,14 +178,15 @@ def _mean(rows: list[dict], key: str) -> float:
     return statistics.fmean(r[key] for r in rows)
 
 
+def verdict(ok: bool) -> str:
+    return "met" if ok else "missed"
+
+
 def targets(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
     """The coding issue's targets per setting: cumulative wire bpp ≤ 0.60, ≥ 50× less uplink
     than FedAvg, coder overhead ≤ 2 %, accuracy equal to packed FedPM's, and encode + decode
     ≤ 25 % of a packed FedPM client's round (means over seeds)."""
     lines = ["## Against the targets", ""]
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "missed"
 
     for setting in sorted({p for _, p in groups}):
         dense = groups.get(("fedavg", setting))
@@ -229,9 +230,6 @@ def link_targets(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
     (moonshot ≤ 2), up + down ≥ 15× below FedAvg, KLMS encode + decode ≤ 25 % of its client's
     round; and the plain uint16 downlink's accuracy identical to the coded one's."""
     lines = ["## Both links: against the targets", ""]
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "missed"
 
     for setting in sorted({p for _, p in groups}):
         klms = groups.get(("fedpm (klms)", setting))
