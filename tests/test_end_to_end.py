@@ -232,8 +232,8 @@ def test_resuming_a_finished_run_changes_nothing(uninterrupted: tuple[Path, str]
     assert fewer.returncode != 0 and "finished 4 rounds" in fewer.stdout
     assert "Ray" not in done.stdout + fewer.stdout
     after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
-    assert {k: v for k, v in after.items() if k != "cli.log"} == {
-        k: v for k, v in before.items() if k != "cli.log"
+    assert {k: v for k, v in after.items() if k != "fedsparse.log"} == {
+        k: v for k, v in before.items() if k != "fedsparse.log"
     }
 
 
@@ -254,7 +254,7 @@ def test_resume_refuses_a_different_experiment(uninterrupted: tuple[Path, str]) 
         timeout=60,
     )
     assert result.returncode != 0
-    assert "['lr']" in result.stdout
+    assert "changes lr (the run has 0.05, given 0.2)" in result.stdout
 
 
 def test_sigkill_mid_round_then_resume_equals_uninterrupted(
