@@ -82,6 +82,9 @@ VARIANTS = {
         for name in ("fedavg", "lips", "fedpm", "topk", "signsgd")
     },
 }
+# Variants whose own algorithm costs differently get a floor of their own (the base strategy's
+# floor with these settings); the others are held against their base strategy's floor.
+OWN_FLOORS = {"fedpm-klms": ["uplink_coding=klms"]}
 GPU_PRESET = {
     "model": "resnet18",
     "dataset": "cifar10_synthetic",
@@ -122,6 +125,8 @@ class Row:
         """The strategy whose floor this row is held against."""
         if self.kind == "flower":
             return "fedavg"
+        if self.strategy in OWN_FLOORS:
+            return self.strategy
         return VARIANTS.get(self.strategy, (self.strategy,))[0]
 
     @property
@@ -261,14 +266,17 @@ def _stop_tree(proc: subprocess.Popen) -> None:
 def floor_strategies(strategies: list[str]) -> list[str]:
     """The strategies that get a 2-process floor: FedAvg (every row's reference) and the base
     strategy of each fedsparse row, once each."""
-    return list(dict.fromkeys(["fedavg", *(VARIANTS.get(s, (s,))[0] for s in strategies)]))
+    own = (s if s in OWN_FLOORS else VARIANTS.get(s, (s,))[0] for s in strategies)
+    return list(dict.fromkeys(["fedavg", *own]))
 
 
 def floor_command(args: argparse.Namespace, row: Row) -> list[str]:
     """``floor.py`` for ``row``, with the fedsparse rows' model, data set and local steps."""
     command = [sys.executable, "-m", "benchmarks.scale.floor", "--clients", str(row.clients)]
     command += ["--rounds", str(row.rounds), "--processes", row.kind.removeprefix("floor-")]
-    command += ["--strategy", row.strategy, "--model", args.model, "--dataset", args.dataset]
+    strategy = VARIANTS.get(row.strategy, (row.strategy,))[0]
+    command += ["--strategy", strategy, "--model", args.model, "--dataset", args.dataset]
+    command += [f"--set={setting}" for setting in OWN_FLOORS.get(row.strategy, [])]
     return command + ([] if args.local_steps is None else ["--local-steps", str(args.local_steps)])
 
 

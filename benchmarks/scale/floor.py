@@ -171,10 +171,23 @@ def main() -> None:
     parser.add_argument(
         "--local-steps", type=int, default=None, help="optimizer steps per round (default: 1 epoch)"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a strategy setting other than conf/'s default, e.g. --set uplink_coding=klms",
+    )
     args = parser.parse_args()
     _init_worker()
     work = Work(args.clients, args.model, args.dataset, args.local_steps)
-    run(Setup(work, args.strategy, args.rounds, strategy_params(args.strategy)), args.processes)
+    params = strategy_params(args.strategy)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in params:
+            parser.error(f"--set {item}: {args.strategy} has no setting {key!r}")
+        params[key] = yaml.safe_load(value)
+    run(Setup(work, args.strategy, args.rounds, params), args.processes)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from strategies.fedpm import (
     masked_model_name,
     sigmoid,
 )
+from strategies.klms_codec import KlmsSettings, decode_layer, encode_masks_klms, layer_key
 from strategies.lbgm import Scaled, projection, units_of
 from strategies.lips import SCORE_STREAM, layer_scores, lips_density, prunable_layers, prune_top
 from strategies.mask_codec import (
@@ -277,10 +278,21 @@ def fedpm_model(setup: Setup) -> nn.Module:
 def fedpm_share(
     setup: Setup, client_ids: list[int], priors: Arrays, server_round: int
 ) -> tuple[Arrays, int]:
-    """Each client's mask, range-coded against the uint16 θ it received (``priors``), then
-    decoded again and counted: the ones per entry over these clients, and how many."""
+    """Each client's mask, range-coded against the uint16 θ it received (``priors``), or under
+    ``uplink_coding=klms`` chosen among candidates drawn from it and sent as indices; then
+    decoded again (KLMS: the chosen candidates regenerated) and counted: the ones per entry over
+    these clients, and how many."""
     model = fedpm_model(setup)
     set_estimator(model, setup.params["estimator"])
+    params = setup.params
+    klms = None
+    if params.get("uplink_coding") == "klms":
+        klms = KlmsSettings(
+            params["klms_bits"],
+            params["klms_kl_per_block"],
+            params["klms_max_block"],
+            params["klms_fresh_kl"],
+        )
     scores = {  # the scores to train from: logit(q / 2¹⁶), decoded once for every client
         k: torch.from_numpy(logit(prior_probabilities(q)).astype(np.float32)).view(q.shape)
         for k, q in priors.items()
@@ -293,19 +305,38 @@ def fedpm_share(
         optimizer = torch.optim.Adam(model.parameters(), lr=setup.params["local_lr"], fused=True)
         setup.work.train_client(model, client_id, server_round, optimizer)
         set_mask_rng(model, None)
-        rng = MaskRNG(seed ^ MASK_STREAM)
-        masks = {
-            name: draw_bool_mask(torch.sigmoid(score.detach()), rng).numpy()
-            for name, score in model.state_dict().items()
-        }
-        replies.append(encode_masks(masks, priors))
+        if klms is None:
+            rng = MaskRNG(seed ^ MASK_STREAM)
+            masks = {
+                name: draw_bool_mask(torch.sigmoid(score.detach()), rng).numpy()
+                for name, score in model.state_dict().items()
+            }
+            replies.append((client_id, encode_masks(masks, priors)))
+        else:
+            probabilities = {k: sigmoid(v.numpy()) for k, v in model.state_dict().items()}
+            keys = _klms_keys(server_round, client_id, list(priors))
+            generator = np.random.default_rng(seed ^ MASK_STREAM)
+            coded, _ = encode_masks_klms(probabilities, priors, keys, klms, generator)
+            replies.append((client_id, coded))
     shapes = {k: tuple(q.shape) for k, q in priors.items()}
     counts: Arrays = {}
-    for coded in replies:
-        for name, mask in decode_masks(coded.stream, coded.header(), shapes, priors).items():
+    for client_id, coded in replies:
+        decoder = None
+        if klms is not None:
+            keys = _klms_keys(server_round, client_id, list(priors))
+
+            def decoder(name: str, segment: np.ndarray, keys=keys) -> np.ndarray:
+                return decode_layer(segment, priors[name], keys[name], klms, name)
+
+        masks = decode_masks(coded.stream, coded.header(), shapes, priors, decoder)
+        for name, mask in masks.items():
             count = counts.setdefault(name, np.zeros(mask.shape, np.int32))
             np.add(count, mask, out=count)
     return counts, len(replies)
+
+
+def _klms_keys(server_round: int, client_id: int, names: list[str]) -> dict[str, np.uint32]:
+    return {name: layer_key(SEED, server_round, client_id, i) for i, name in enumerate(names)}
 
 
 class FedPMFloor:
