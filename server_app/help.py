@@ -24,7 +24,7 @@ MOST_USED = (
 )
 EXAMPLES = (
     ("fedsparse", "FedAvg on mnist5k (ships with the install), 20 clients, 20 rounds"),
-    ("fedsparse strategy=fedpm num_rounds=10", "FedPM: masks of frozen random weights"),
+    ("fedsparse strategy=fedpm num_rounds=10 local_epochs=3", "FedPM: masks of frozen weights"),
     ("fedsparse strategy=lbgm strategy.delta=0.2 partition.alpha=0.1", "LBGM, skewed clients"),
     ("fedsparse --multirun strategy=fedavg,lips seed=0,1", "a sweep: 4 runs in multirun/"),
     ("fedsparse resume=true hydra.run.dir=outputs/<date>/<time>", "continue a stopped run"),
