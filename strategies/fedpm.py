@@ -548,12 +548,16 @@ class FedPM(MaskScores, FedSparseStrategy):
         self, server_round: int, arrays: ArrayRecord, cohort: list[int], message_type: str
     ) -> RecordDict:
         """A node's coded θ carries the self-contained stream unless its one client holds the
-        base (then the delta alone), and the delta when any of its clients holds the base."""
+        base (then the delta alone), and the delta when any of its clients holds the base. A
+        node that reduces its cohort decodes θ itself, without any client's base, so it always
+        gets the self-contained stream too (each client still counts only the stream it
+        decodes)."""
         content = super().node_content(server_round, arrays, cohort, message_type)
         if self.downlink_coded and message_type == MessageType.TRAIN:
             full = content[ARRAYS]
             holders = theta_codec.BASE in full and [c for c in cohort if c in self._holders]
-            kind = "delta" if holders and len(cohort) == 1 else "full" if holders else "self"
+            alone = len(cohort) == 1 and not self.job.reduce_cohorts
+            kind = "delta" if holders and alone else "full" if holders else "self"
             if kind not in self._variants:
                 drop = {"delta": theta_codec.SELF_CONTAINED, "self": theta_codec.DELTA}
                 variant = ArrayRecord()

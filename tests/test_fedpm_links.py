@@ -151,6 +151,24 @@ def test_klms_runs_reduce_in_cohorts_to_the_same_numbers(tmp_path) -> None:
     assert summary["total_bpp"] == pytest.approx(summary["uplink_bpp"] + summary["downlink_bpp"])
 
 
+@pytest.mark.parametrize("uplink", ["range", "klms"])
+def test_reducing_nodes_under_partial_participation_decode_the_coded_theta(
+    tmp_path, uplink: str
+) -> None:
+    """Clients sampled in turn, nodes of two that reduce: a node whose only sampled client
+    holds last round's θ used to get the delta alone, which the node's own mask counter
+    cannot decode without a client's base (every such round failed). Now no round fails and
+    the run equals one client per node, downlink bytes included (each client counts only the
+    stream it decodes)."""
+    partial = ["num_clients=6", "clients_per_round=3", "num_rounds=5", "partition=iid"]
+    coding = f"strategy.uplink_coding={uplink}"
+    single = _run(tmp_path, "k1", *partial, coding, "engine.clients_per_node=1")
+    paired = _run(tmp_path, "k2", *partial, coding, "engine.clients_per_node=2")
+    assert [r["failures"] for r in paired] == [0] * 5
+    keys = (*SAME, "downlink_bytes", "clients")
+    assert [[r[k] for k in keys] for r in single] == [[r[k] for k in keys] for r in paired]
+
+
 def test_a_client_that_lost_its_base_fails_once_then_gets_a_self_contained_theta() -> None:
     cfg = compose_config([*TOY_RUN, "num_rounds=4"])
     grid = InProcessGrid(cfg.num_clients)

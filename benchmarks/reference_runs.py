@@ -1,0 +1,90 @@
+"""Every strategy's numbers for a short fixed-seed run, recorded to check a refactor against.
+
+    python benchmarks/reference_runs.py --write      # record (before a refactor)
+    python benchmarks/reference_runs.py              # check: the same numbers, or the differences
+
+Each registered strategy runs 3 rounds in process (digits, 6 clients, 4 a round, Dirichlet,
+federated evaluation on, cohorts of 2) from seed 0; every metric of every round except the
+wall-clock ones is kept, floats as their exact repr. Same machine and library versions as the
+recording: the check asks for identity, not closeness (another CPU may round differently).
+Writes or reads ``benchmarks/results/reference_metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+import strategies  # noqa: E402
+from server_app.experiment import run_experiment  # noqa: E402
+from server_app.inprocess import InProcessGrid  # noqa: E402
+from server_app.results import read_metrics  # noqa: E402
+from server_app.settings import compose_config, validate  # noqa: E402
+
+RUN = [
+    "dataset=digits",
+    "num_clients=6",
+    "clients_per_round=4",
+    "num_rounds=3",
+    "partition.min_size=20",
+    "engine.clients_per_node=2",
+    "plots=false",
+    "seed=0",
+]
+WALL_CLOCK = ("round_s", "client_train_s", "fedpm_encode_s", "fedpm_decode_s")
+REFERENCE = REPO / "benchmarks" / "results" / "reference_metrics.json"
+
+
+def numbers(strategy: str) -> list[dict]:
+    """The metrics rows of a short run of ``strategy``, wall-clock fields dropped."""
+    cfg = compose_config([f"strategy={strategy}", *RUN])
+    validate(cfg)
+    with tempfile.TemporaryDirectory() as folder:
+        nodes = -(-cfg.num_clients // cfg.engine.clients_per_node)
+        run_experiment(InProcessGrid(nodes), cfg, Path(folder) / "run")
+        rows = read_metrics(Path(folder) / "run")
+    return [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in rows]
+
+
+def differences(expected: object, found: object, path: str = "") -> list[str]:
+    """Where two metric trees differ, as ``path: expected -> found``."""
+    if isinstance(expected, dict) and isinstance(found, dict):
+        keys = sorted(expected.keys() | found.keys())
+        return [d for k in keys for d in differences(expected.get(k), found.get(k), f"{path}.{k}")]
+    if isinstance(expected, list) and isinstance(found, list) and len(expected) == len(found):
+        return [
+            d
+            for i, (a, b) in enumerate(zip(expected, found, strict=True))
+            for d in differences(a, b, f"{path}[{i}]")
+        ]
+    return [] if expected == found else [f"{path}: {expected!r} -> {found!r}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="record instead of checking")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    found = {name: numbers(name) for name in strategies.available_algorithms()}
+    if args.write:
+        REFERENCE.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
+        print(f"recorded {len(found)} strategies in {REFERENCE}")
+        return
+    expected = json.loads(REFERENCE.read_text())
+    problems = differences(expected, json.loads(json.dumps(found)))
+    for line in problems[:40]:
+        print(line)
+    print(f"{len(problems)} differences over {len(found)} strategies")
+    raise SystemExit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()
