@@ -1,17 +1,22 @@
-"""Ctrl-C and SIGTERM: one line, Ray shut down, the clients' scratch state removed, exit 128 + n.
+"""Ctrl-C and SIGTERM: one line, Ray's processes stopped, the clients' scratch state removed,
+exit 128 + n.
 
 The handler is installed before anything heavy is imported, so a signal at any moment of a run
 (loading, starting Ray, mid-round, evaluating, checkpointing) takes the same path. Flower's
 simulation runs the ServerApp in a thread that a KeyboardInterrupt in the main thread never
-reaches, and Ray's actors die of the same Ctrl-C and make that thread raise: so the handler does
-not unwind the stack, it says what to do next, silences the process's output (the dying threads'
-tracebacks), cleans up in a helper thread and leaves with ``os._exit``. Nothing is lost: the
+reaches, and a terminal's Ctrl-C reaches Ray's daemons and actors too: they die, Flower's
+threads raise, and Ray's driver ends this process with status 1 as soon as it sees its raylet
+gone. So the handler does not unwind the stack or wait for an orderly ``ray.shutdown``: it
+says what to do next, silences the process's output (the dying threads' tracebacks), removes
+the scratch folders, kills every process this one started (Ray's daemons and actors, whether or
+not the signal reached them) and leaves at once with ``os._exit``. Nothing is lost: the
 checkpoint of the last finished round is written atomically, and the printed command continues
-the run from it. A second signal while cleaning up leaves at once.
+the run from it. A second signal arriving meanwhile leaves at once too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -20,8 +25,6 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-
-CLEANUP_S = 15.0  # longest wait for Ray's shutdown before leaving anyway
 
 
 @dataclass
@@ -49,17 +52,23 @@ def stop_message(signum: int) -> str:
     return f"[fedsparse] {name}: stopped; continue with: {resume_command(RUN.run_dir)}"
 
 
-def _cleanup_and_exit(code: int) -> None:
-    ray = sys.modules.get("ray")
-    if ray is not None:
+def _children() -> list[int]:
+    """Every live descendant of this process (Ray's daemons, workers and actors)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            if ray.is_initialized():
-                ray.shutdown()  # a private local Ray stops; an attached cluster is disconnected
-        except Exception:
-            pass
-    for folder in RUN.scratch:
-        shutil.rmtree(folder, ignore_errors=True)
-    os._exit(code)
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [os.getpid()]
+    while stack:
+        for child in parents.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
 
 
 def _mute() -> None:
@@ -71,16 +80,17 @@ def _mute() -> None:
 
 def _handle(signum: int, _frame: object) -> None:
     code = 128 + signum
-    if _stopping.is_set():  # the second Ctrl-C: leave now
+    if _stopping.is_set():  # a second signal while stopping: leave now
         os._exit(code)
     _stopping.set()
     sys.stdout.flush()
     print(f"\n{stop_message(signum)}", file=sys.stderr, flush=True)
     _mute()
-    threading.Thread(target=_cleanup_and_exit, args=(code,), daemon=True).start()
-    # wait here (interruptibly: a second signal re-enters this handler) so the main thread does
-    # not go on running the experiment while the helper cleans up
-    threading.Event().wait(CLEANUP_S)
+    for folder in RUN.scratch:
+        shutil.rmtree(folder, ignore_errors=True)
+    for pid in _children():  # a private local Ray; an attached cluster only loses this driver
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
     os._exit(code)
 
 

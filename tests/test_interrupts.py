@@ -22,6 +22,7 @@ from tests.processes import descendants, kill_tree
 REPO = Path(__file__).resolve().parents[1]
 SMALL_RUN = ["dataset=digits", "num_clients=5", "local_epochs=1", "partition.min_size=20"]
 EARLY_INTERRUPTS = 8  # at seeded random moments from the start: imports, config, data, Ray
+LIVE_CHILDREN = interrupts._children  # the real one: the handler fixture stubs it
 MID_RUN = [(signal.SIGINT, True), (signal.SIGTERM, False)]  # after round 1: group / the process
 
 
@@ -33,7 +34,7 @@ def handler(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[int]:
     monkeypatch.setattr(interrupts, "_stopping", threading.Event())
     monkeypatch.setattr(interrupts, "RUN", interrupts.RunInfo())
     monkeypatch.setattr(interrupts, "_mute", lambda: None)
-    monkeypatch.setattr(interrupts, "CLEANUP_S", 2.0)
+    monkeypatch.setattr(interrupts, "_children", lambda: [])  # never pytest's own processes
 
     def exit_now(code: int) -> None:
         exits.append(code)
@@ -74,16 +75,21 @@ def test_a_run_stopped_before_it_started_says_to_run_the_command_again(
     assert "run the same command again" in interrupts.stop_message(signal.SIGINT)
 
 
-def test_a_second_signal_while_cleaning_up_exits_at_once(
+def test_the_handler_kills_the_processes_the_run_started(
     handler: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The cleanup hangs (a Ray that does not shut down): the second Ctrl-C leaves at once."""
-    monkeypatch.setattr(interrupts, "_cleanup_and_exit", lambda code: time.sleep(30))
-    threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
-    started = time.monotonic()
-    with pytest.raises(SystemExit):
-        signal.raise_signal(signal.SIGINT)
-    assert handler == [130] and time.monotonic() - started < 1.5
+    """Ray's daemons and actors are this process's descendants: each is killed before the
+    exit, whether or not the signal reached it (SIGTERM to the run's process alone)."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        assert child.pid in LIVE_CHILDREN()
+        monkeypatch.setattr(interrupts, "_children", lambda: [child.pid])
+        with pytest.raises(SystemExit):
+            signal.raise_signal(signal.SIGTERM)
+        assert child.wait(timeout=5) == -signal.SIGKILL and handler == [143]
+    finally:
+        child.kill()
+        child.wait()
 
 
 def _interrupt(run_dir: Path, signum: int, *, group: bool, when: float | None, twice: bool):
@@ -146,7 +152,9 @@ def _assert_clean_stop(run_dir: Path, code: int, output: str, signum: int, seen:
 def test_ctrl_c_at_seeded_random_moments_stops_cleanly(tmp_path: Path) -> None:
     """Ten interrupts: eight at seeded random moments in the first 12 s (imports, config, data,
     Ray's start, the first rounds; the third of them a double Ctrl-C), then SIGINT to the
-    process group and SIGTERM to the process after round 1 (mid-round, evaluation, checkpoint)."""
+    process group and SIGTERM to the process after round 1 (mid-round, evaluation, checkpoint).
+    A Ctrl-C reaches Ray's daemons too, and Ray's driver used to exit with status 1 when it saw
+    them die before the handler had finished (seen once in 20 here): the exit code is checked."""
     rng = random.Random(31)
     for i in range(EARLY_INTERRUPTS):
         run_dir = tmp_path / f"early{i}"
