@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
 
 import strategies
-from client_app.faults import corrupt_stream
 from data.federated import central_test, dataset_info
 from models.masked import (
     MaskedConv2d,
@@ -47,7 +46,6 @@ from strategies.fedpm import (
     WeightMismatchError,
     build_fedpm_model,
     logit,
-    received_theta,
     sigmoid,
 )
 from strategies.mask_codec import (
@@ -63,7 +61,7 @@ from strategies.protocol.cohort import ClientDirectory
 from strategies.protocol.job import ClientJob
 from strategies.protocol.registry import Algorithm, register_algorithm
 from strategies.protocol.validation import ReplyError
-from strategies.protocol.wire import pack_clients
+from tests.fedpm_replies import coded_replies
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_RUN = [
@@ -598,31 +596,13 @@ def test_client_codes_against_the_received_theta_and_shrinks_once_polarised() ->
     assert sizes["polarised"] < packed / 4
 
 
+def _range_coded(job: ClientJob, client: int, priors: dict, rng: np.random.Generator):
+    """Masks sampled from θ itself, range-coded against it."""
+    return encode_masks({k: rng.random(q.shape) < q / 65536 for k, q in priors.items()}, priors)
+
+
 def _coded_replies(corrupt: dict[int, str], absent: frozenset[int] = frozenset()):
-    """A FakeGrid handler replying for every client with a mask coded against the downlink θ,
-    client c's damaged as ``corrupt[c]`` names and the clients in ``absent`` left out."""
-
-    def handler(msg):
-        job = ClientJob.from_record(msg.content["config"])
-        priors, _ = received_theta(msg.content[ARRAYS])
-        per_client = {}
-        for c in job.client_ids:
-            if c in absent:
-                continue
-            rng = np.random.default_rng(c)
-            masks = {k: rng.random(q.shape) < q / 65536 for k, q in priors.items()}
-            coded = encode_masks(masks, priors)
-            records = {
-                ARRAYS: ArrayRecord({STREAM: Array(coded.stream)}),
-                CODE: coded.header(),
-                "metrics": MetricRecord({"num-examples": 10, "train-loss": 0.5}),
-            }
-            if c in corrupt:
-                corrupt_stream(records, corrupt[c])
-            per_client[c] = records
-        return Message(pack_clients(per_client), reply_to=msg)
-
-    return handler
+    return coded_replies(_range_coded, corrupt, absent)
 
 
 @pytest.mark.parametrize(

@@ -8,21 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord
 
-from client_app.faults import corrupt_stream
 from server_app.experiment import initial_arrays, run_experiment
 from server_app.inprocess import InProcessGrid
 from server_app.replies import stream_replies
 from server_app.settings import build_strategy, compose_config
 from strategies import theta_codec
-from strategies.fedpm import CODE, EXPORT_FILE, STREAM, klms_keys, klms_settings, received_theta
+from strategies.fedpm import EXPORT_FILE, klms_keys, klms_settings
 from strategies.klms_codec import encode_masks_klms
 from strategies.mask_codec import quantize_prior
-from strategies.protocol.base import ARRAYS
 from strategies.protocol.cohort import ClientDirectory
 from strategies.protocol.job import ClientJob
-from strategies.protocol.wire import pack_clients
+from tests.fedpm_replies import coded_replies
 
 TOY_RUN = [
     "strategy=fedpm",
@@ -184,36 +182,17 @@ def test_a_client_that_lost_its_base_fails_once_then_gets_a_self_contained_theta
 
 
 # ---------------------------------------------------------------------------- bad streams
+def _klms_coded(job: ClientJob, client: int, priors: dict, rng: np.random.Generator):
+    """The client's q = θ nudged, KLMS-coded against θ."""
+    q = {k: np.clip(p / 65536 + rng.normal(0, 0.05, p.shape), 0, 1) for k, p in priors.items()}
+    coded, _ = encode_masks_klms(
+        q, priors, klms_keys(job, client, list(priors)), klms_settings(job), rng
+    )
+    return coded
+
+
 def _klms_replies(corrupt: dict[int, str], absent: frozenset[int] = frozenset()):
-    """A FakeGrid handler replying for every client with a KLMS-coded mask (q = θ nudged),
-    client c's damaged as ``corrupt[c]`` names and the clients in ``absent`` left out."""
-
-    def handler(msg):
-        job = ClientJob.from_record(msg.content["config"])
-        priors, _ = received_theta(msg.content[ARRAYS])
-        per_client = {}
-        for c in job.client_ids:
-            if c in absent:
-                continue
-            rng = np.random.default_rng(c)
-            q = {
-                k: np.clip(p / 65536 + rng.normal(0, 0.05, p.shape), 0, 1)
-                for k, p in priors.items()
-            }
-            coded, _ = encode_masks_klms(
-                q, priors, klms_keys(job, c, list(priors)), klms_settings(job), rng
-            )
-            records = {
-                ARRAYS: ArrayRecord({STREAM: Array(coded.stream)}),
-                CODE: coded.header(),
-                "metrics": MetricRecord({"num-examples": 10, "train-loss": 0.5}),
-            }
-            if c in corrupt:
-                corrupt_stream(records, corrupt[c])
-            per_client[c] = records
-        return Message(pack_clients(per_client), reply_to=msg)
-
-    return handler
+    return coded_replies(_klms_coded, corrupt, absent)
 
 
 @pytest.mark.parametrize("kind", ["truncate", "extend", "garble", "flag"])

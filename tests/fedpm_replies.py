@@ -1,0 +1,46 @@
+"""A FakeGrid handler that answers FedPM train messages with coded masks (tests' shared fake)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
+
+from client_app.faults import corrupt_stream
+from strategies.fedpm import CODE, STREAM, received_theta
+from strategies.mask_codec import CodedMasks
+from strategies.protocol.base import ARRAYS
+from strategies.protocol.job import ClientJob
+from strategies.protocol.wire import pack_clients
+
+# (job, client id, the θ it received as uint16, the client's generator) -> its coded masks
+Encoder = Callable[[ClientJob, int, dict[str, np.ndarray], np.random.Generator], CodedMasks]
+
+
+def coded_replies(
+    encode: Encoder, corrupt: dict[int, str], absent: frozenset[int] = frozenset()
+) -> Callable[[Message], Message]:
+    """A handler replying for every client with the masks ``encode`` codes against the
+    downlink θ, client c's reply damaged as ``corrupt[c]`` names, the clients in ``absent``
+    left out."""
+
+    def handler(msg: Message) -> Message:
+        job = ClientJob.from_record(msg.content["config"])
+        priors, _ = received_theta(msg.content[ARRAYS])
+        per_client = {}
+        for c in job.client_ids:
+            if c in absent:
+                continue
+            coded = encode(job, c, priors, np.random.default_rng(c))
+            records = {
+                ARRAYS: ArrayRecord({STREAM: Array(coded.stream)}),
+                CODE: coded.header(),
+                "metrics": MetricRecord({"num-examples": 10, "train-loss": 0.5}),
+            }
+            if c in corrupt:
+                corrupt_stream(records, corrupt[c])
+            per_client[c] = records
+        return Message(pack_clients(per_client), reply_to=msg)
+
+    return handler
