@@ -41,7 +41,7 @@ from server_app.results import (
     total_bpp,
     write_summary,
 )
-from server_app.resume import rounds_note
+from server_app.resume import CONFIG_FILE, rounds_note
 from server_app.settings import ConfigError, build_strategy, client_job, strategy_params
 from server_app.tracking import start as start_tracking
 from strategies.protocol.arrays import to_array_record
@@ -49,7 +49,6 @@ from strategies.protocol.cohort import ClientDirectory
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoint"
 RESUMABLE_KEYS = ("num_rounds", "resume", *NUMBER_NEUTRAL_KEYS)
 

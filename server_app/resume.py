@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from server_app.results import NUMBER_NEUTRAL_KEYS, flatten_config
 from server_app.settings import ConfigError
 
-CONFIG_FILE = "config.yaml"
+CONFIG_FILE = "config.yaml"  # a run folder's resolved config: the run itself
 FREE_KEYS = ("resume", *NUMBER_NEUTRAL_KEYS)  # taken from the command line (or its defaults)
 
 
