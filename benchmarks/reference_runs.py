@@ -3,10 +3,11 @@
     python benchmarks/reference_runs.py --write      # record (before a refactor)
     python benchmarks/reference_runs.py              # check: the same numbers, or the differences
 
-Each registered strategy runs 3 rounds in process (digits, 6 clients, 4 a round, Dirichlet,
-federated evaluation on, cohorts of 2) from seed 0; every metric of every round except the
-wall-clock ones is kept, floats as their exact repr. Same machine and library versions as the
-recording: the check asks for identity, not closeness (another CPU may round differently).
+Each registered strategy, and the variants in ``VARIANTS``, runs 3 rounds in process
+(digits, 6 clients, 4 a round, Dirichlet, federated evaluation on, cohorts of 2) from seed 0;
+every metric of every round except the wall-clock ones is kept, floats as their exact repr.
+Same machine and library versions as the recording: the check asks for identity, not closeness
+(another CPU may round differently).
 Writes or reads ``benchmarks/results/reference_metrics.json``.
 """
 
@@ -39,13 +40,26 @@ RUN = [
     "plots=false",
     "seed=0",
 ]
+VARIANTS = {  # settings that take other code paths than a strategy's defaults
+    "fedpm+klms": ["strategy=fedpm", "strategy.uplink_coding=klms"],
+    "fedpm+plain": [
+        "strategy=fedpm",
+        "strategy.downlink_coding=plain",
+        "strategy.uplink_coding=packed",
+    ],
+    "lbgm+topk": ["strategy=lbgm", "strategy.compressor=topk", "strategy.delta=0.9"],
+    "lbgm+model": ["strategy=lbgm", "strategy.granularity=model", "strategy.delta=0.9"],
+    "lips+period2": ["strategy=lips", "strategy.period=2", "bn_policy=local"],
+    "fedavg+weightcap": ["strategy=fedavg", "max_client_weight=5", "engine.reduce_cohorts=false"],
+    "topk+momentum": ["strategy=topk", "strategy.server_momentum=0.9", "local_steps=2"],
+}
 WALL_CLOCK = ("round_s", "client_train_s", "fedpm_encode_s", "fedpm_decode_s")
 REFERENCE = REPO / "benchmarks" / "results" / "reference_metrics.json"
 
 
-def numbers(strategy: str) -> list[dict]:
-    """The metrics rows of a short run of ``strategy``, wall-clock fields dropped."""
-    cfg = compose_config([f"strategy={strategy}", *RUN])
+def numbers(overrides: list[str]) -> list[dict]:
+    """The metrics rows of a short run with ``overrides``, wall-clock fields dropped."""
+    cfg = compose_config([*overrides, *RUN])
     validate(cfg)
     with tempfile.TemporaryDirectory() as folder:
         nodes = -(-cfg.num_clients // cfg.engine.clients_per_node)
@@ -73,7 +87,8 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="record instead of checking")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    found = {name: numbers(name) for name in strategies.available_algorithms()}
+    runs = {name: [f"strategy={name}"] for name in strategies.available_algorithms()}
+    found = {name: numbers(overrides) for name, overrides in {**runs, **VARIANTS}.items()}
     if args.write:
         REFERENCE.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
         print(f"recorded {len(found)} strategies in {REFERENCE}")
@@ -82,7 +97,7 @@ def main() -> None:
     problems = differences(expected, json.loads(json.dumps(found)))
     for line in problems[:40]:
         print(line)
-    print(f"{len(problems)} differences over {len(found)} strategies")
+    print(f"{len(problems)} differences over {len(found)} runs")
     raise SystemExit(1 if problems else 0)
 
 
