@@ -26,15 +26,8 @@ from client_app.faults import InjectedFault, corrupt_reply, plan_faults
 from client_app.state_files import client_state
 from data.device import device_data
 from data.federated import DataSpec, client_data
-from models.training import (
-    TensorData,
-    evaluate,
-    resolve_device,
-    round_seed,
-    seed_torch,
-    train_epochs,
-)
-from strategies.protocol.base import ClientAlgorithm
+from models.training import TensorData, evaluate, resolve_device, round_seed, seed_torch
+from strategies.protocol.client import ClientAlgorithm, ClientContext
 from strategies.protocol.cohort import QUERY_CONFIG, hosted_clients
 from strategies.protocol.job import ClientJob, DataInfo
 from strategies.protocol.reduction import CohortReducer
@@ -144,60 +137,51 @@ def _prepare(msg: Message, context: Context) -> tuple[ClientJob, torch.device]:
     return job, resolve_device(job.device)
 
 
-def _receive(
-    algorithm: ClientAlgorithm,
-    msg: Message,
+def client_context(
+    content: RecordDict,
     job: ClientJob,
     client_id: int,
-    state: ClientState,
-    device: torch.device,
-) -> nn.Module:
+    state: ClientState | None,
+    device: torch.device = torch.device("cpu"),
+) -> ClientContext:
+    """What the algorithm's client half is told about ``client_id`` in ``job``'s round."""
+    params = strategies.get_algorithm(job.algorithm).params.from_job(job)
+    seed = round_seed(job.seed, job.server_round, client_id)
+    return ClientContext(client_id, job, params, state, device, seed, content)
+
+
+def _receive(algorithm: ClientAlgorithm, ctx: ClientContext) -> nn.Module:
     """The client's starting model: the received payload, then its own BN under bn_policy=local."""
-    model = _ModelTemplates.fresh(job, device)
-    algorithm.receive(model, msg.content, client_id, job, state)
-    if job.bn_policy == "local":
-        restore_local_batchnorm(model, state)
+    model = _ModelTemplates.fresh(ctx.job, ctx.device)
+    algorithm.receive(ctx, model)
+    if ctx.job.bn_policy == "local":
+        restore_local_batchnorm(model, ctx.state)
     return model
 
 
-def _train_one(
-    msg: Message,
-    context: Context,
-    job: ClientJob,
-    client_id: int,
-    device: torch.device,
-    state: ClientState,
-) -> dict[str, Record]:
+def _train_one(msg: Message, context: Context, ctx: ClientContext) -> dict[str, Record]:
+    job, client_id = ctx.job, ctx.client_id
     algorithm = strategies.get_algorithm(job.algorithm).client()
     faults = plan_faults(job, client_id)
     if faults.error:
         raise InjectedFault(f"injected failure of client {client_id} (faults.error_rate)")
     if faults.slow_s:
         time.sleep(faults.slow_s)
-    seed = round_seed(job.seed, job.server_round, client_id)
-    seed_torch(seed, device)
-    model = _receive(algorithm, msg, job, client_id, state, device)
+    seed_torch(ctx.seed, ctx.device)
+    model = _receive(algorithm, ctx)
     train, _ = _client_tensors(
-        job.data_spec(), job.data_info(), client_id, str(device), _data_root(context)
+        job.data_spec(), job.data_info(), client_id, str(ctx.device), _data_root(context)
     )
     started = time.perf_counter()
-    algorithm.prepare(model, train, client_id, job, state)
-    loss = train_epochs(
-        model,
-        train,
-        algorithm.optimizer(model, job),
-        job.local_epochs,
-        job.batch_for(len(train)),
-        seed,
-        steps=job.local_steps,
-    )
+    algorithm.prepare(ctx, model, train)
+    trained = algorithm.train(ctx, model, train)
     if job.bn_policy == "local":
-        keep_local_batchnorm(model, state)
-    records = algorithm.reply(model, client_id, job, state)
+        keep_local_batchnorm(model, ctx.state)
+    records = algorithm.reply(ctx, model, trained)
     metrics = MetricRecord(
         {
             "num-examples": len(train),
-            "train-loss": loss,
+            "train-loss": trained.loss,
             "train-s": time.perf_counter() - started,
         }
     )
@@ -224,7 +208,7 @@ def directory(msg: Message, context: Context) -> Message:
 
 def _reducer(job: ClientJob, msg: Message) -> CohortReducer | None:
     """The cohort's running sum when the job asks this node to reduce (None: reply per client)."""
-    kind = strategies.get_algorithm(job.algorithm).server.cohort_sum_type
+    kind = strategies.get_algorithm(job.algorithm).cohort_sum
     if not job.reduce_cohorts or kind is None:
         return None
     return CohortReducer(kind(job, msg.content[ARRAYS]))
@@ -243,7 +227,8 @@ def train(msg: Message, context: Context) -> Message:
     reducer = _reducer(job, msg)
     per_client: dict[int, dict[str, Record]] = {}
     for client_id in job.client_ids:
-        records = _train_one(msg, context, job, client_id, device, states[client_id])
+        ctx = client_context(msg.content, job, client_id, states[client_id], device)
+        records = _train_one(msg, context, ctx)
         if reducer is None:
             per_client[client_id] = records
         else:
@@ -262,7 +247,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     per_client: dict[int, dict[str, Record]] = {}
     for client_id in job.client_ids:
         state = client_state(context.state, client_id, job.state_dir, context.run_id)
-        model = _receive(algorithm, msg, job, client_id, state, device)
+        model = _receive(algorithm, client_context(msg.content, job, client_id, state, device))
         _, test = _client_tensors(
             job.data_spec(), job.data_info(), client_id, str(device), _data_root(context)
         )

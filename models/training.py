@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,6 +123,14 @@ def _batches(
         epoch += 1
 
 
+@dataclass(frozen=True)
+class TrainResult:
+    """What a client's local training did: its mean mini-batch loss and its optimizer steps."""
+
+    loss: float
+    steps: int
+
+
 def train_epochs(
     model: nn.Module,
     data: TensorData,
@@ -131,27 +139,35 @@ def train_epochs(
     batch_size: int,
     seed: int,
     steps: int | None = None,
-) -> float:
-    """Mini-batch training with a seeded shuffle per epoch; returns the mean training loss.
+    loss_term: Callable[[nn.Module], torch.Tensor | None] | None = None,
+    before_step: Callable[[nn.Module], None] | None = None,
+) -> TrainResult:
+    """Mini-batch training with a seeded shuffle per epoch.
 
     ``steps`` (the ``local_steps`` key) replaces ``epochs``: exactly that many optimizer steps.
+    ``loss_term`` adds to each batch's cross-entropy before the backward pass (the reported
+    loss stays the cross-entropy); ``before_step`` runs between the backward pass and the step.
     """
     model.train()
     has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     generator = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
-    total, seen = 0.0, 0
+    total, seen, taken = 0.0, 0, 0
     batches = _batches(
         len(data), batch_size, epochs, steps, generator, has_batch_norm, data.x.device
     )
     for batch in batches:
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(data.x[batch]), data.y[batch])
-        loss.backward()
+        extra = None if loss_term is None else loss_term(model)
+        (loss if extra is None else loss + extra).backward()
+        if before_step is not None:
+            before_step(model)
         optimizer.step()
         total += float(loss.detach()) * len(batch)
         seen += len(batch)
-    return total / max(seen, 1)
+        taken += 1
+    return TrainResult(total / max(seen, 1), taken)
 
 
 @torch.no_grad()

@@ -209,26 +209,27 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path, sweep: Path | Non
         round_start = time.perf_counter()
         messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
         replies = stream_replies(grid, messages, timeout=cfg.round_timeout_s)
-        new_arrays, _ = strategy.aggregate_train(server_round, replies)
-        if new_arrays is None:
+        result = strategy.aggregate_train(server_round, replies)
+        stats = result.stats
+        if result.arrays is None:
             raise RuntimeError(
-                f"round {server_round}: only {strategy.stats.clients} valid replies, fewer than "
-                f"min_replies={cfg.min_replies} (failures {strategy.stats.failures}, rejected "
-                f"{dict(strategy.stats.rejected)}); {_resume_hint(run_dir)}"
+                f"round {server_round}: only {stats.clients} valid replies, fewer than "
+                f"min_replies={cfg.min_replies} (failures {stats.failures}, rejected "
+                f"{dict(stats.rejected)}); {_resume_hint(run_dir)}"
             )
-        row = {"round": server_round, **strategy.stats.to_metrics()}
+        row = {"round": server_round, **stats.to_metrics()}
         row.update(link_bpp(row, num_params))
         row.update(
             monitor.observe(
                 server_round,
                 arrays,
-                new_arrays,
-                strategy.mean_client_delta(),
-                [u.delta_norms for u in strategy.last_updates],
-                strategy.monitor_weights(),
+                result.arrays,
+                result.mean_delta,
+                [u.delta_norms for u in result.updates],
+                result.weights,
             )
         )
-        arrays = new_arrays
+        arrays = result.arrays
         if cfg.federated_eval:
             eval_messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
             fed = strategy.aggregate_evaluate(

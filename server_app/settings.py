@@ -28,7 +28,7 @@ from data.federated import LOCAL_TESTS, client_partition, dataset_info
 from data.partition import PARTITIONS
 from server_app import tracking
 from server_app.engine import AUTO, with_clients_per_node
-from strategies.protocol.base import FedSparseStrategy
+from strategies.protocol.base import FedSparseStrategy, reduces_cohorts
 from strategies.protocol.cohort import ClientDirectory
 from strategies.protocol.job import FULL_BATCH, ClientJob
 
@@ -161,7 +161,6 @@ def validate(cfg: DictConfig) -> None:
             cfg.local_epochs,
             cfg.local_steps,
         )
-    _warn_idle_topk_ratio(cfg)
     if cfg.partition.name in ("dirichlet", "dirichlet_draw"):
         _check(cfg, "partition.alpha", lambda v: _is_number(v) and v > 0, "must be a number > 0")
     if cfg.partition.name == "dirichlet":
@@ -231,28 +230,6 @@ def validate(cfg: DictConfig) -> None:
             "invalid config: device='cuda': torch sees no GPU; use device=auto or cpu"
         )
     build_strategy(with_clients_per_node(cfg, actors=None), ClientDirectory(cfg.num_clients, 1))
-
-
-def _warn_idle_topk_ratio(cfg: DictConfig) -> None:
-    """A ``strategy.topk_ratio`` other than the strategy's default changes nothing when its
-    ``strategy.compressor`` is not top-k: none and sign send every entry (sign, its sign)."""
-    strategy = cfg.strategy
-    if "topk_ratio" not in strategy or strategy.get("compressor", "topk") == "topk":
-        return
-    default = _strategy_defaults(str(strategy.name)).get("topk_ratio")
-    if strategy.topk_ratio != default:
-        log.warning(
-            "strategy.topk_ratio=%s changes nothing: strategy.compressor=%s keeps every entry "
-            "(top-k needs strategy.compressor=topk)",
-            strategy.topk_ratio,
-            strategy.compressor,
-        )
-
-
-@cache
-def _strategy_defaults(name: str) -> DictConfig:
-    """The strategy group's values as conf/ sets them for ``strategy=name``."""
-    return compose_config([f"strategy={name}"]).strategy
 
 
 OWN_KEY_CHECKS = ("strategy", "hydra")  # the strategy names its unknown parameters itself
@@ -377,8 +354,8 @@ def client_job(cfg: DictConfig) -> ClientJob:
         state_dir=client_state_dir(cfg),
         params={k: v for k, v in strategy_params(cfg).items() if v is not None},
     )
-    server = strategies.get_algorithm(cfg.strategy.name).server
-    job = replace(job, reduce_cohorts=server.reduces_cohorts(job, cfg.max_client_weight))
+    node_sum = strategies.get_algorithm(cfg.strategy.name).cohort_sum
+    job = replace(job, reduce_cohorts=reduces_cohorts(job, cfg.max_client_weight, node_sum))
     return job.described() if cfg.engine.get("describe_data", False) else job
 
 
@@ -389,8 +366,8 @@ def cohorts_reduce(cfg: DictConfig) -> bool:
         clients_per_node=2,
         reduce_cohorts=bool(cfg.engine.get("reduce_cohorts", False)),
     )
-    server = strategies.get_algorithm(cfg.strategy.name).server
-    return server.reduces_cohorts(job, cfg.max_client_weight)
+    node_sum = strategies.get_algorithm(cfg.strategy.name).cohort_sum
+    return reduces_cohorts(job, cfg.max_client_weight, node_sum)
 
 
 def client_state_dir(cfg: DictConfig) -> str:

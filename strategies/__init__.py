@@ -1,7 +1,13 @@
-"""Federated algorithms: each module holds a server strategy, its client half and its codec;
-``strategies.protocol`` holds what they share."""
+"""Federated algorithms: each module or package here holds a server strategy, its client half
+and its codec, and registers itself on import; ``strategies.protocol`` holds what they share.
 
-from strategies import fedavg, fedpm, lbgm, lips  # noqa: F401  (registers the built-in algorithms)
+Importing this package imports every module beside it, so a new algorithm file in this folder
+is registered without any other change.
+"""
+
+import importlib
+import pkgutil
+
 from strategies.protocol.registry import (
     Algorithm,
     available_algorithms,
@@ -9,6 +15,9 @@ from strategies.protocol.registry import (
     get_algorithm,
     register_algorithm,
 )
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "Algorithm",

@@ -8,7 +8,7 @@ import numpy as np
 from flwr.app import ArrayRecord
 
 from strategies.protocol.arrays import l2_norm, to_array_record, to_numpy_dict
-from strategies.protocol.base import ARRAYS, ClientAlgorithm, ClientUpdate, FedSparseStrategy
+from strategies.protocol.base import ARRAYS, ClientUpdate, FedSparseStrategy
 from strategies.protocol.job import ClientJob
 from strategies.protocol.reduction import CohortSum
 from strategies.protocol.registry import Algorithm, register_algorithm
@@ -64,6 +64,10 @@ class WeightedArrays(CohortSum):
     def merge(self, partial: Mapping[str, np.ndarray], weight: int) -> None:
         self.sum.merge(partial, weight)
 
+    def result(self) -> dict[str, np.ndarray]:
+        """The weighted mean Σ n_c θ_c / Σ n_c, in float64."""
+        return self.sum.mean()
+
 
 class FedAvg(FedSparseStrategy):
     """Weighted averaging of the clients' trained weights."""
@@ -76,7 +80,7 @@ class FedAvg(FedSparseStrategy):
         return self._mean_delta
 
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
-        means = self.running.sum.mean()
+        means = self.running.result()
         base = to_numpy_dict(self.global_arrays)
         self._mean_delta = {  # Σ s_c (θ_c − W) = θ − W, the shares summing to 1
             name: mean - base[name] for name, mean in means.items() if base[name].dtype.kind == "f"
@@ -84,4 +88,4 @@ class FedAvg(FedSparseStrategy):
         return to_array_record(cast_like(means, base))
 
 
-register_algorithm(Algorithm("fedavg", FedAvg, ClientAlgorithm))
+register_algorithm(Algorithm("fedavg", FedAvg))

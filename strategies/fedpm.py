@@ -33,7 +33,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -54,7 +54,14 @@ from models.masked import (
     set_mask_rng,
     weight_hash,
 )
-from models.training import TensorData, evaluate, load_weights, resolve_device, round_seed
+from models.training import (
+    TensorData,
+    TrainResult,
+    evaluate,
+    load_weights,
+    resolve_device,
+    round_seed,
+)
 from strategies import theta_codec
 from strategies.decode_pool import DecodePool
 from strategies.klms_codec import KlmsSettings, decode_layer, encode_masks_klms, kl_bits, layer_key
@@ -72,17 +79,12 @@ from strategies.mask_codec import (
     unpack_mask,
 )
 from strategies.protocol.arrays import dot, to_array_record, to_numpy, to_numpy_dict
-from strategies.protocol.base import (
-    ARRAYS,
-    REPLY_SLACK_BYTES,
-    SAMPLE_TRAIN,
-    ClientAlgorithm,
-    ClientUpdate,
-    FedSparseStrategy,
-    finite_or_zero,
-)
+from strategies.protocol.base import ARRAYS, REPLY_SLACK_BYTES, ClientUpdate, FedSparseStrategy
+from strategies.protocol.client import ClientAlgorithm, ClientContext
+from strategies.protocol.engine import SAMPLE_TRAIN, finite_or_zero
 from strategies.protocol.job import ClientJob
 from strategies.protocol.layers import LayerView, is_layer_weight
+from strategies.protocol.params import Params, check_choice, check_count, check_number
 from strategies.protocol.reduction import CohortSum
 from strategies.protocol.registry import Algorithm, register_algorithm
 from strategies.protocol.update import METRICS
@@ -90,7 +92,6 @@ from strategies.protocol.validation import ReplyError, require_record
 from strategies.protocol.wire import (
     ClientState,
     Record,
-    client_key,
     decoded_tensors,
     record_bytes,
 )
@@ -137,17 +138,6 @@ def job_weight_seed(job: ClientJob) -> int:
     """``strategy.weight_seed`` when set, else derived from the run seed."""
     value = job.params.get("weight_seed")
     return derived_weight_seed(job.seed) if value is None else int(value)
-
-
-def klms_settings(job: ClientJob) -> KlmsSettings:
-    """The job's ``strategy.klms_*`` settings (the same on both ends)."""
-    defaults = KlmsSettings()
-    return KlmsSettings(
-        bits=int(job.params.get("klms_bits", defaults.bits)),
-        kl_per_block=float(job.params.get("klms_kl_per_block", defaults.kl_per_block)),
-        max_block=int(job.params.get("klms_max_block", defaults.max_block)),
-        fresh_kl=float(job.params.get("klms_fresh_kl", defaults.fresh_kl)),
-    )
 
 
 def klms_keys(job: ClientJob, client_id: int, names: list[str]) -> dict[str, np.uint32]:
@@ -266,11 +256,11 @@ class MaskCounts(CohortSum):
         packed = sum(packed_size(math.prod(s)) for s in self.shapes.values())
         self.limit = packed + REPLY_SLACK_BYTES  # a coded reply falls back to packed at worst
         self.lengths = {k: CodeLengths.of(q) for k, q in self.priors.items()}
-        uplink = job.params.get("uplink_coding", "range")
-        self.coded = uplink in CODED_UPLINKS
+        params = FedPMParams.from_job(job)
+        self.coded = params.uplink_coding in CODED_UPLINKS
         self.job = job
-        self.klms = klms_settings(job) if uplink == "klms" else None
-        eps = float(job.params.get("eps", 0.01))
+        self.klms = params.klms_settings() if params.uplink_coding == "klms" else None
+        eps = float(params.eps)
         self.norm_terms = {  # ‖Δ_c‖² = Σ (ε−θ)² + Σ m_c·((1−ε−θ)² − (ε−θ)²)
             name: (dot(eps - theta, eps - theta), (1.0 - 2.0 * eps) * (1.0 - 2.0 * theta))
             for name, theta in self.theta.items()
@@ -378,6 +368,81 @@ class MaskCounts(CohortSum):
             np.add(self.counts[name], count, out=self.counts[name])
         self.clients += weight
 
+    def result(self) -> tuple[dict[str, np.ndarray], int]:
+        """The count of ones per mask entry, and the number of clients counted."""
+        return self.counts, self.clients
+
+
+@dataclass(frozen=True)
+class FedPMParams(Params):
+    """FedPM's posterior, local training, links and decoding (conf/strategy/fedpm.yaml)."""
+
+    reset_period: int = 1
+    lambda0: float = 1.0
+    eps: float = 0.01
+    estimator: str = "scaled"
+    eval_samples: int = 5
+    weight_seed: int | None = None
+    downlink_dtype: str = "uint16"
+    downlink_coding: str = "coded"
+    uplink_coding: str = "range"
+    klms_bits: int = KlmsSettings.bits
+    klms_kl_per_block: float = KlmsSettings.kl_per_block
+    klms_max_block: int = KlmsSettings.max_block
+    klms_fresh_kl: float = KlmsSettings.fresh_kl
+    decode_workers: int | str = "auto"
+    local_lr: float = 0.1
+
+    def check(self) -> None:
+        check_count("reset_period", self.reset_period)
+        check_number(
+            "lambda0", self.lambda0, lambda v: v >= 1, "must be >= 1 (Beta mode undefined)"
+        )
+        check_number("eps", self.eps, lambda v: 0 < v < 0.5, "must be in (0, 0.5)")
+        check_choice("estimator", self.estimator, ESTIMATORS)
+        if (
+            isinstance(self.eval_samples, bool)
+            or not isinstance(self.eval_samples, int)
+            or self.eval_samples < 0
+        ):
+            raise ValueError(
+                f"strategy.eval_samples={self.eval_samples!r}: must be an integer >= 0"
+            )
+        if self.weight_seed is not None and (
+            isinstance(self.weight_seed, bool)
+            or not isinstance(self.weight_seed, int)
+            or self.weight_seed < 0
+        ):
+            raise ValueError(f"strategy.weight_seed={self.weight_seed!r}: must be null or >= 0")
+        check_number("local_lr", self.local_lr, lambda v: v > 0, "must be > 0")
+        self._check_links()
+
+    def _check_links(self) -> None:
+        check_choice("downlink_dtype", self.downlink_dtype, DOWNLINK_DTYPES)
+        check_choice("downlink_coding", self.downlink_coding, DOWNLINK_CODINGS)
+        check_choice("uplink_coding", self.uplink_coding, UPLINK_CODINGS)
+        if self.uplink_coding in CODED_UPLINKS and self.downlink_dtype != "uint16":
+            raise ValueError(
+                f"strategy.downlink_dtype={self.downlink_dtype!r}: strategy.uplink_coding="
+                f"{self.uplink_coding} needs uint16 (the coder's model must be the same integers "
+                "on both ends); set strategy.downlink_dtype=uint16 or strategy.uplink_coding=packed"
+            )
+        workers = self.decode_workers
+        if workers != "auto" and (
+            isinstance(workers, bool) or not isinstance(workers, int) or workers < 0
+        ):
+            raise ValueError(
+                f"strategy.decode_workers={workers!r}: must be auto or an integer >= 0 "
+                "(0 = decode in the server process)"
+            )
+        self.klms_settings()
+
+    def klms_settings(self) -> KlmsSettings:
+        """The ``klms_*`` settings (the same on both ends)."""
+        return KlmsSettings(
+            self.klms_bits, self.klms_kl_per_block, self.klms_max_block, self.klms_fresh_kl
+        )
+
 
 # ---------------------------------------------------------------------------------- server
 class MaskScores(LayerView):
@@ -402,81 +467,22 @@ class FedPM(MaskScores, FedSparseStrategy):
     name = "fedpm"
     cohort_sum_type = MaskCounts
 
-    def __init__(
-        self,
-        *args: Any,
-        reset_period: int = 1,
-        lambda0: float = 1.0,
-        eps: float = 0.01,
-        estimator: str = "scaled",
-        eval_samples: int = 5,
-        weight_seed: int | None = None,
-        downlink_dtype: str = "uint16",
-        downlink_coding: str = "coded",
-        uplink_coding: str = "range",
-        klms_bits: int = KlmsSettings.bits,
-        klms_kl_per_block: float = KlmsSettings.kl_per_block,
-        klms_max_block: int = KlmsSettings.max_block,
-        klms_fresh_kl: float = KlmsSettings.fresh_kl,
-        decode_workers: int | str = "auto",
-        local_lr: float = 0.1,
-        **kwargs: Any,
-    ) -> None:
+    params_type = FedPMParams
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not isinstance(reset_period, int) or reset_period < 1:
-            raise ValueError(f"strategy.reset_period={reset_period!r}: must be an integer >= 1")
-        if not isinstance(lambda0, int | float) or not lambda0 >= 1:
-            raise ValueError(f"strategy.lambda0={lambda0!r}: must be >= 1 (Beta mode undefined)")
-        if not isinstance(eps, int | float) or not 0 < eps < 0.5:
-            raise ValueError(f"strategy.eps={eps!r}: must be in (0, 0.5)")
-        if estimator not in ESTIMATORS:
-            raise ValueError(
-                f"strategy.estimator={estimator!r}: choose one of: {', '.join(ESTIMATORS)}"
-            )
-        if not isinstance(eval_samples, int) or eval_samples < 0:
-            raise ValueError(f"strategy.eval_samples={eval_samples!r}: must be an integer >= 0")
-        if weight_seed is not None and (not isinstance(weight_seed, int) or weight_seed < 0):
-            raise ValueError(f"strategy.weight_seed={weight_seed!r}: must be null or >= 0")
-        if downlink_dtype not in DOWNLINK_DTYPES:
-            raise ValueError(
-                f"strategy.downlink_dtype={downlink_dtype!r}: choose one of: "
-                f"{', '.join(DOWNLINK_DTYPES)}"
-            )
-        if downlink_coding not in DOWNLINK_CODINGS:
-            raise ValueError(
-                f"strategy.downlink_coding={downlink_coding!r}: choose one of: "
-                f"{', '.join(DOWNLINK_CODINGS)}"
-            )
-        if uplink_coding not in UPLINK_CODINGS:
-            raise ValueError(
-                f"strategy.uplink_coding={uplink_coding!r}: choose one of: "
-                f"{', '.join(UPLINK_CODINGS)}"
-            )
-        if uplink_coding in CODED_UPLINKS and downlink_dtype != "uint16":
-            raise ValueError(
-                f"strategy.downlink_dtype={downlink_dtype!r}: strategy.uplink_coding="
-                f"{uplink_coding} needs "
-                "uint16 (the coder's model must be the same integers on both ends); set "
-                "strategy.downlink_dtype=uint16 or strategy.uplink_coding=packed"
-            )
-        if decode_workers != "auto" and (
-            isinstance(decode_workers, bool)
-            or not isinstance(decode_workers, int)
-            or decode_workers < 0
-        ):
-            raise ValueError(
-                f"strategy.decode_workers={decode_workers!r}: must be auto or an integer >= 0 "
-                "(0 = decode in the server process)"
-            )
-        if not isinstance(local_lr, int | float) or not local_lr > 0:
-            raise ValueError(f"strategy.local_lr={local_lr!r}: must be > 0")
+        params = self.params
         self.masked_name = masked_model_name(self.job.model)
-        self.posterior = BetaPosterior(float(lambda0), float(eps), reset_period)
-        self.eval_samples = eval_samples
-        self.downlink_dtype = DOWNLINK_DTYPES[downlink_dtype]
-        self.downlink_coded = downlink_coding == "coded" and downlink_dtype == "uint16"
-        self.coded = uplink_coding in CODED_UPLINKS
-        klms = KlmsSettings(klms_bits, klms_kl_per_block, klms_max_block, klms_fresh_kl)
+        self.posterior = BetaPosterior(
+            float(params.lambda0), float(params.eps), params.reset_period
+        )
+        self.eval_samples = params.eval_samples
+        self.downlink_dtype = DOWNLINK_DTYPES[params.downlink_dtype]
+        self.downlink_coded = (
+            params.downlink_coding == "coded" and params.downlink_dtype == "uint16"
+        )
+        self.coded = params.uplink_coding in CODED_UPLINKS
+        klms = params.klms_settings()
         self.weight_seed = job_weight_seed(self.job)
         info = dataset_info(self.job.data_spec())
         self.input_shape, self.num_classes = tuple(info.input_shape), info.num_classes
@@ -486,7 +492,7 @@ class FedPM(MaskScores, FedSparseStrategy):
         self.weight_hash = weight_hash(template)
         self.shapes = {k: tuple(v.shape) for k, v in template.state_dict().items()}
         self.num_params = sum(math.prod(s) for s in self.shapes.values())
-        if uplink_coding == "klms":
+        if params.uplink_coding == "klms":
             for name, shape in self.shapes.items():
                 klms.check_layer(math.prod(shape), name)
         self.job = replace(
@@ -506,8 +512,8 @@ class FedPM(MaskScores, FedSparseStrategy):
         self._holders: set[int] = set()
         self._prior: tuple[ArrayRecord | None, dict[str, np.ndarray]] = (None, {})
         self._mean_delta: dict[str, np.ndarray] | None = None
-        workers = self.decode_workers(decode_workers)
-        ranged = uplink_coding == "range"  # the pool range-decodes; KLMS decodes in place
+        workers = self.decode_workers(params.decode_workers)
+        ranged = params.uplink_coding == "range"  # the pool range-decodes; KLMS decodes in place
         self.pool = DecodePool(workers, self.shapes) if workers and ranged else None
 
     def decode_workers(self, setting: int | str) -> int:
@@ -533,7 +539,7 @@ class FedPM(MaskScores, FedSparseStrategy):
         self._variants = {}
         if self.downlink_coded:
             self.directory.refresh(grid)
-            keep = set(self.sample_clients(server_round + 1, SAMPLE_TRAIN))
+            keep = set(self.engine.sample_clients(server_round + 1, SAMPLE_TRAIN))
             self._sent_theta = (server_round, self.prior(arrays), keep)
         return super().configure_train(server_round, arrays, config, grid)
 
@@ -641,7 +647,7 @@ class FedPM(MaskScores, FedSparseStrategy):
 
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
         counts: MaskCounts = self.running
-        theta = self.posterior.update(server_round, counts.counts, counts.clients)
+        theta = self.posterior.update(server_round, *counts.result())
         self._mean_delta = {k: v - counts.theta[k] for k, v in self.posterior.mean_clipped.items()}
         self._scores = {k: logit(v).astype(np.float32) for k, v in theta.items()}
         return to_array_record(self._scores)
@@ -774,14 +780,8 @@ class FedPMClient(ClientAlgorithm):
         self.coded_downlink = False
         self.keep = False
 
-    def receive(
-        self,
-        model: nn.Module,
-        content: RecordDict,
-        client_id: int,
-        job: ClientJob,
-        state: ClientState,
-    ) -> None:
+    def receive(self, ctx: ClientContext, model: nn.Module) -> None:
+        job, client_id = ctx.job, ctx.client_id
         expected = job.params.get("weight_hash")
         key = (job.model, job_weight_seed(job))
         if key not in self.local_hashes:
@@ -792,40 +792,32 @@ class FedPMClient(ClientAlgorithm):
                 f"client {client_id}: frozen weights from weight_seed={job_weight_seed(job)} hash "
                 f"to {local}, the server's hash is {expected!r}; numpy/torch versions differ?"
             )
-        self.coded_downlink = theta_codec.CRC in content[ARRAYS]
-        base = stored_base(state) if self.coded_downlink else None
-        self.priors, scores = received_theta(content[ARRAYS], base)
+        self.coded_downlink = theta_codec.CRC in ctx.content[ARRAYS]
+        base = stored_base(ctx.state) if self.coded_downlink else None
+        self.priors, scores = received_theta(ctx.content[ARRAYS], base)
         load_weights(model, scores)
-        self.keep = content.get(client_key(client_id, KEEP)) is not None
-        set_estimator(model, str(job.params.get("estimator", "scaled")))
+        self.keep = ctx.records.get(KEEP) is not None
+        set_estimator(model, ctx.params.estimator)
 
-    def prepare(
-        self,
-        model: nn.Module,
-        train: TensorData,
-        client_id: int,
-        job: ClientJob,
-        state: ClientState,
-    ) -> None:
+    def prepare(self, ctx: ClientContext, model: nn.Module, data: TensorData) -> None:
         """Every mask of this client's training draws from its own stream of the run seed."""
-        seed = round_seed(job.seed, job.server_round, client_id) ^ TRAIN_MASK_STREAM
-        set_mask_rng(model, MaskRNG(seed, train.x.device))
+        set_mask_rng(model, MaskRNG(ctx.seed ^ TRAIN_MASK_STREAM, data.x.device))
 
-    def optimizer(self, model: nn.Module, job: ClientJob) -> torch.optim.Optimizer:
+    def optimizer(self, ctx: ClientContext, model: nn.Module) -> torch.optim.Optimizer:
         """Adam on the scores only (the frozen weights are buffers); the fused kernel, a quarter
         of the per-tensor loop's time on CPU."""
-        lr = float(job.params.get("local_lr", 0.1))
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+        return torch.optim.Adam(model.parameters(), lr=float(ctx.params.local_lr), fused=True)
 
     def reply(
-        self, model: nn.Module, client_id: int, job: ClientJob, state: ClientState
+        self, ctx: ClientContext, model: nn.Module, trained: TrainResult
     ) -> dict[str, Record]:
+        job, client_id = ctx.job, ctx.client_id
         set_mask_rng(model, None)  # training is over: the working model forgets its stream
         if self.coded_downlink:
-            keep_base(state, job.server_round, self.priors if self.keep else None)
-        seed = round_seed(job.seed, job.server_round, client_id) ^ MASK_STREAM
+            keep_base(ctx.state, job.server_round, self.priors if self.keep else None)
+        seed = ctx.seed ^ MASK_STREAM
         scores = {name: score.detach().cpu() for name, score in model.state_dict().items()}
-        uplink = job.params.get("uplink_coding", "range")
+        uplink = ctx.params.uplink_coding
         metrics = MetricRecord()
         if self.priors:
             probabilities = {name: sigmoid(s.numpy()) for name, s in scores.items()}
@@ -853,7 +845,7 @@ class FedPMClient(ClientAlgorithm):
                 probabilities,
                 self.priors,
                 klms_keys(job, client_id, list(scores)),
-                klms_settings(job),
+                ctx.params.klms_settings(),
                 np.random.default_rng(seed),
             )
         else:

@@ -34,23 +34,26 @@ from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from torch import nn
 
 import models
+from models.training import TrainResult
 from strategies.compression import COMPRESSORS, Codec, CodecError, make_codec
 from strategies.protocol.arrays import dot, l2_norm, to_array_record, to_numpy, to_numpy_dict
-from strategies.protocol.base import (
-    ARRAYS,
-    ClientAlgorithm,
-    ClientUpdate,
-    FedSparseStrategy,
-    check_number,
-)
+from strategies.protocol.base import ARRAYS, ClientUpdate, FedSparseStrategy
+from strategies.protocol.client import ClientAlgorithm, ClientContext
 from strategies.protocol.job import ClientJob, ConfigScalar
 from strategies.protocol.lbg_book import ClientLBGs
 from strategies.protocol.lbg_store import STORE_DTYPES, STORES, make_store
+from strategies.protocol.params import (
+    Params,
+    check_choice,
+    check_count,
+    check_flag,
+    check_number,
+)
 from strategies.protocol.reduction import CohortSum
 from strategies.protocol.registry import Algorithm, register_algorithm
 from strategies.protocol.update import METRICS, REPLY_SLACK_BYTES
@@ -61,7 +64,7 @@ from strategies.protocol.validation import (
     require_record,
 )
 from strategies.protocol.weighted_sum import WeightedSum, cast_like
-from strategies.protocol.wire import ClientState, Record, client_key
+from strategies.protocol.wire import ClientState, Record
 
 log = logging.getLogger(__name__)
 
@@ -253,44 +256,108 @@ class PseudoGradients(CohortSum):
             part = {k[len(prefix) :]: v for k, v in partial.items() if k.startswith(prefix)}
             total.merge(part, weight)
 
+    def result(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The weighted means of the pseudo-gradients and of the buffers, in float64."""
+        return self.grads.mean(), self.buffers.mean()
+
+
+@dataclass(frozen=True)
+class ServerStepParams(Params):
+    """The server's step on the mean pseudo-gradient, and the compressor's error feedback."""
+
+    error_feedback: bool = True
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
+
+    def check(self) -> None:
+        check_flag("error_feedback", self.error_feedback)
+        check_number("server_lr", self.server_lr, lambda v: v > 0, "must be a number > 0")
+        check_number(
+            "server_momentum", self.server_momentum, lambda v: 0 <= v < 1, "must be in [0, 1)"
+        )
+
+
+@dataclass(frozen=True)
+class TopKParams(ServerStepParams):
+    """Top-k's kept share per layer, beside the server step."""
+
+    topk_ratio: float = 0.1
+
+    def check(self) -> None:
+        super().check()
+        check_number("topk_ratio", self.topk_ratio, lambda v: 0 < v <= 1, "must be in (0, 1]")
+
+    def warnings(self) -> list[str]:
+        if self.topk_ratio < TOPK_BREAK_EVEN:
+            return []
+        return [
+            f"strategy.topk_ratio={self.topk_ratio}: every kept value travels with its int32 "
+            f"index, so from {TOPK_BREAK_EVEN} on top-k sends at least the dense layer's bytes; "
+            "lower it, or send dense"
+        ]
+
+
+@dataclass(frozen=True)
+class LbgmParams(TopKParams):
+    """LBGM's threshold, unit, optional compressor and server-side LBG store."""
+
+    delta: float = 0.2
+    granularity: str = "layer"
+    compressor: str = "none"
+    store: str = "memory"
+    store_dtype: str = "float32"
+    store_dir: str | None = None
+    max_age: int | None = None
+
+    def check(self) -> None:
+        super().check()
+        check_number(
+            "delta",
+            self.delta,
+            lambda v: v < 1,
+            "must be a number < 1 (a phase error is at most 1, so at δ ≥ 1 every look-back "
+            "gradient would be reused forever and no layer sent again after round 1)",
+        )
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        check_choice("compressor", self.compressor, COMPRESSORS)
+        check_choice("store", self.store, STORES)
+        check_choice("store_dtype", self.store_dtype, STORE_DTYPES)
+        check_count("max_age", self.max_age, optional="never")
+
+    def warnings(self) -> list[str]:
+        found = super().warnings() if self.compressor == "topk" else []
+        if self.compressor != "topk" and self.topk_ratio != TopKParams.topk_ratio:
+            found.append(
+                f"strategy.topk_ratio={self.topk_ratio} changes nothing: "
+                f"strategy.compressor={self.compressor} keeps every entry (top-k needs "
+                "strategy.compressor=topk)"
+            )
+        if self.store_dir is not None and self.store != "disk":
+            found.append(
+                f"strategy.store_dir={self.store_dir} is unused: it applies to store=disk only"
+            )
+        return found
+
 
 class PseudoGradient(FedSparseStrategy):
     """Clients send compressed pseudo-gradients; the server averages them and takes a step."""
 
     name = "pseudo-gradient"
+    params_type = ServerStepParams
+    compressor = "none"
     uses_lbgm = False
     cohort_sum_type = PseudoGradients
     _mean_delta: dict[str, np.ndarray] | None = None
 
-    def __init__(
-        self,
-        *args: Any,
-        compressor: str = "none",
-        topk_ratio: float = 0.1,
-        error_feedback: bool = True,
-        server_lr: float = 1.0,
-        server_momentum: float = 0.0,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if compressor not in COMPRESSORS:
-            raise ValueError(
-                f"strategy.compressor={compressor!r}: choose one of: {', '.join(COMPRESSORS)}"
-            )
-        check_number("topk_ratio", topk_ratio, lambda v: 0 < v <= 1, "must be in (0, 1]")
-        check_number("server_lr", server_lr, lambda v: v > 0, "must be a number > 0")
-        check_number("server_momentum", server_momentum, lambda v: 0 <= v < 1, "must be in [0, 1)")
-        if not isinstance(error_feedback, bool):
-            raise ValueError(f"strategy.error_feedback={error_feedback!r}: must be true or false")
-        if compressor == "topk" and topk_ratio >= TOPK_BREAK_EVEN:
-            log.warning(
-                "strategy.topk_ratio=%s: every kept value travels with its int32 index, so from "
-                "%s on top-k sends at least the dense layer's bytes; lower it, or send dense",
-                topk_ratio,
-                TOPK_BREAK_EVEN,
-            )
-        self.codec: Codec = make_codec(compressor, float(topk_ratio))
-        self.server_lr, self.server_momentum = float(server_lr), float(server_momentum)
+        params = self.params
+        ratio = float(getattr(params, "topk_ratio", TopKParams.topk_ratio))
+        self.codec: Codec = make_codec(getattr(params, "compressor", self.compressor), ratio)
+        self.server_lr, self.server_momentum = (
+            float(params.server_lr),
+            float(params.server_momentum),
+        )
         self.velocity: dict[str, np.ndarray] = {}
         self.server_round = 0
 
@@ -310,9 +377,8 @@ class PseudoGradient(FedSparseStrategy):
 
     # --------------------------------------------------------------- aggregation
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
-        sums: PseudoGradients = self.running
-        buffers = cast_like(sums.buffers.mean(), to_numpy_dict(self.global_arrays))
-        means = sums.grads.mean()
+        means, buffer_means = self.running.result()
+        buffers = cast_like(buffer_means, to_numpy_dict(self.global_arrays))
         self._mean_delta = {name: -mean for name, mean in means.items()}  # Δ_c = −g_c
         new: dict[str, np.ndarray] = {}
         for name, array in self.global_arrays.items():
@@ -345,18 +411,15 @@ class TopK(PseudoGradient):
     """Top-k sparsified pseudo-gradients with error feedback (baseline)."""
 
     name = "topk"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, compressor="topk", **kwargs)
+    params_type = TopKParams
+    compressor = "topk"
 
 
 class SignSGD(PseudoGradient):
     """Scaled-sign pseudo-gradients (1 bit per entry + one scale per layer), error feedback."""
 
     name = "signsgd"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, compressor="sign", **kwargs)
+    compressor = "sign"
 
 
 class Lbgm(PseudoGradient):
@@ -366,63 +429,28 @@ class Lbgm(PseudoGradient):
     uses_lbgm = True
     nodes_decode = False  # decoding needs the server's look-back gradients of each client
 
-    def __init__(
-        self,
-        *args: Any,
-        delta: float = 0.2,
-        granularity: str = "layer",
-        store: str = "memory",
-        store_dtype: str = "float32",
-        store_dir: str | None = None,
-        max_age: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        check_number(
-            "delta",
-            delta,
-            lambda v: v < 1,
-            "must be a number < 1 (a phase error is at most 1, so at δ ≥ 1 every look-back "
-            "gradient would be reused forever and no layer sent again after round 1)",
-        )
-        if granularity not in GRANULARITIES:
-            raise ValueError(
-                f"strategy.granularity={granularity!r}: choose one of: {', '.join(GRANULARITIES)}"
-            )
-        if store not in STORES:
-            raise ValueError(f"strategy.store={store!r}: choose one of: {', '.join(STORES)}")
-        if store_dtype not in STORE_DTYPES:
-            raise ValueError(
-                f"strategy.store_dtype={store_dtype!r}: choose one of: {', '.join(STORE_DTYPES)}"
-            )
-        if max_age is not None and (
-            isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 1
-        ):
-            raise ValueError(f"strategy.max_age={max_age!r}: must be null (never) or >= 1")
-        if store_dir is not None and store != "disk":
-            log.warning("strategy.store_dir=%s is unused: it applies to store=disk only", store_dir)
-        self.delta, self.granularity, self.max_age = float(delta), granularity, max_age
-        self._store_args = (store, store_dtype, store_dir)
+    params_type = LbgmParams
 
     @cached_property
     def units(self) -> dict[str, list[str]]:
-        return units_of(list(self.layers), self.granularity)
+        return units_of(list(self.layers), self.params.granularity)
 
     @cached_property
     def store(self):
         """The server's LBG store (built on first use: it needs the model's layer sizes)."""
-        kind, dtype, directory = self._store_args
+        params = self.params
         sizes = {
             unit: sum(math.prod(self.layers[name]) for name in names)
             for unit, names in self.units.items()
         }
-        return make_store(kind, sizes, dtype, directory)
+        return make_store(params.store, sizes, params.store_dtype, params.store_dir)
 
     def client_records(self, server_round: int, client_id: int) -> dict[str, Record]:
         versions = []
         for unit in self.units:
             version = self.store.version(client_id, unit)
-            if self.max_age is not None and 0 <= version < server_round - self.max_age:
+            max_age = self.params.max_age
+            if max_age is not None and 0 <= version < server_round - max_age:
                 self.store.evict(client_id, unit)
                 version = -1
             versions.append(version)
@@ -493,33 +521,27 @@ class PseudoGradientClient(ClientAlgorithm):
         self.start: dict[str, np.ndarray] = {}
         self.server_versions: list[int] | None = None
 
-    def receive(
-        self,
-        model: nn.Module,
-        content: RecordDict,
-        client_id: int,
-        job: ClientJob,
-        state: ClientState,
-    ) -> None:
-        super().receive(model, content, client_id, job, state)
+    def receive(self, ctx: ClientContext, model: nn.Module) -> None:
+        super().receive(ctx, model)
         self.start = {n: p.detach().cpu().numpy().copy() for n, p in model.named_parameters()}
-        versions = content.get(client_key(client_id, VERSIONS))
+        versions = ctx.records.get(VERSIONS)
         if isinstance(versions, ConfigRecord):
             self.server_versions = [int(v) for v in versions["versions"]]
 
     def reply(
-        self, model: nn.Module, client_id: int, job: ClientJob, state: ClientState
+        self, ctx: ClientContext, model: nn.Module, trained: TrainResult
     ) -> dict[str, Record]:
+        job = ctx.job
         codec = make_codec(str(job.params["compressor"]), float(job.params.get("topk_ratio", 0.1)))
         params = {n: p.detach().cpu().numpy() for n, p in model.named_parameters()}
         grads = {n: self.start[n] - params[n] for n in params}
-        wires, sent = self._compress(codec, grads, job, state)
+        wires, sent = self._compress(codec, grads, job, ctx.state)
         arrays = {n: v for n, v in model.state_dict().items() if n not in params}
         records: dict[str, Record] = {}
         counts = dict.fromkeys(CLIENT_COUNTS, 0)
         full = list(params)
         if job.params.get("lbgm"):
-            lbgm, full, counts = self._lbgm(sent, job, state)
+            lbgm, full, counts = self._lbgm(sent, job, ctx.state)
             records[LBGM] = lbgm
         for name in full:
             arrays.update(wires[name])

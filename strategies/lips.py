@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,13 +23,14 @@ import torch
 from flwr.app import MetricRecord
 from torch import nn
 
-from models.training import TensorData, round_seed
+from models.training import TensorData, TrainResult
 from strategies.fedavg import FedAvg
-from strategies.protocol.base import ClientAlgorithm, check_number
-from strategies.protocol.job import ClientJob, ConfigScalar
+from strategies.protocol.client import ClientAlgorithm, ClientContext
+from strategies.protocol.job import ConfigScalar
+from strategies.protocol.params import Params, check_choice, check_count, check_flag, check_number
 from strategies.protocol.registry import Algorithm, register_algorithm
 from strategies.protocol.update import METRICS
-from strategies.protocol.wire import ClientState, Record
+from strategies.protocol.wire import Record
 
 SCORES = ("sensitivity", "magnitude", "random")
 PRUNED_PREFIX = "lips-pruned."
@@ -111,39 +113,36 @@ def prune_top(
     return pruned
 
 
+@dataclass(frozen=True)
+class LipsParams(Params):
+    """LIPS's schedule and scoring (conf/strategy/lips.yaml explains each)."""
+
+    period: int = 5
+    d0: float = 0.5
+    horizon: int | None = None
+    score: str = "sensitivity"
+    include_shortcuts: bool = True
+
+    def check(self) -> None:
+        check_count("period", self.period)
+        check_number("d0", self.d0, lambda v: 0 < v <= 1, "must be in (0, 1]")
+        check_count("horizon", self.horizon, optional="= num_rounds")
+        check_choice("score", self.score, SCORES)
+        check_flag("include_shortcuts", self.include_shortcuts)
+
+
 class Lips(FedAvg):
     """FedAvg whose clients start sparse rounds from a transiently pruned global model."""
 
     name = "lips"
+    params_type = LipsParams
 
-    def __init__(
-        self,
-        *args: Any,
-        period: int = 5,
-        d0: float = 0.5,
-        horizon: int | None = None,
-        score: str = "sensitivity",
-        include_shortcuts: bool = True,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not isinstance(period, int) or period < 1:
-            raise ValueError(f"strategy.period={period!r}: must be an integer >= 1")
-        check_number("d0", d0, lambda v: 0 < v <= 1, "must be in (0, 1]")
-        if horizon is not None and (not isinstance(horizon, int) or horizon < 1):
-            raise ValueError(f"strategy.horizon={horizon!r}: must be null (= num_rounds) or >= 1")
-        if score not in SCORES:
-            raise ValueError(f"strategy.score={score!r}: choose one of: {', '.join(SCORES)}")
-        if not isinstance(include_shortcuts, bool):
-            raise ValueError(
-                f"strategy.include_shortcuts={include_shortcuts!r}: must be true or false"
-            )
-        self.period, self.d0, self.score = period, float(d0), score
-        self.horizon = horizon or self.num_rounds
-        self.include_shortcuts = include_shortcuts
+        self.horizon = self.params.horizon or self.num_rounds
 
     def density(self, server_round: int) -> float:
-        return lips_density(server_round, self.period, self.d0, self.horizon)
+        return lips_density(server_round, self.params.period, self.params.d0, self.horizon)
 
     @classmethod
     def schedule_spans_num_rounds(cls, params: Mapping[str, Any]) -> bool:
@@ -172,34 +171,23 @@ class LipsClient(ClientAlgorithm):
     def __init__(self) -> None:
         self.pruned: dict[str, float] = {}
 
-    def prepare(
-        self,
-        model: nn.Module,
-        train: TensorData,
-        client_id: int,
-        job: ClientJob,
-        state: ClientState,
-    ) -> None:
-        density = float(job.params.get("density", 1.0))
+    def prepare(self, ctx: ClientContext, model: nn.Module, data: TensorData) -> None:
+        density = float(ctx.job.params.get("density", 1.0))
         if density >= 1.0:
             return
-        generator = torch.Generator().manual_seed(
-            round_seed(job.seed, job.server_round, client_id) ^ SCORE_STREAM
-        )
-        batch_index = torch.randperm(len(train), generator=generator)[: job.batch_for(len(train))]
+        generator = torch.Generator().manual_seed(ctx.seed ^ SCORE_STREAM)
+        batch_index = torch.randperm(len(data), generator=generator)[: ctx.job.batch_for(len(data))]
         batch = TensorData(
-            train.x[batch_index.to(train.x.device)], train.y[batch_index.to(train.y.device)]
+            data.x[batch_index.to(data.x.device)], data.y[batch_index.to(data.y.device)]
         )
-        layers = prunable_layers(model, bool(job.params.get("include_shortcuts", True)))
-        scores = layer_scores(
-            model, layers, str(job.params.get("score", "sensitivity")), batch, generator
-        )
+        layers = prunable_layers(model, ctx.params.include_shortcuts)
+        scores = layer_scores(model, layers, ctx.params.score, batch, generator)
         self.pruned = prune_top(model, scores, density)
 
     def reply(
-        self, model: nn.Module, client_id: int, job: ClientJob, state: ClientState
+        self, ctx: ClientContext, model: nn.Module, trained: TrainResult
     ) -> dict[str, Record]:
-        records = super().reply(model, client_id, job, state)
+        records = super().reply(ctx, model, trained)
         if self.pruned:
             records[METRICS] = MetricRecord(
                 {PRUNED_PREFIX + name: share for name, share in self.pruned.items()}

@@ -169,10 +169,10 @@ def test_replaced_state_files_go_only_when_the_whole_cohort_succeeded(
     (committed,) = folder.iterdir()
     fail_client = [3]
 
-    def train_one(msg, context, job, client_id, device, state) -> dict:
-        if client_id in fail_client:
+    def train_one(msg, context, ctx) -> dict:
+        if ctx.client_id in fail_client:
             raise RuntimeError("client 3 fails")
-        state.set("lbg", ArrayRecord({"v": Array(np.full(3, 2.0))}))
+        ctx.state.set("lbg", ArrayRecord({"v": Array(np.full(3, 2.0))}))
         return {"metrics": MetricRecord({"num-examples": 1, "train-loss": 0.0})}
 
     monkeypatch.setattr(app_module, "_train_one", train_one)

@@ -162,7 +162,7 @@ def test_configure_train_one_message_per_node(
     arrays = model_arrays(0)
     messages = list(strategy.configure_train(3, arrays, ConfigRecord(), grid))
 
-    sampled = strategy.sample_clients(3, 0)
+    sampled = strategy.engine.sample_clients(3, 0)
     assert len(sampled) == per_round
     groups = strategy.directory.group_by_node(sampled)
     assert sorted(m.metadata.dst_node_id for m in messages) == sorted(groups)
@@ -190,8 +190,8 @@ def test_configure_evaluate_uses_an_independent_sample(make_grid, make_job, mode
     evaluate = list(strategy.configure_evaluate(1, model_arrays(0), ConfigRecord(), grid))
     assert all(m.metadata.message_type == MessageType.EVALUATE for m in evaluate)
     assert strategy.evaluate_stats.sampled == 5 and strategy.stats.sampled == 5
-    assert sorted(c for m in evaluate for c in _cohort(m)) == strategy.sample_clients(1, 1)
-    assert sorted(c for m in train for c in _cohort(m)) == strategy.sample_clients(1, 0)
+    assert sorted(c for m in evaluate for c in _cohort(m)) == strategy.engine.sample_clients(1, 1)
+    assert sorted(c for m in train for c in _cohort(m)) == strategy.engine.sample_clients(1, 0)
 
 
 # ------------------------------------------------------------------------------- sample_clients
@@ -200,9 +200,9 @@ def test_sample_clients_deterministic_varies_and_sized(make_grid, make_job) -> N
     first, second = _strategy(job, 8), _strategy(job, 8)
     for strategy in (first, second):
         strategy.directory.refresh(make_grid(30, 1))
-    rounds = [first.sample_clients(r, 0) for r in range(1, 6)]
-    assert rounds == [second.sample_clients(r, 0) for r in range(1, 6)]
-    assert rounds[0] == first.sample_clients(1, 0)
+    rounds = [first.engine.sample_clients(r, 0) for r in range(1, 6)]
+    assert rounds == [second.engine.sample_clients(r, 0) for r in range(1, 6)]
+    assert rounds[0] == first.engine.sample_clients(1, 0)
     assert len({tuple(r) for r in rounds}) == 5  # differs across rounds
     for sample in rounds:
         assert len(sample) == 8 == len(set(sample))
@@ -210,13 +210,13 @@ def test_sample_clients_deterministic_varies_and_sized(make_grid, make_job) -> N
         assert set(sample) <= set(range(30))
     other_seed = _strategy(make_job(30, 1, seed=8), 8)
     other_seed.directory.refresh(make_grid(30, 1))
-    assert [other_seed.sample_clients(r, 0) for r in range(1, 6)] != rounds
+    assert [other_seed.engine.sample_clients(r, 0) for r in range(1, 6)] != rounds
 
 
 def test_sample_clients_capped_by_availability(make_grid, make_job) -> None:
     strategy = _strategy(make_job(4, 1), 10)
     strategy.directory.refresh(make_grid(4, 1))
-    assert strategy.sample_clients(1, 0) == [0, 1, 2, 3]
+    assert strategy.engine.sample_clients(1, 0) == [0, 1, 2, 3]
 
 
 # ------------------------------------------------------------------------------ aggregate_train
@@ -298,7 +298,7 @@ def test_uplink_counts_bytes_of_rejected_replies(round_setup) -> None:
     expected = sum(
         record_bytes(r.values()) for m in replies for r in unpack_clients(m.content).values()
     )
-    assert strategy.aggregate_train(1, replies) == (None, None)
+    assert strategy.aggregate_train(1, replies).arrays is None
     assert strategy.stats.uplink_bytes == expected
     assert strategy.stats.rejected == {"metrics": 6}
 
@@ -465,7 +465,7 @@ def test_unsolicited_records_are_ignored(round_setup) -> None:
 def test_too_few_replies_returns_none(round_setup) -> None:
     strategy, template, messages = round_setup(min_replies=5)
     replies = _replies(messages, template)
-    assert strategy.aggregate_train(1, replies[1:]) == (None, None)
+    assert strategy.aggregate_train(1, replies[1:]).arrays is None
     assert strategy.stats.clients == 4 and strategy.stats.failures == 2
 
     strategy, template, messages = round_setup(min_replies=6)
@@ -531,7 +531,7 @@ def test_with_a_weight_cap_every_update_is_held_then_folded_alike(round_setup) -
     streamed, template, messages = round_setup()
     expected, _ = streamed.aggregate_train(1, _replies(messages, template))
     capped, template, messages = round_setup()
-    capped.max_client_weight = 100.0  # needs every claim's median before folding
+    capped.engine.max_client_weight = 100.0  # needs every claim's median before folding
     log, stream = _logged(capped, _replies(messages, template))
     arrays, _ = capped.aggregate_train(1, stream)
     assert log == ["node 0", "node 1", "node 2", 0, 1, 2, 3, 4, 5]
@@ -549,9 +549,9 @@ def test_weight_cap_holds_while_inflated_claims_are_at_most_half(
     """Against the lower median: two honest and two inflated claims (the mean of the middle
     two, 144,144, would make each inflated claim look 2x) still drop the inflated ones."""
     strategy = _strategy(make_job(len(claims), 1), len(claims))
-    strategy.max_client_weight = 5.0
+    strategy.engine.max_client_weight = 5.0
     updates = [ClientUpdate(c, n, None, {}) for c, n in enumerate(claims)]
-    assert [u.client_id for u in strategy._drop_heavy(updates)] == kept
+    assert [u.client_id for u in strategy.engine.drop_heavy(updates, strategy.stats)] == kept
     assert strategy.stats.rejected["weight"] == 2
 
 

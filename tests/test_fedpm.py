@@ -17,6 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
 
 import strategies
+from client_app.app import client_context
 from data.federated import central_test, dataset_info
 from models.masked import (
     MaskedConv2d,
@@ -30,7 +31,7 @@ from models.masked import (
     set_estimator,
     weight_hash,
 )
-from models.training import TensorData, evaluate, train_epochs
+from models.training import TensorData, TrainResult, evaluate, train_epochs
 from server_app.experiment import run_experiment
 from server_app.inprocess import InProcessGrid
 from server_app.monitor import LayerMonitor
@@ -101,6 +102,7 @@ def _job(model: str = "cnn", **params) -> ClientJob:
 
 
 # ------------------------------------------------------------------------- weights and layers
+@pytest.mark.slow
 def test_weights_rebuilt_in_another_process_match_bit_for_bit() -> None:
     script = (
         "import numpy as np, torch; from models.masked import build_masked, masked_layers, "
@@ -253,7 +255,7 @@ def test_hash_mismatch_fails_loudly() -> None:
     model = build_fedpm_model(job, (1, 8, 8), 10)
     content = RecordDict({ARRAYS: ArrayRecord(model.state_dict())})
     with pytest.raises(WeightMismatchError, match="0123456789abcdef"):
-        FedPMClient().receive(model, content, 3, job, None)
+        FedPMClient().receive(client_context(content, job, 3, None), model)
 
 
 def test_client_loads_float16_scores_and_replies_packed_bits() -> None:
@@ -262,9 +264,10 @@ def test_client_loads_float16_scores_and_replies_packed_bits() -> None:
     scores = {k: v.numpy().astype(np.float16) for k, v in model.state_dict().items()}
     content = RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in scores.items()})})
     client = FedPMClient()
-    client.receive(model, content, 0, job, None)
+    ctx = client_context(content, job, 0, None)
+    client.receive(ctx, model)
     assert all(v.dtype == torch.float32 for v in model.state_dict().values())
-    reply = client.reply(model, 0, job, None)
+    reply = client.reply(ctx, model, TrainResult(0.0, 0))
     for name, packed in reply[ARRAYS].items():
         n = model.state_dict()[name].numel()
         assert packed.dtype == "uint8" and tuple(packed.shape) == ((n + 7) // 8,)
@@ -281,11 +284,12 @@ def _trained_scores(client_id: int, global_seed: int) -> dict[str, torch.Tensor]
     )
     data = TensorData(x, y)
     client = FedPMClient()
-    client.prepare(model, data, client_id, job, None)
+    ctx = client_context(RecordDict(), job, client_id, None)
+    client.prepare(ctx, model, data)
     torch.manual_seed(global_seed)
-    train_epochs(model, data, client.optimizer(model, job), 1, 16, seed=0)
+    trained = train_epochs(model, data, client.optimizer(ctx, model), 1, 16, seed=0)
     assert all(layer.rng is not None for _, layer in masked_layers(model))
-    client.reply(model, client_id, job, None)
+    client.reply(ctx, model, trained)
     assert all(layer.rng is None for _, layer in masked_layers(model))  # stream forgotten
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -348,9 +352,9 @@ def test_resume_continues_the_posterior_exactly(tmp_path: Path) -> None:
 class TruncatingClient(FedPMClient):
     """Client 0 drops the last byte of its first mask."""
 
-    def reply(self, model, client_id, job, state):
-        records = super().reply(model, client_id, job, state)
-        if client_id == 0:
+    def reply(self, ctx, model, trained):
+        records = super().reply(ctx, model, trained)
+        if ctx.client_id == 0:
             arrays = {k: a.numpy() for k, a in records[ARRAYS].items()}
             first = next(iter(arrays))
             arrays[first] = arrays[first][:-1]
@@ -581,11 +585,12 @@ def test_client_codes_against_the_received_theta_and_shrinks_once_polarised() ->
         }
         content = RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in theta.items()})})
         client = FedPMClient()
-        client.receive(model, content, 0, job, None)
+        ctx = client_context(content, job, 0, None)
+        client.receive(ctx, model)
         for name, score in model.state_dict().items():  # trains from logit(q / 2^16)
             expected = logit(theta[name].astype(np.float64) / 65536).astype(np.float32)
             np.testing.assert_array_equal(score.numpy(), expected)
-        reply = client.reply(model, 0, job, None)
+        reply = client.reply(ctx, model, TrainResult(0.0, 0))
         shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         stream = reply[ARRAYS][STREAM].numpy()
         decoded = decode_masks(stream, reply[CODE], shapes, theta)
@@ -608,7 +613,8 @@ def _coded_replies(corrupt: dict[int, str], absent: frozenset[int] = frozenset()
 @pytest.mark.parametrize(
     ("kind", "workers"),
     [(kind, 0) for kind in ("truncate", "extend", "garble", "flag")]
-    + [("truncate", 2), ("garble", 2)],  # the decoding processes report the same reasons
+    # the decoding processes report the same reasons (slow: the pool spawns them)
+    + [pytest.param(kind, 2, marks=pytest.mark.slow) for kind in ("truncate", "garble")],
 )
 def test_a_bad_coded_stream_is_counted_and_never_aggregated(
     make_grid, kind: str, workers: int
@@ -644,6 +650,7 @@ def test_a_bad_coded_stream_is_counted_and_never_aggregated(
     assert sum(stats.rejected.values()) == 1
 
 
+@pytest.mark.slow
 def test_decoding_processes_give_the_same_run_as_the_server_process(tmp_path: Path) -> None:
     keys = ("accuracy", "fedpm_acc_sampled", "fedpm_density", "uplink_bytes", "fedpm_bpp_ideal")
     pooled = _run(tmp_path, "pool", "strategy.decode_workers=2")

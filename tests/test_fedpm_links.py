@@ -15,7 +15,7 @@ from server_app.inprocess import InProcessGrid
 from server_app.replies import stream_replies
 from server_app.settings import build_strategy, compose_config
 from strategies import theta_codec
-from strategies.fedpm import EXPORT_FILE, klms_keys, klms_settings
+from strategies.fedpm import EXPORT_FILE, FedPMParams, klms_keys
 from strategies.klms_codec import encode_masks_klms
 from strategies.mask_codec import quantize_prior
 from strategies.protocol.cohort import ClientDirectory
@@ -186,7 +186,11 @@ def _klms_coded(job: ClientJob, client: int, priors: dict, rng: np.random.Genera
     """The client's q = θ nudged, KLMS-coded against θ."""
     q = {k: np.clip(p / 65536 + rng.normal(0, 0.05, p.shape), 0, 1) for k, p in priors.items()}
     coded, _ = encode_masks_klms(
-        q, priors, klms_keys(job, client, list(priors)), klms_settings(job), rng
+        q,
+        priors,
+        klms_keys(job, client, list(priors)),
+        FedPMParams.from_job(job).klms_settings(),
+        rng,
     )
     return coded
 

@@ -13,7 +13,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 
 import models
+from client_app.app import client_context
 from data.federated import dataset_info
+from models.training import TrainResult
 from server_app.checkpoint import load_checkpoint
 from server_app.experiment import run_experiment
 from server_app.inprocess import InProcessGrid
@@ -101,11 +103,12 @@ class Federation:
             job = ClientJob.from_record(msg.content[CONFIG])
             (client_id,) = job.client_ids
             client, state = PseudoGradientClient(), ClientState(self.states[client_id], client_id)
-            client.receive(self.model, msg.content, client_id, job, state)
+            ctx = client_context(msg.content, job, client_id, state)
+            client.receive(ctx, self.model)
             with torch.no_grad():
                 for name, p in self.model.named_parameters():
                     p -= step(client_id) * torch.from_numpy(self.direction[name])
-            records = client.reply(self.model, client_id, job, state)
+            records = client.reply(ctx, self.model, TrainResult(1.0, 1))
             metrics = records.setdefault(METRICS, MetricRecord())
             metrics["num-examples"], metrics["train-loss"] = 10 * (client_id + 1), 1.0
             if tamper is not None:

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from flwr.app import RecordDict
 from torch import nn
 
 import models
+from client_app.app import client_context
 from models.training import TensorData
 from server_app.experiment import run_experiment
 from server_app.inprocess import InProcessGrid
@@ -116,7 +118,9 @@ def test_pruned_layers_hold_exactly_floor_d_numel_nonzeros(score: str, density: 
     model = models.build_model("cnn", (1, 8, 8), 10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     client = LipsClient()
-    client.prepare(model, _train_data(), 0, _job(density, score), state=None)
+    client.prepare(
+        client_context(RecordDict(), _job(density, score), 0, None), model, _train_data()
+    )
     after = model.state_dict()
     for name in ("conv2.weight", "fc1.weight"):
         assert int((after[name] != 0).sum()) == math.floor(density * after[name].numel())
@@ -132,7 +136,7 @@ def test_pruned_layers_hold_exactly_floor_d_numel_nonzeros(score: str, density: 
 def test_dense_round_leaves_the_model_alone() -> None:
     model = models.build_model("cnn", (1, 8, 8), 10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    LipsClient().prepare(model, _train_data(), 0, _job(1.0), state=None)
+    LipsClient().prepare(client_context(RecordDict(), _job(1.0), 0, None), model, _train_data())
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 

@@ -190,7 +190,7 @@ def test_a_reduced_reply_to_a_round_that_does_not_reduce_is_dropped_whole() -> N
         lbgm.configure_train(1, initial_arrays(_cfg("lbgm", True)), ConfigRecord(), grid)
     )
     for message in messages:  # every node answers as a reducing FedAvg node would
-        cohort = lbgm._sent[message.metadata.dst_node_id]
+        cohort = lbgm.engine._sent[message.metadata.dst_node_id]
         message.content["config"] = strategy.train_job(1, cohort).to_record()
     replies = grid.send_and_receive(messages)
     assert all(is_reduced(r.content) for r in replies)

@@ -74,8 +74,8 @@ def test_batchnorm_model_survives_a_single_sample_last_batch() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     data = _data(n=9)
-    loss = train_epochs(model, data, torch.optim.SGD(model.parameters(), lr=0.1), 1, 8, 0)
-    assert np.isfinite(loss)
+    result = train_epochs(model, data, torch.optim.SGD(model.parameters(), lr=0.1), 1, 8, 0)
+    assert np.isfinite(result.loss) and result.steps == 1  # the 1-sample batch is skipped
 
 
 def _counted_training(
@@ -87,7 +87,8 @@ def _counted_training(
     model.register_forward_pre_hook(lambda module, args: inputs.append(len(args[0])))
     stepped: list[int] = []
     optimizer.register_step_post_hook(lambda *args: stepped.append(inputs[-1]))
-    train_epochs(model, data, optimizer, epochs, batch_size, seed, steps=steps)
+    result = train_epochs(model, data, optimizer, epochs, batch_size, seed, steps=steps)
+    assert result.steps == len(stepped)
     return stepped, model[1].weight.detach().clone()
 
 

@@ -38,14 +38,8 @@ PARTIAL = "partial"  # once per reply: the cohort's partial sum
 PARTIAL_WEIGHT = "partial-weight"  # once per reply: the weight in it
 
 
-class CohortSum(ABC):
-    """A round's aggregate as a sum over clients: each reply checked and decoded, then added;
-    or a node's partial sum merged whole."""
-
-    @property
-    @abstractmethod
-    def weight(self) -> int:
-        """The total weight added so far (examples, or clients)."""
+class ReplyDecoder(ABC):
+    """Reads one client's reply: checks it, decodes its payload, measures it."""
 
     @abstractmethod
     def reply_limit(self) -> int:
@@ -63,6 +57,15 @@ class CohortSum(ABC):
         """Numbers of one decoded reply the strategy's round metrics read (default: none)."""
         return {}
 
+
+class Accumulator(ABC):
+    """Sums decoded updates, or other cohorts' partial sums, into the round's aggregate."""
+
+    @property
+    @abstractmethod
+    def weight(self) -> int:
+        """The total weight added so far (examples, or clients)."""
+
     @abstractmethod
     def add(self, update: ClientUpdate) -> None:
         """Add one decoded update and release its arrays."""
@@ -78,6 +81,16 @@ class CohortSum(ABC):
     @abstractmethod
     def merge(self, partial: Mapping[str, np.ndarray], weight: int) -> None:
         """Add another cohort's :meth:`partial` and its weight."""
+
+    @abstractmethod
+    def result(self) -> Any:
+        """What the strategy's ``aggregate`` reads: the sum, or the mean, of everything added."""
+
+
+class CohortSum(ReplyDecoder, Accumulator):
+    """A round's aggregate as a sum over clients: each reply checked and decoded, then added;
+    or a node's partial sum merged whole. Built from ``(train job, train downlink)``, what
+    both the server and a reducing node hold."""
 
 
 class CohortReducer:

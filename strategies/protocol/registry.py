@@ -1,15 +1,19 @@
-"""Algorithm registry: a name maps to its server strategy and its client half."""
+"""Algorithm registry: a name maps to its server strategy, its client half, its parameters and
+the cohort sum a node reduces with, so the client runtime never reads the server class."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
 import models
-from strategies.protocol.base import ClientAlgorithm, FedSparseStrategy
+from strategies.protocol.base import FedSparseStrategy
+from strategies.protocol.client import ClientAlgorithm
 from strategies.protocol.job import ClientJob
+from strategies.protocol.params import Params
+from strategies.protocol.reduction import CohortSum
 
 JobModelBuilder = Callable[[ClientJob, tuple[int, int, int], int], nn.Module]
 """Builds the model a job trains from ``(job, input_shape as (C, H, W), num_classes)``."""
@@ -17,12 +21,20 @@ JobModelBuilder = Callable[[ClientJob, tuple[int, int, int], int], nn.Module]
 
 @dataclass(frozen=True)
 class Algorithm:
-    """Both halves of one federated protocol."""
+    """Both halves of one federated protocol, with what both ends read: the parameters
+    (the server's ``params_type``) and the cohort sum a node reduces with (the server's
+    ``cohort_sum_type`` when nodes can decode with it alone, else None)."""
 
     name: str
     server: type[FedSparseStrategy]
-    client: type[ClientAlgorithm]
+    client: type[ClientAlgorithm] = ClientAlgorithm
     model_builder: JobModelBuilder | None = None  # None: models.build_model(job.model, ...)
+    params: type[Params] = field(init=False)
+    cohort_sum: type[CohortSum] | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", self.server.params_type)
+        object.__setattr__(self, "cohort_sum", self.server.node_sum())
 
 
 _ALGORITHMS: dict[str, Algorithm] = {}

@@ -1,0 +1,98 @@
+"""The client half of an algorithm, and what the runtime tells it about the client it serves.
+
+The generic ClientApp builds one :class:`ClientContext` per client and round and calls the
+algorithm's hooks in order: ``receive`` (the downlink into the model), ``prepare`` (a last change
+before training), ``train`` (the local loop: by default today's mini-batch SGD, with the
+algorithm's ``optimizer``, ``loss_term`` and ``before_step``), ``reply`` (the records sent up).
+The defaults are FedAvg's client: load the global arrays, train, send the trained arrays back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from flwr.app import RecordDict
+from torch import nn
+
+from models.training import TensorData, TrainResult, load_weights, train_epochs
+from strategies.protocol.arrays import to_array_record
+from strategies.protocol.job import ClientJob
+from strategies.protocol.params import Params
+from strategies.protocol.update import ARRAYS
+from strategies.protocol.wire import ClientState, Record, decoded_tensors, unpack_clients
+
+
+@dataclass(frozen=True)
+class ClientContext:
+    """One client in one round: who it is, its job and typed parameters, the state it keeps
+    across rounds, where it trains, and the node message it arrived in."""
+
+    client_id: int
+    job: ClientJob
+    params: Params
+    state: ClientState
+    device: torch.device
+    seed: int
+    """This client's seed for this round (batches, masks: every draw of its round)."""
+    content: RecordDict
+    """The node message: the shared downlink records, and each hosted client's own."""
+
+    @cached_property
+    def records(self) -> dict[str, Record]:
+        """The downlink records addressed to this client alone (``client_records`` on the
+        server side)."""
+        return unpack_clients(self.content).get(self.client_id, {})
+
+
+class ClientAlgorithm:
+    """Client half of a protocol: read the payload into a model, train, encode the reply.
+
+    One instance serves one client for one round, so it may keep what ``receive`` saw for
+    ``reply``; what must outlive the round goes to ``ctx.state``.
+    """
+
+    def receive(self, ctx: ClientContext, model: nn.Module) -> None:
+        """Load the downlink payload into ``model`` (default: the dense global arrays)."""
+        load_weights(model, decoded_tensors(ctx.content[ARRAYS]))
+
+    def prepare(self, ctx: ClientContext, model: nn.Module, data: TensorData) -> None:
+        """Last change to the received model before local training (default: none)."""
+
+    def optimizer(self, ctx: ClientContext, model: nn.Module) -> torch.optim.Optimizer:
+        """The local optimizer, fresh every round (default: SGD with the job's settings)."""
+        job = ctx.job
+        return torch.optim.SGD(
+            model.parameters(), lr=job.lr, momentum=job.momentum, weight_decay=job.weight_decay
+        )
+
+    def loss_term(self, ctx: ClientContext, model: nn.Module) -> torch.Tensor | None:
+        """A term added to each mini-batch's loss before the backward pass (default: none)."""
+        return None
+
+    def before_step(self, ctx: ClientContext, model: nn.Module) -> None:
+        """Called after each backward pass, before the optimizer step: the place to change
+        gradients (default: nothing)."""
+
+    def train(self, ctx: ClientContext, model: nn.Module, data: TensorData) -> TrainResult:
+        """Local training: the job's epochs (or ``local_steps``) of seeded mini-batches, with
+        this algorithm's optimizer and hooks."""
+        job = ctx.job
+        return train_epochs(
+            model,
+            data,
+            self.optimizer(ctx, model),
+            job.local_epochs,
+            job.batch_for(len(data)),
+            ctx.seed,
+            steps=job.local_steps,
+            loss_term=lambda trained: self.loss_term(ctx, trained),
+            before_step=lambda trained: self.before_step(ctx, trained),
+        )
+
+    def reply(
+        self, ctx: ClientContext, model: nn.Module, trained: TrainResult
+    ) -> dict[str, Record]:
+        """The records this client sends up after training (default: the trained arrays)."""
+        return {ARRAYS: to_array_record(model.state_dict())}
