@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here starts a Python subprocess
+
 ROUND_TWICE = """
 import resource, sys
 import numpy as np

@@ -126,6 +126,7 @@ print(" ".join(float(v).hex() for v in values))
 """
 
 
+@pytest.mark.slow
 def test_dot_products_that_reach_results_do_not_depend_on_the_blas_thread_count() -> None:
     """OpenBLAS splits float64 dot products over its threads (1 vs 2 threads differ in the low
     bits); LBGM's projection and the monitor must give the same bits in any process."""

@@ -84,6 +84,7 @@ def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_the_command_answers_help_and_typos_without_a_traceback(tmp_path: Path) -> None:
     shown = _cli("--help")
     assert shown.returncode == 0 and shown.stdout.startswith("fedsparse: federated learning")

@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.processes import SERVER_PACKAGES, client_only_env
+
+pytestmark = pytest.mark.slow  # every test here starts a Python subprocess
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_ON_OWN_DATA = """

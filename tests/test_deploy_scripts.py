@@ -16,6 +16,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 
+pytestmark = pytest.mark.slow  # every test here runs a deploy/ script in a subprocess
+
 needs_openssl = pytest.mark.skipif(
     shutil.which("openssl") is None, reason="needs openssl (make-certs.sh makes certificates)"
 )

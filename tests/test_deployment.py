@@ -263,6 +263,7 @@ def _check_contract(run_dir: Path, strategy: str, failures: list[int]) -> None:
     assert summary["rounds"] == 2 and summary["strategy"] == strategy
 
 
+@pytest.mark.slow
 @needs_tools
 @pytest.mark.parametrize("strategy", ["fedavg", "lbgm"])
 def test_deployed_run_writes_the_output_contract(
@@ -277,6 +278,7 @@ def test_deployed_run_writes_the_output_contract(
     assert f"[fedsparse] {strategy} on digits" in output
 
 
+@pytest.mark.slow
 @needs_tools
 def test_an_edge_node_trains_fedpm_on_its_own_images(federation: Federation, tmp_path: Path):
     """FedPM (its masked model sized from the job) trains on both nodes, the edge node
@@ -298,6 +300,7 @@ def test_an_edge_node_trains_fedpm_on_its_own_images(federation: Federation, tmp
     assert "Traceback" not in (federation.root / "node1.log").read_text()
 
 
+@pytest.mark.slow
 @needs_tools
 def test_failed_run_gives_a_nonzero_exit(federation: Federation, tmp_path: Path) -> None:
     """The ServerApp refuses a run dir that holds a run: ``fedsparse-deploy`` must say so."""
@@ -314,6 +317,7 @@ def test_failed_run_gives_a_nonzero_exit(federation: Federation, tmp_path: Path)
     assert "ended finished:failed" in result.stderr and "already holds a run" in result.stderr
 
 
+@pytest.mark.slow
 def test_bad_overrides_fail_before_anything_is_sent(tmp_path: Path) -> None:
     result = run_command(_deploy_args(tmp_path / "bad", "num_rounds=-1"), REPO, timeout=120)
     assert result.returncode != 0 and "num_rounds=-1" in result.stdout
@@ -321,6 +325,7 @@ def test_bad_overrides_fail_before_anything_is_sent(tmp_path: Path) -> None:
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 @needs_tools
 def test_run_survives_a_killed_supernode(federation: Federation, tmp_path: Path) -> None:
     """SIGKILL node 1 after round 1: round 2 finishes on node 0 with one failure (runs last)."""

@@ -21,6 +21,8 @@ import pytest
 
 from tests.processes import kill_tree, run_command
 
+pytestmark = pytest.mark.slow  # every test here runs the fedsparse CLI (Ray) in a subprocess
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL_RUN = [
     "dataset=digits",

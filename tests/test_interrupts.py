@@ -75,6 +75,7 @@ def test_a_run_stopped_before_it_started_says_to_run_the_command_again(
     assert "run the same command again" in interrupts.stop_message(signal.SIGINT)
 
 
+@pytest.mark.slow
 def test_the_handler_kills_the_processes_the_run_started(
     handler: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -149,6 +150,7 @@ def _assert_clean_stop(run_dir: Path, code: int, output: str, signum: int, seen:
         assert len(rows) <= 1
 
 
+@pytest.mark.slow
 def test_ctrl_c_at_seeded_random_moments_stops_cleanly(tmp_path: Path) -> None:
     """Ten interrupts: eight at seeded random moments in the first 12 s (imports, config, data,
     Ray's start, the first rounds; the third of them a double Ctrl-C), then SIGINT to the

@@ -101,6 +101,7 @@ def test_chosen_masks_approach_q_as_bits_grow() -> None:
     assert kl_bits(q, prior).sum() < 8  # one block of ~2.7 bits: 8 index bits is enough
 
 
+@pytest.mark.slow
 def test_candidates_are_the_same_in_another_process() -> None:
     prior = quantize_prior(np.linspace(0.01, 0.99, 997))
     here = candidate_bits(KEY, prior, np.arange(16)[:, None], np.arange(997)[None, :])

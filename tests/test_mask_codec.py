@@ -117,6 +117,7 @@ def _prior_digest() -> str:
     return hashlib.sha256(quantize_prior(sigmoid(scores)).tobytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_prior_computed_in_another_process_is_identical() -> None:
     script = (
         "import sys; sys.path.insert(0, 'tests'); from test_mask_codec import _prior_digest; "

@@ -136,6 +136,7 @@ cli.main()
 """
 
 
+@pytest.mark.slow
 def test_multirun_jobs_are_runs_of_one_experiment(tmp_path: Path) -> None:
     """`fedsparse --multirun seed=0,1` (clients in-process): one MLflow experiment named after
     the sweep folder with two runs, one TensorBoard logdir with one sub-folder per run."""
