@@ -32,8 +32,6 @@ from models.masked import (
     weight_hash,
 )
 from models.training import TensorData, TrainResult, evaluate, train_epochs
-from server_app.experiment import run_experiment
-from server_app.inprocess import InProcessGrid
 from server_app.monitor import LayerMonitor
 from server_app.plots import BPP_PLOT, PLOTS
 from server_app.settings import ConfigError, build_strategy, compose_config
@@ -63,25 +61,14 @@ from strategies.protocol.job import ClientJob
 from strategies.protocol.registry import Algorithm, register_algorithm
 from strategies.protocol.validation import ReplyError
 from tests.fedpm_replies import coded_replies
+from tests.runs import FEDPM_TOY_BASE, run_and_read
 
 REPO = Path(__file__).resolve().parents[1]
-TOY_RUN = [
-    "strategy=fedpm",
-    "dataset=digits",
-    "num_clients=4",
-    "clients_per_round=4",
-    "num_rounds=2",
-    "local_epochs=1",
-    "plots=false",
-    "federated_eval=false",
-    "strategy.eval_samples=2",
-]
+TOY_RUN = [*FEDPM_TOY_BASE, "num_rounds=2", "strategy.eval_samples=2"]
 
 
 def _run(tmp_path: Path, name: str, *overrides: str) -> list[dict]:
-    cfg = compose_config([*TOY_RUN, *overrides])
-    run_experiment(InProcessGrid(cfg.num_clients), cfg, tmp_path / name)
-    return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
+    return run_and_read([*TOY_RUN, *overrides], tmp_path / name)
 
 
 def _strategy(*overrides: str) -> FedPM:

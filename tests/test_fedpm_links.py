@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
-from server_app.experiment import initial_arrays, run_experiment
+from server_app.experiment import initial_arrays
 from server_app.inprocess import InProcessGrid
 from server_app.replies import stream_replies
 from server_app.settings import build_strategy, compose_config
@@ -21,26 +21,14 @@ from strategies.mask_codec import quantize_prior
 from strategies.protocol.cohort import ClientDirectory
 from strategies.protocol.job import ClientJob
 from tests.fedpm_replies import coded_replies
+from tests.runs import FEDPM_TOY_BASE, run_and_read
 
-TOY_RUN = [
-    "strategy=fedpm",
-    "dataset=digits",
-    "num_clients=4",
-    "clients_per_round=4",
-    "local_epochs=1",
-    "plots=false",
-    "federated_eval=false",
-    "strategy.eval_samples=0",
-]
+TOY_RUN = [*FEDPM_TOY_BASE, "strategy.eval_samples=0"]
 SAME = ("accuracy", "loss", "fedpm_density", "fedpm_bpp_ideal", "fedpm_bpp_kl", "uplink_bytes")
 
 
 def _run(tmp_path: Path, name: str, *overrides: str) -> list[dict]:
-    cfg = compose_config([*TOY_RUN, *overrides])
-    per_node = cfg.engine.clients_per_node
-    nodes = cfg.num_clients if per_node == "auto" else -(-cfg.num_clients // int(per_node))
-    run_experiment(InProcessGrid(nodes), cfg, tmp_path / name)
-    return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
+    return run_and_read([*TOY_RUN, *overrides], tmp_path / name)
 
 
 # --------------------------------------------------------------------------- the codec

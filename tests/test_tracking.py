@@ -3,7 +3,6 @@ MLflow's client. Runs are in-process (InProcessGrid): digits, 4 clients, 2 round
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -15,28 +14,17 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from server_app import tracking
-from server_app.experiment import run_experiment
-from server_app.inprocess import InProcessGrid
 from server_app.settings import ConfigError, compose_config, validate
 from tests.processes import run_command
+from tests.runs import TOY_BASE, run_and_read
 
 REPO = Path(__file__).resolve().parents[1]
-TOY_RUN = [
-    "dataset=digits",
-    "num_clients=4",
-    "clients_per_round=4",
-    "num_rounds=2",
-    "local_epochs=1",
-    "federated_eval=false",
-]
+TOY_RUN = [*TOY_BASE, "num_rounds=2"]
 BOTH = "tracking=[tensorboard,mlflow]"
 
 
 def _run(run_dir: Path, *overrides: str) -> list[dict]:
-    cfg = compose_config([*TOY_RUN, *overrides])
-    validate(cfg)
-    run_experiment(InProcessGrid(cfg.num_clients), cfg, run_dir)
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    return run_and_read([*TOY_RUN, *overrides], run_dir)
 
 
 def _events(logdir: Path) -> EventAccumulator:
