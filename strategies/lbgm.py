@@ -30,7 +30,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from functools import cached_property, lru_cache
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from torch import nn
 
-import models
 from models.training import TrainResult
 from strategies.compression import COMPRESSORS, Codec, CodecError, make_codec
 from strategies.protocol.arrays import dot, l2_norm, to_array_record, to_numpy, to_numpy_dict
@@ -55,7 +54,7 @@ from strategies.protocol.params import (
     check_number,
 )
 from strategies.protocol.reduction import CohortSum
-from strategies.protocol.registry import Algorithm, register_algorithm
+from strategies.protocol.registry import Algorithm, parameter_shapes, register_algorithm
 from strategies.protocol.update import METRICS, REPLY_SLACK_BYTES
 from strategies.protocol.validation import (
     ReplyError,
@@ -75,20 +74,6 @@ TOPK_BREAK_EVEN = 0.5  # float32 value + int32 index per kept entry: 8 bytes aga
 LBGM = "lbgm"  # uplink: MetricRecord {"rho:<unit>": float, "version:<unit>": int} (reused units)
 RESIDUAL = "compress-residual"  # client state: error-feedback residual per layer
 CLIENT_COUNTS = ("lbgm-reused", "lbgm-units", "lbgm-checked", "lbgm-phase-error-sum")
-
-
-@lru_cache(maxsize=16)
-def _parameter_shapes(
-    model: str, input_shape: tuple[int, int, int], num_classes: int
-) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    built = models.build_model(model, input_shape, num_classes)
-    return tuple((name, tuple(p.shape)) for name, p in built.named_parameters())
-
-
-def parameter_shapes(job: ClientJob) -> dict[str, tuple[int, ...]]:
-    """Trainable parameter tensors of the job's model (the layers LBGM works on), in order."""
-    info = job.data_info()
-    return dict(_parameter_shapes(job.model, info.input_shape, info.num_classes))
 
 
 def units_of(layers: list[str], granularity: str) -> dict[str, list[str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from torch import nn
 
@@ -71,3 +72,17 @@ def build_job_model(
     if builder is None:
         return models.build_model(job.model, input_shape, num_classes)
     return builder(job, input_shape, num_classes)
+
+
+@lru_cache(maxsize=16)
+def _parameter_shapes(
+    model: str, input_shape: tuple[int, int, int], num_classes: int
+) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    built = models.build_model(model, input_shape, num_classes)
+    return tuple((name, tuple(p.shape)) for name, p in built.named_parameters())
+
+
+def parameter_shapes(job: ClientJob) -> dict[str, tuple[int, ...]]:
+    """Trainable parameter tensors of ``job.model`` (what has a gradient), in order."""
+    info = job.data_info()
+    return dict(_parameter_shapes(job.model, info.input_shape, info.num_classes))

@@ -1,0 +1,36 @@
+"""What an algorithm author needs for the simple path, in one import.
+
+A strategy is a server class (``FedAvg`` or ``FedSparseStrategy`` with ``aggregate``, and
+``decode`` when its replies are not FedAvg's arrays), an optional client half
+(``ClientAlgorithm`` hooks, told about the client through ``ClientContext``), an optional
+``Params`` dataclass, and one ``register_algorithm(Algorithm(...))`` line in a module of
+``strategies/``. docs/development.md ("Adding a strategy") walks through FedProx.
+"""
+
+from models.training import TensorData, TrainResult
+from strategies.fedavg import FedAvg
+from strategies.protocol.arrays import to_array_record, to_numpy_dict
+from strategies.protocol.base import FedSparseStrategy
+from strategies.protocol.client import ClientAlgorithm, ClientContext
+from strategies.protocol.params import Params, check_number
+from strategies.protocol.registry import Algorithm, register_algorithm
+from strategies.protocol.update import ARRAYS, ClientUpdate
+from strategies.protocol.validation import ReplyError
+
+__all__ = [
+    "ARRAYS",
+    "Algorithm",
+    "ClientAlgorithm",
+    "ClientContext",
+    "ClientUpdate",
+    "FedAvg",
+    "FedSparseStrategy",
+    "Params",
+    "ReplyError",
+    "TensorData",
+    "TrainResult",
+    "check_number",
+    "register_algorithm",
+    "to_array_record",
+    "to_numpy_dict",
+]
