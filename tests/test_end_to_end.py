@@ -19,18 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from server_app.results import read_metrics
 from tests.processes import kill_tree, run_command
+from tests.runs import SMALL_RUN
 
 pytestmark = pytest.mark.slow  # every test here runs the fedsparse CLI (Ray) in a subprocess
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL_RUN = [
-    "dataset=digits",
-    "num_clients=5",
-    "clients_per_round=5",
-    "local_epochs=2",
-    "partition.min_size=20",
-]
 ROW_KEYS = {
     "round",
     "accuracy",
@@ -65,10 +60,6 @@ def fedsparse(*overrides: str, timeout: float = 300) -> str:
     return result.stdout
 
 
-def rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     run_dir = tmp_path_factory.mktemp("e2e") / "full"
@@ -80,7 +71,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     run_dir = tmp_path_factory.mktemp("e2e") / "resumed"
     fedsparse(*SMALL_RUN, "num_rounds=2", f"hydra.run.dir={run_dir}")
-    first_leg = rows(run_dir)
+    first_leg = read_metrics(run_dir)
     # the second leg hosts clients in cohorts of 2: the engine may change on resume, numbers not
     fedsparse(
         *SMALL_RUN,
@@ -94,7 +85,7 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]
 
 def test_output_contract(uninterrupted: tuple[Path, str]) -> None:
     run_dir, output = uninterrupted
-    metrics = rows(run_dir)
+    metrics = read_metrics(run_dir)
     assert [r["round"] for r in metrics] == [1, 2, 3, 4]
     for row in metrics:
         assert ROW_KEYS <= row.keys()
@@ -131,7 +122,7 @@ def test_a_finished_run_ends_with_one_summary_line(uninterrupted: tuple[Path, st
 
 
 def test_learns_beyond_chance(uninterrupted: tuple[Path, str]) -> None:
-    metrics = rows(uninterrupted[0])
+    metrics = read_metrics(uninterrupted[0])
     assert metrics[-1]["accuracy"] > 0.3  # 10 classes: chance is 0.1
     assert metrics[-1]["loss"] < metrics[0]["loss"]
 
@@ -141,21 +132,21 @@ def test_uplink_is_the_dense_model_per_client(uninterrupted: tuple[Path, str]) -
 
     model = models.build_model("cnn", (1, 8, 8), 10)
     dense = sum(p.numel() * 4 for p in model.state_dict().values())
-    for row in rows(uninterrupted[0]):
+    for row in read_metrics(uninterrupted[0]):
         per_client = row["uplink_bytes"] / row["clients"]
         assert dense <= per_client <= dense + 2_000  # npy headers, names and the metrics record
 
 
 def test_same_seed_gives_same_metrics(uninterrupted: tuple[Path, str], resumed) -> None:
     _, first_leg = resumed
-    full = rows(uninterrupted[0])
+    full = read_metrics(uninterrupted[0])
     assert [r["accuracy"] for r in first_leg] == [r["accuracy"] for r in full[:2]]
     assert [r["train_loss"] for r in first_leg] == [r["train_loss"] for r in full[:2]]
 
 
 def test_resume_equals_uninterrupted_run(uninterrupted: tuple[Path, str], resumed) -> None:
     run_dir, _ = resumed
-    full, continued = rows(uninterrupted[0]), rows(run_dir)
+    full, continued = read_metrics(uninterrupted[0]), read_metrics(run_dir)
     assert [r["round"] for r in continued] == [1, 2, 3, 4]
     for key in ("accuracy", "loss", "train_loss", "uplink_bytes", "fed_accuracy"):
         assert [r[key] for r in continued] == [r[key] for r in full], key
@@ -279,16 +270,16 @@ def test_sigkill_mid_round_then_resume_equals_uninterrupted(
     )
     try:
         deadline = time.monotonic() + 240
-        while not (run_dir / "metrics.jsonl").exists() or len(rows(run_dir)) < 2:
+        while not (run_dir / "metrics.jsonl").exists() or len(read_metrics(run_dir)) < 2:
             assert proc.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, "the run did not reach round 2 in time"
             time.sleep(0.1)
     finally:
         kill_tree(proc)
     assert proc.returncode == -9
-    assert len(rows(run_dir)) < 4
+    assert len(read_metrics(run_dir)) < 4
     fedsparse(*SMALL_RUN, *stall, "num_rounds=4", "resume=true", f"hydra.run.dir={run_dir}")
-    full, resumed = rows(uninterrupted[0]), rows(run_dir)
+    full, resumed = read_metrics(uninterrupted[0]), read_metrics(run_dir)
     assert [r["round"] for r in resumed] == [1, 2, 3, 4]
     for key in ("accuracy", "loss", "train_loss", "uplink_bytes", "fed_accuracy"):
         assert [r[key] for r in resumed] == [r[key] for r in full], key
@@ -305,7 +296,7 @@ def test_lbgm_client_state_persists_across_rounds_on_ray(tmp_path: Path) -> None
         "federated_eval=false",
         f"hydra.run.dir={run_dir}",
     )
-    metrics = rows(run_dir)
+    metrics = read_metrics(run_dir)
     assert metrics[0]["lbgm_reuse_frac"] == 0.0  # nothing to look back on in round 1
     assert all(r["lbgm_reuse_frac"] > 0.5 for r in metrics[1:])
     assert all(r["uplink_bytes"] < metrics[0]["uplink_bytes"] / 2 for r in metrics[1:])
@@ -357,7 +348,7 @@ def test_ray_address_attaches_to_a_running_ray_cluster(tmp_path: Path) -> None:
             f"hydra.run.dir={run_dir}",
         )
         assert "Connecting to existing Ray cluster" in output
-        assert [r["round"] for r in rows(run_dir)] == [1]
+        assert [r["round"] for r in read_metrics(run_dir)] == [1]
         assert head.poll() is None, "the run must not stop a cluster it did not start"
     finally:
         kill_tree(head)

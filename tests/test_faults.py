@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,25 +11,18 @@ from client_app.faults import plan_faults
 from server_app.checkpoint import load_checkpoint
 from server_app.experiment import run_experiment, starting_point
 from server_app.inprocess import InProcessGrid
+from server_app.results import read_metrics
 from server_app.settings import client_job, compose_config
+from tests.runs import SMALL_RUN
 
-RUN = [
-    "dataset=digits",
-    "num_clients=5",
-    "clients_per_round=5",
-    "num_rounds=4",
-    "local_epochs=2",
-    "partition.min_size=20",
-    "plots=false",
-    "federated_eval=false",
-]
+RUN = [*SMALL_RUN, "num_rounds=4", "plots=false", "federated_eval=false"]
 RATE = 0.3
 
 
 def _run(tmp_path: Path, *overrides: str) -> tuple[list[dict], list[list[int]], object]:
     cfg = compose_config([*RUN, *overrides])
     run_experiment(InProcessGrid(cfg.num_clients), cfg, tmp_path / "run")
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    rows = read_metrics(tmp_path / "run")
     job = client_job(cfg)
     faulty = [
         [c for c in range(cfg.num_clients) if _hit(plan_faults(job.for_round(r, [c]), c))]
