@@ -29,6 +29,7 @@ import pytest
 
 import strategies
 from server_app import deploy
+from server_app.results import read_metrics
 from server_app.settings import ConfigError
 from tests.processes import client_only_env, kill_tree, run_command
 
@@ -234,11 +235,6 @@ def _deploy_args(run_dir: Path, *overrides: str) -> list[str]:
     ]
 
 
-def _rows(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def _deploy(fed: Federation, run_dir: Path, *overrides: str) -> str:
     result = subprocess.run(
         _deploy_args(run_dir, *overrides),
@@ -255,7 +251,7 @@ def _deploy(fed: Federation, run_dir: Path, *overrides: str) -> str:
 
 def _check_contract(run_dir: Path, strategy: str, failures: list[int]) -> None:
     assert "num_rounds: 2" in (run_dir / "config.yaml").read_text()
-    rows = _rows(run_dir)
+    rows = read_metrics(run_dir)
     assert [r["round"] for r in rows] == [1, 2]
     assert [r["failures"] for r in rows] == failures
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
@@ -274,7 +270,7 @@ def test_deployed_run_writes_the_output_contract(
     run_dir = tmp_path / strategy
     output = _deploy(federation, run_dir, f"strategy={strategy}")
     _check_contract(run_dir, strategy, failures=[0, 0])
-    assert all(r["clients"] == 2 for r in _rows(run_dir))
+    assert all(r["clients"] == 2 for r in read_metrics(run_dir))
     assert f"[fedsparse] {strategy} on digits" in output
 
 
@@ -286,7 +282,7 @@ def test_an_edge_node_trains_fedpm_on_its_own_images(federation: Federation, tmp
     run_dir = tmp_path / "edge"
     _deploy(federation, run_dir, "strategy=fedpm", "strategy.eval_samples=0")
     _check_contract(run_dir, "fedpm", failures=[0, 0])
-    assert all(r["clients"] == 2 for r in _rows(run_dir))
+    assert all(r["clients"] == 2 for r in read_metrics(run_dir))
     probe = subprocess.run(
         [sys.executable, "-c", "import client_app.app; import sklearn"],
         cwd=REPO,
@@ -334,7 +330,7 @@ def test_run_survives_a_killed_supernode(federation: Federation, tmp_path: Path)
     deploy = _start(_deploy_args(run_dir), log, federation.env, REPO)
     try:
         deadline = time.monotonic() + 240
-        while not _rows(run_dir):
+        while not read_metrics(run_dir):
             assert deploy.poll() is None, log.read_text()[-4000:]
             assert time.monotonic() < deadline, "round 1 did not finish in time"
             time.sleep(0.2)
@@ -343,4 +339,4 @@ def test_run_survives_a_killed_supernode(federation: Federation, tmp_path: Path)
     finally:
         kill_tree(deploy)
     _check_contract(run_dir, "fedavg", failures=[0, 1])
-    assert [r["clients"] for r in _rows(run_dir)] == [2, 1]
+    assert [r["clients"] for r in read_metrics(run_dir)] == [2, 1]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from server_app.experiment import run_experiment, starting_point
 from server_app.inprocess import InProcessGrid
 from server_app.settings import ConfigError, client_job, compose_config, validate
 from strategies.protocol.cohort import expected_nodes
+from tests.runs import run_and_read
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,9 +53,8 @@ def test_explicit_clients_per_node_is_kept() -> None:
     assert with_clients_per_node(cfg, actors=2) is cfg
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    """The run's metric rows without wall times (every key ending in ``_s``)."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def _without_wall_times(rows: list[dict]) -> list[dict]:
+    """Metric rows without wall times (every key ending in ``_s``)."""
     return [{k: v for k, v in row.items() if not k.endswith("_s")} for row in rows]
 
 
@@ -69,7 +68,7 @@ def test_cohorts_of_four_give_the_same_metrics_as_one_client_per_node(
     """Every strategy: hosting 4 clients per node changes the messages, not a single number."""
     runs = {}
     for k in (1, 4):
-        cfg = compose_config(
+        rows = run_and_read(
             [
                 f"strategy={strategy}",
                 "dataset=digits",
@@ -79,11 +78,10 @@ def test_cohorts_of_four_give_the_same_metrics_as_one_client_per_node(
                 "num_rounds=2",
                 "plots=false",
                 f"engine.clients_per_node={k}",
-            ]
+            ],
+            tmp_path / f"k{k}",
         )
-        run_dir = tmp_path / f"k{k}"
-        run_experiment(InProcessGrid(expected_nodes(8, k)), cfg, run_dir)
-        runs[k] = _metrics(run_dir)
+        runs[k] = _without_wall_times(rows)
     assert [r["accuracy"] for r in runs[4]] == [r["accuracy"] for r in runs[1]]
     assert runs[4] == runs[1]
 

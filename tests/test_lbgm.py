@@ -3,7 +3,6 @@ stacking on top-k, FedAvg equivalence, store backends, config errors and uplink 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from models.training import TrainResult
 from server_app.checkpoint import load_checkpoint
 from server_app.experiment import run_experiment
 from server_app.inprocess import InProcessGrid
+from server_app.results import read_metrics
 from server_app.settings import ConfigError, build_strategy, compose_config
 from strategies.compression import topk_count
 from strategies.lbgm import LBGM, PseudoGradientClient, Scaled, projection
@@ -29,6 +29,7 @@ from strategies.protocol.lbg_book import INDEX, ClientLBGs
 from strategies.protocol.update import CONFIG, METRICS
 from strategies.protocol.weighted_sum import WeightedSum
 from strategies.protocol.wire import ClientState, RecordDict, pack_clients, unpack_clients
+from tests.runs import run_and_read
 
 TOY_RUN = [
     "dataset=digits",
@@ -313,34 +314,28 @@ def test_server_momentum_is_heavy_ball_and_checkpointed(make_grid) -> None:
 
 
 # ---------------------------------------------------------------------- whole experiments
-def _rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
-
-
 def _run(tmp_path: Path, name: str, *overrides: str) -> Path:
-    cfg = compose_config([*TOY_RUN, *overrides])
-    grid = InProcessGrid(cfg.num_clients)
-    run_experiment(grid, cfg, tmp_path / name)
+    run_and_read([*TOY_RUN, *overrides], tmp_path / name)
     return tmp_path / name
 
 
 def test_lbgm_that_never_reuses_is_fedavg(tmp_path: Path) -> None:
     fedavg = _run(tmp_path, "fedavg", "strategy=fedavg")
     lbgm = _run(tmp_path, "lbgm", "strategy=lbgm", "strategy.delta=-1")
-    for a, b in zip(_rows(fedavg), _rows(lbgm), strict=True):
+    for a, b in zip(read_metrics(fedavg), read_metrics(lbgm), strict=True):
         assert abs(a["accuracy"] - b["accuracy"]) <= 0.005
-    assert all(r["lbgm_reuse_frac"] == 0.0 for r in _rows(lbgm))
+    assert all(r["lbgm_reuse_frac"] == 0.0 for r in read_metrics(lbgm))
     ours, theirs = (load_checkpoint(run / "checkpoint").arrays for run in (lbgm, fedavg))
     for name, array in theirs.items():
         np.testing.assert_allclose(ours[name].numpy(), array.numpy(), atol=1e-6)
 
 
 def test_state_persists_on_the_node_and_reuse_cuts_uplink(tmp_path: Path) -> None:
-    fedavg = _rows(_run(tmp_path, "fedavg", "strategy=fedavg", "num_rounds=2"))
+    fedavg = read_metrics(_run(tmp_path, "fedavg", "strategy=fedavg", "num_rounds=2"))
     cfg = compose_config([*TOY_RUN, "num_rounds=2", "strategy=lbgm", "strategy.delta=0.9"])
     grid = InProcessGrid(cfg.num_clients)
     run_experiment(grid, cfg, tmp_path / "lbgm")
-    rows = _rows(tmp_path / "lbgm")
+    rows = read_metrics(tmp_path / "lbgm")
     assert rows[0]["lbgm_reuse_frac"] == 0.0 and rows[1]["lbgm_reuse_frac"] > 0.8
     assert rows[1]["uplink_bytes"] < 0.2 * fedavg[1]["uplink_bytes"]
     for context in grid.contexts.values():  # the node keeps the LBGs of its client
@@ -358,8 +353,8 @@ def test_disk_store_run_equals_memory_store_run(tmp_path: Path) -> None:
         "strategy.store=disk",
         f"strategy.store_dir={tmp_path / 'store'}",
     )
-    assert [[r[k] for k in keys] for r in _rows(memory)] == [
-        [r[k] for k in keys] for r in _rows(disk)
+    assert [[r[k] for k in keys] for r in read_metrics(memory)] == [
+        [r[k] for k in keys] for r in read_metrics(disk)
     ]
     assert len(list((tmp_path / "store").iterdir())) == 3
 
@@ -466,7 +461,7 @@ def test_a_restarted_node_full_sends_and_nothing_is_rejected(tmp_path: Path) -> 
     cfg = compose_config(overrides)
     run_experiment(InProcessGrid(3), cfg, tmp_path / "steady")
     run_experiment(_RestartingGrid(3), cfg, tmp_path / "restarted")
-    steady, restarted = _rows(tmp_path / "steady"), _rows(tmp_path / "restarted")
+    steady, restarted = read_metrics(tmp_path / "steady"), read_metrics(tmp_path / "restarted")
     assert [r["rejected"] for r in restarted] == [{}, {}, {}, {}]
     assert [r["failures"] for r in restarted] == [0, 0, 0, 0]
     assert [r["accuracy"] for r in restarted[:2]] == [r["accuracy"] for r in steady[:2]]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -14,8 +13,7 @@ from torch import nn
 import models
 from client_app.app import client_context
 from models.training import TensorData
-from server_app.experiment import run_experiment
-from server_app.inprocess import InProcessGrid
+from server_app.results import read_metrics
 from server_app.settings import ConfigError, build_strategy, compose_config
 from strategies.lips import (
     LipsClient,
@@ -27,6 +25,7 @@ from strategies.lips import (
 )
 from strategies.protocol.cohort import ClientDirectory
 from strategies.protocol.job import ClientJob
+from tests.runs import run_and_read
 
 TOY_RUN = [
     "dataset=digits",
@@ -79,9 +78,9 @@ def test_sparse_round_prunes_a_small_resnet_and_keeps_batchnorm(tmp_path: Path) 
     BatchNorm changes round 2."""
     for policy in ("global", "local"):
         lips = ["strategy=lips", "strategy.period=1", "strategy.d0=0.5", "num_rounds=2"]
-        cfg = compose_config([*TOY_RUN, *lips, "model=resnet8", f"bn_policy={policy}"])
-        run_experiment(InProcessGrid(cfg.num_clients), cfg, tmp_path / policy)
-        rows = [json.loads(line) for line in (tmp_path / policy / "metrics.jsonl").open()]
+        rows = run_and_read(
+            [*TOY_RUN, *lips, "model=resnet8", f"bn_policy={policy}"], tmp_path / policy
+        )
         assert rows[1]["lips_sparse"] and len(rows[1]["lips_pruned"]) == 8
         assert all(v == pytest.approx(0.5, abs=0.01) for v in rows[1]["lips_pruned"].values())
         assert all(math.isfinite(r["loss"]) and r["accuracy"] > 0.1 for r in rows)
@@ -204,12 +203,11 @@ def test_horizon_defaults_to_num_rounds() -> None:
 
 
 def _accuracies(run_dir: Path) -> list[float]:
-    return [json.loads(line)["accuracy"] for line in (run_dir / "metrics.jsonl").open()]
+    return [row["accuracy"] for row in read_metrics(run_dir)]
 
 
 def _run(tmp_path: Path, name: str, *overrides: str) -> Path:
-    cfg = compose_config([*TOY_RUN, *overrides])
-    run_experiment(InProcessGrid(cfg.num_clients), cfg, tmp_path / name)
+    run_and_read([*TOY_RUN, *overrides], tmp_path / name)
     return tmp_path / name
 
 
@@ -222,7 +220,7 @@ def test_lips_at_density_one_equals_fedavg_bit_for_bit(tmp_path: Path) -> None:
 def test_sparse_rounds_change_the_run_and_are_reported(tmp_path: Path) -> None:
     fedavg = _run(tmp_path, "fedavg", "strategy=fedavg")
     lips = _run(tmp_path, "lips", "strategy=lips", "strategy.d0=0.3", "strategy.period=1")
-    rows = [json.loads(line) for line in (lips / "metrics.jsonl").open()]
+    rows = read_metrics(lips)
     assert [r["lips_sparse"] for r in rows] == [False, True, True]
     assert rows[1]["lips_density"] == pytest.approx(0.3)
     assert rows[1]["lips_pruned"] == {

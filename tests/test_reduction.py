@@ -9,7 +9,6 @@ and the reasons replies were dropped (identical).
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from flwr.app import ConfigRecord
 
 import client_app.app as client_app
 from client_app.faults import plan_faults
-from server_app.experiment import initial_arrays, run_experiment
+from server_app.experiment import initial_arrays
 from server_app.inprocess import InProcessGrid
 from server_app.settings import (
     ConfigError,
@@ -31,6 +30,7 @@ from server_app.settings import (
 from strategies.protocol.arrays import to_array_record, to_numpy_dict
 from strategies.protocol.cohort import ClientDirectory, expected_nodes
 from strategies.protocol.reduction import PARTIAL, PARTIAL_WEIGHT, is_reduced
+from tests.runs import run_and_read
 
 REDUCING = ("fedavg", "lips", "fedpm", "topk", "signsgd")
 CORRUPT_KIND = {"fedpm": "garble"}  # FedPM's reply is a byte stream: damage it as one
@@ -204,7 +204,7 @@ def test_k8_and_k1_runs_report_the_same_metrics_within_tolerance(tmp_path: Path)
     client: same bytes and counts exactly; accuracy and losses equal to float rounding."""
     rows = {}
     for k in (1, 8):
-        cfg = compose_config(
+        run = run_and_read(
             [
                 "dataset=digits",
                 "num_clients=8",
@@ -212,12 +212,10 @@ def test_k8_and_k1_runs_report_the_same_metrics_within_tolerance(tmp_path: Path)
                 "num_rounds=3",
                 "plots=false",
                 f"engine.clients_per_node={k}",
-            ]
+            ],
+            tmp_path / f"k{k}",
         )
-        run_dir = tmp_path / f"k{k}"
-        run_experiment(InProcessGrid(expected_nodes(8, k)), cfg, run_dir)
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        rows[k] = [_without_seconds(json.loads(line)) for line in lines]
+        rows[k] = [_without_seconds(row) for row in run]
     for one, eight in zip(rows[1], rows[8], strict=True):
         for key, value in one.items():
             if isinstance(value, float):

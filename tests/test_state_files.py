@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +10,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client_app.state_files import FileClientState, MissingStateFileError, client_state
 from server_app.engine import client_state_folder
-from server_app.experiment import run_experiment
-from server_app.inprocess import InProcessGrid
 from server_app.settings import client_job, compose_config, validate
 from strategies.protocol.wire import ClientState, client_key
+from tests.runs import run_and_read
 
 
 def _record(seed: int) -> ArrayRecord:
@@ -206,7 +204,8 @@ def test_state_in_files_gives_the_same_metrics_as_state_in_the_context(
     """LBGM's look-back gradients and top-k's residuals moved to files: the same numbers."""
     runs = {}
     for where in ("null", str(tmp_path / "state")):
-        cfg = compose_config(
+        run_dir = tmp_path / ("context" if where == "null" else "files")
+        rows = run_and_read(
             [
                 f"strategy={strategy}",
                 "dataset=digits",
@@ -217,11 +216,9 @@ def test_state_in_files_gives_the_same_metrics_as_state_in_the_context(
                 "federated_eval=false",
                 "engine.clients_per_node=2",
                 f"engine.client_state_dir={where}",
-            ]
+            ],
+            run_dir,
         )
-        run_dir = tmp_path / ("context" if where == "null" else "files")
-        run_experiment(InProcessGrid(3), cfg, run_dir)
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         for row in rows:
             row.pop("round_s")
             row.pop("client_train_s")
