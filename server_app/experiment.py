@@ -43,8 +43,10 @@ from server_app.results import (
 )
 from server_app.resume import CONFIG_FILE, rounds_note
 from server_app.settings import ConfigError, build_strategy, client_job, strategy_params
+from server_app.tracking import Tracker
 from server_app.tracking import start as start_tracking
 from strategies.protocol.arrays import to_array_record
+from strategies.protocol.base import FedSparseStrategy
 from strategies.protocol.cohort import ClientDirectory
 
 log = logging.getLogger(__name__)
@@ -166,6 +168,74 @@ def _bpp(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
+def _restore(
+    cfg: DictConfig, run_dir: Path, strategy: FedSparseStrategy, monitor: LayerMonitor
+) -> tuple[ArrayRecord, int, float, str]:
+    """Where the run starts: (arrays, first round, wall seconds so far, the rounds note), from
+    the checkpoint when resuming (the strategy's and the monitor's state restored too)."""
+    checkpoint = starting_point(run_dir, cfg)
+    if checkpoint is None:
+        return initial_arrays(cfg), 1, 0.0, ""
+    note = rounds_note(run_dir, cfg.num_rounds)
+    strategy.load_state_dict(checkpoint.strategy_state)
+    monitor.load_state_dict(checkpoint.monitor_state)
+    log.info("resuming %s after round %d", run_dir, checkpoint.round)
+    return checkpoint.arrays, checkpoint.round + 1, checkpoint.wall_s, note
+
+
+def _train_and_evaluate(
+    grid: Grid,
+    cfg: DictConfig,
+    strategy: FedSparseStrategy,
+    monitor: LayerMonitor,
+    evaluator: CentralEvaluator,
+    arrays: ArrayRecord,
+    server_round: int,
+    run_dir: Path,
+    num_params: int,
+) -> tuple[dict, ArrayRecord]:
+    """One round: train, aggregate, evaluate; its metrics row and the new global arrays."""
+    messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+    replies = stream_replies(grid, messages, timeout=cfg.round_timeout_s)
+    result = strategy.aggregate_train(server_round, replies)
+    stats = result.stats
+    if result.arrays is None:
+        raise RuntimeError(
+            f"round {server_round}: only {stats.clients} valid replies, fewer than "
+            f"min_replies={cfg.min_replies} (failures {stats.failures}, rejected "
+            f"{dict(stats.rejected)}); {_resume_hint(run_dir)}"
+        )
+    row = {"round": server_round, **stats.to_metrics()}
+    row.update(link_bpp(row, num_params))
+    norms = [u.delta_norms for u in result.updates]
+    row.update(
+        monitor.observe(
+            server_round, arrays, result.arrays, result.mean_delta, norms, result.weights
+        )
+    )
+    if cfg.federated_eval:
+        eval_messages = strategy.configure_evaluate(
+            server_round, result.arrays, ConfigRecord(), grid
+        )
+        fed = strategy.aggregate_evaluate(
+            server_round, stream_replies(grid, eval_messages, timeout=cfg.round_timeout_s)
+        )
+        row.update(dict(fed) if fed else {"fed_loss": None, "fed_accuracy": None})
+    row["loss"], row["accuracy"] = evaluator(result.arrays)
+    row.update(strategy.round_metrics(server_round))
+    return row, result.arrays
+
+
+def _progress_line(cfg: DictConfig, row: dict, note: str) -> str:
+    return (
+        f"[fedsparse] round {row['round']}/{cfg.num_rounds}  acc {row['accuracy']:.4f}  "
+        f"loss {row['loss']:.4f}  up {row['uplink_bytes'] / 1e6:.2f} MB "
+        f"({_bpp(row['uplink_bpp'])} bpp)  down {row['downlink_bytes'] / 1e6:.2f} MB "
+        f"({_bpp(row['downlink_bpp'])} bpp)  clients {row['clients']}  "
+        f"failures {row['failures']}  {row['round_s']:.1f} s" + (f"  {note}" if note else "")
+    )
+
+
 def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path, sweep: Path | None = None) -> dict:
     """Run (or resume) the configured experiment on ``grid``; returns the summary. ``sweep`` is
     the folder of the ``--multirun`` this run is a job of (its tracking experiment)."""
@@ -173,25 +243,12 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path, sweep: Path | Non
     keep_freed_memory()  # every round decodes and frees model-sized arrays per client
     cfg = with_clients_per_node(cfg, actors=None)  # auto without an actor pool: 1 per node
     run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_dir = run_dir / CHECKPOINT_DIR
     directory = ClientDirectory(
         cfg.num_clients, cfg.engine.clients_per_node, timeout_s=cfg.round_timeout_s
     )
     strategy = build_strategy(cfg, directory)
     monitor = LayerMonitor(cfg.monitor.ref_round, strategy)
-    arrays, first_round, wall_before = initial_arrays(cfg), 1, 0.0
-    checkpoint = starting_point(run_dir, cfg)
-    note = ""
-    if checkpoint is not None:
-        note = rounds_note(run_dir, cfg.num_rounds)
-        arrays, first_round, wall_before = (
-            checkpoint.arrays,
-            checkpoint.round + 1,
-            checkpoint.wall_s,
-        )
-        strategy.load_state_dict(checkpoint.strategy_state)
-        monitor.load_state_dict(checkpoint.monitor_state)
-        log.info("resuming %s after round %d", run_dir, checkpoint.round)
+    arrays, first_round, wall_before, note = _restore(cfg, run_dir, strategy, monitor)
     (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     metrics = MetricsLog(run_dir, keep_through_round=first_round - 1)
     tracker = start_tracking(cfg, run_dir, sweep, first_round)
@@ -204,63 +261,40 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path, sweep: Path | Non
         f"{first_round}..{cfg.num_rounds}" + (f" ({note})" if note else "") + f" -> {run_dir}",
         flush=True,
     )
-
     for server_round in range(first_round, cfg.num_rounds + 1):
         round_start = time.perf_counter()
-        messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
-        replies = stream_replies(grid, messages, timeout=cfg.round_timeout_s)
-        result = strategy.aggregate_train(server_round, replies)
-        stats = result.stats
-        if result.arrays is None:
-            raise RuntimeError(
-                f"round {server_round}: only {stats.clients} valid replies, fewer than "
-                f"min_replies={cfg.min_replies} (failures {stats.failures}, rejected "
-                f"{dict(stats.rejected)}); {_resume_hint(run_dir)}"
-            )
-        row = {"round": server_round, **stats.to_metrics()}
-        row.update(link_bpp(row, num_params))
-        row.update(
-            monitor.observe(
-                server_round,
-                arrays,
-                result.arrays,
-                result.mean_delta,
-                [u.delta_norms for u in result.updates],
-                result.weights,
-            )
+        row, arrays = _train_and_evaluate(
+            grid, cfg, strategy, monitor, evaluator, arrays, server_round, run_dir, num_params
         )
-        arrays = result.arrays
-        if cfg.federated_eval:
-            eval_messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
-            fed = strategy.aggregate_evaluate(
-                server_round, stream_replies(grid, eval_messages, timeout=cfg.round_timeout_s)
-            )
-            row.update(dict(fed) if fed else {"fed_loss": None, "fed_accuracy": None})
-        row["loss"], row["accuracy"] = evaluator(arrays)
-        row.update(strategy.round_metrics(server_round))
         row["round_s"] = time.perf_counter() - round_start
         metrics.append(row)
         tracker.log_round(metrics.rows[-1])
         wall_s = wall_before + time.perf_counter() - started
         save_checkpoint(
-            checkpoint_dir,
+            run_dir / CHECKPOINT_DIR,
             Checkpoint(server_round, arrays, strategy.state_dict(), wall_s, monitor.state_dict()),
         )
         if cfg.plots:
             plot_run(metrics.rows, run_dir / "plots", f"{cfg.strategy.name} on {cfg.dataset.name}")
         note = strategy.progress(row) if row["clients"] else ""
-        print(
-            f"[fedsparse] round {server_round}/{cfg.num_rounds}  acc {row['accuracy']:.4f}  "
-            f"loss {row['loss']:.4f}  up {row['uplink_bytes'] / 1e6:.2f} MB "
-            f"({_bpp(row['uplink_bpp'])} bpp)  down {row['downlink_bytes'] / 1e6:.2f} MB "
-            f"({_bpp(row['downlink_bpp'])} bpp)  clients {row['clients']}  "
-            f"failures {row['failures']}  {row['round_s']:.1f} s" + (f"  {note}" if note else ""),
-            flush=True,
-        )
+        print(_progress_line(cfg, row, note), flush=True)
+    wall_s = wall_before + time.perf_counter() - started
+    return _finish(cfg, run_dir, strategy, metrics.rows, wall_s, num_params, tracker)
 
+
+def _finish(
+    cfg: DictConfig,
+    run_dir: Path,
+    strategy: FedSparseStrategy,
+    rows: list[dict],
+    wall_s: float,
+    num_params: int,
+    tracker: Tracker,
+) -> dict:
+    """Write the summary and the tracking artefacts; print the run's last line."""
     summary = summarize(
-        metrics.rows,
-        wall_s=wall_before + time.perf_counter() - started,
+        rows,
+        wall_s=wall_s,
         strategy=cfg.strategy.name,
         seed=cfg.seed,
         dataset=cfg.dataset.name,
@@ -268,11 +302,11 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path, sweep: Path | Non
         partition=cfg.partition.name,
         num_clients=cfg.num_clients,
         num_params=num_params,
-        **total_bpp(metrics.rows, num_params),
+        **total_bpp(rows, num_params),
         **strategy.finish(run_dir),
     )
     write_summary(run_dir, summary)
-    print(final_line(metrics.rows, summary["wall_s"], run_dir), flush=True)
+    print(final_line(rows, summary["wall_s"], run_dir), flush=True)
     plots = sorted((run_dir / "plots").glob("*.png"))
     tracker.finish([run_dir / SUMMARY_FILE, run_dir / CONFIG_FILE, *plots])
     return summary

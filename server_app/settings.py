@@ -60,7 +60,18 @@ def _is_number(value: Any) -> bool:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Fail before anything starts if a value cannot work; the error names the key."""
+    """Fail before anything starts if a value cannot work; the error names the key. The
+    strategy's own parameters are its Params dataclass's to check (built here once)."""
+    _check_training(cfg)
+    _check_faults_and_outputs(cfg)
+    _check_choices(cfg)
+    _check_partition(cfg)
+    _check_engine(cfg)
+    build_strategy(with_clients_per_node(cfg, actors=None), ClientDirectory(cfg.num_clients, 1))
+
+
+def _check_training(cfg: DictConfig) -> None:
+    """The run-level numbers: rounds, clients, local training, the weight cap."""
     _check(cfg, "seed", lambda v: _is_int(v) and v >= 0, "must be an integer >= 0")
     _check(cfg, "num_rounds", lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
     _check(cfg, "num_clients", lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
@@ -102,6 +113,10 @@ def validate(cfg: DictConfig) -> None:
         lambda v: v is None or (_is_number(v) and v >= 1),
         "must be null (no cap) or a multiple of the median num-examples >= 1, e.g. 20",
     )
+
+
+def _check_faults_and_outputs(cfg: DictConfig) -> None:
+    """Fault injection, device, tracking and the on/off switches."""
     for key in ("faults.error_rate", "faults.corrupt_rate", "faults.slow_rate"):
         _check(cfg, key, lambda v: _is_number(v) and 0 <= v <= 1, "must be a rate in [0, 1]")
     _check(cfg, "faults.slow_s", lambda v: _is_number(v) and v >= 0, "must be seconds >= 0")
@@ -133,6 +148,10 @@ def validate(cfg: DictConfig) -> None:
             )
     for key in ("resume", "federated_eval", "plots", "dataset.download"):
         _check(cfg, key, lambda v: isinstance(v, bool), "must be true or false")
+
+
+def _check_choices(cfg: DictConfig) -> None:
+    """The group choices (model, dataset, partition, strategy) and what they make idle."""
     _check(
         cfg,
         "model.name",
@@ -161,6 +180,10 @@ def validate(cfg: DictConfig) -> None:
             cfg.local_epochs,
             cfg.local_steps,
         )
+
+
+def _check_partition(cfg: DictConfig) -> None:
+    """The partition's own keys."""
     if cfg.partition.name in ("dirichlet", "dirichlet_draw"):
         _check(cfg, "partition.alpha", lambda v: _is_number(v) and v > 0, "must be a number > 0")
     if cfg.partition.name == "dirichlet":
@@ -193,6 +216,10 @@ def validate(cfg: DictConfig) -> None:
             lambda v: _is_int(v) and v >= 1,
             "must be an integer >= 1",
         )
+
+
+def _check_engine(cfg: DictConfig) -> None:
+    """The simulation engine and the GPU."""
     _check(cfg, "engine.client_cpus", lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
     _check(
         cfg,
@@ -229,7 +256,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             "invalid config: device='cuda': torch sees no GPU; use device=auto or cpu"
         )
-    build_strategy(with_clients_per_node(cfg, actors=None), ClientDirectory(cfg.num_clients, 1))
 
 
 OWN_KEY_CHECKS = ("strategy", "hydra")  # the strategy names its unknown parameters itself

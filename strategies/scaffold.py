@@ -35,6 +35,7 @@ from strategies.api import (
     to_array_record,
     to_numpy_dict,
 )
+from strategies.protocol.arrays import l2_norm
 from strategies.protocol.registry import parameter_shapes
 from strategies.protocol.validation import arrays_like, require_record
 from strategies.protocol.weighted_sum import WeightedSum, cast_like
@@ -73,7 +74,7 @@ class Scaffold(FedSparseStrategy):
 
     def configure_train(self, server_round, arrays, config, grid):
         self._control_record = to_array_record(self.control)
-        self._asked = set()
+        self._base, self._asked = to_numpy_dict(arrays), set()
         return super().configure_train(server_round, arrays, config, grid)
 
     def client_records(self, server_round: int, client_id: int) -> dict[str, Record]:
@@ -90,6 +91,11 @@ class Scaffold(FedSparseStrategy):
         )
         delta = require_record(update.records, CONTROL_DELTA, ArrayRecord)
         return arrays, arrays_like(delta, self._control_record)
+
+    def delta_norms(self, payload: tuple[dict[str, np.ndarray], Any]) -> dict[str, float]:
+        """‖yᵢ − x‖ per float array, for the layer monitor."""
+        base = self._base
+        return {n: l2_norm(y - base[n]) for n, y in payload[0].items() if y.dtype.kind == "f"}
 
     def begin_aggregation(self, server_round: int) -> None:
         self.server_round = server_round
@@ -113,7 +119,7 @@ class Scaffold(FedSparseStrategy):
         self.control = {
             n: (c + scale * total[n]).astype(np.float32) for n, c in self.control.items()
         }
-        means, base = self.weights.mean(), to_numpy_dict(self.global_arrays)
+        means, base = self.weights.mean(), self._base
         self._mean_delta = {n: m - base[n] for n, m in means.items() if base[n].dtype.kind == "f"}
         return to_array_record(cast_like(means, base))
 
