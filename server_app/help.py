@@ -35,8 +35,9 @@ def help_text() -> str:
     cfg = compose_config([])
     lines = [
         "fedsparse: federated learning with sparse and compressed updates, on Flower.",
-        "Strategies run on the server (FedAvg, LIPS, LBGM, FedPM, top-k, signSGD); clients train",
-        "locally, simulated on Ray or deployed as SuperNodes. Configured with Hydra overrides:",
+        "Strategies run on the server (FedAvg, LIPS, LBGM, FedPM, top-k, signSGD, FedProx,",
+        "SCAFFOLD); clients train locally, simulated on Ray or deployed as SuperNodes.",
+        "Configured with Hydra overrides:",
         "",
         "    fedsparse [group=option ...] [key=value ...] [--multirun] [--cfg job]",
         "",
