@@ -37,6 +37,7 @@ from strategies.protocol.wire import CLIENT_IDS_KEY, ClientState, Record, pack_c
 DATA_ROOT = "data-root"
 TEMPLATES_KEPT = 4
 TEMPLATE_SEED = 0
+CPU = torch.device("cpu")
 
 
 def _drop_actor_termination_notice(record: logging.LogRecord) -> bool:
@@ -142,7 +143,7 @@ def client_context(
     job: ClientJob,
     client_id: int,
     state: ClientState | None,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device = CPU,
 ) -> ClientContext:
     """What the algorithm's client half is told about ``client_id`` in ``job``'s round."""
     params = strategies.get_algorithm(job.algorithm).params.from_job(job)
