@@ -29,9 +29,9 @@ def measure(backend: str, dtype: str, clients: int, directory: str) -> dict:
     """Fill and read back a ``backend`` store for ``clients`` clients; return the measurements."""
     import numpy as np
 
-    from strategies.protocol.job import ClientJob
-    from strategies.protocol.lbg_store import make_store
-    from strategies.protocol.registry import parameter_shapes
+    from strategies.core.job import ClientJob
+    from strategies.core.registry import parameter_shapes
+    from strategies.pseudo_gradient.lbg_store import make_store
 
     job = ClientJob(
         algorithm="lbgm",

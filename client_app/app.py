@@ -27,12 +27,12 @@ from client_app.state_files import client_state
 from data.device import device_data
 from data.federated import DataSpec, client_data
 from models.training import TensorData, evaluate, resolve_device, round_seed, seed_torch
-from strategies.protocol.client import ClientAlgorithm, ClientContext
-from strategies.protocol.cohort import QUERY_CONFIG, hosted_clients
-from strategies.protocol.job import ClientJob, DataInfo
-from strategies.protocol.reduction import CohortReducer
-from strategies.protocol.update import ARRAYS, CONFIG, METRICS
-from strategies.protocol.wire import CLIENT_IDS_KEY, ClientState, Record, pack_clients
+from strategies.core.client import ClientAlgorithm, ClientContext
+from strategies.core.cohort import QUERY_CONFIG, hosted_clients
+from strategies.core.job import ClientJob, DataInfo
+from strategies.core.reduction import CohortReducer
+from strategies.core.update import ARRAYS, CONFIG, METRICS
+from strategies.core.wire import CLIENT_IDS_KEY, ClientState, Record, pack_clients
 
 DATA_ROOT = "data-root"
 TEMPLATES_KEPT = 4

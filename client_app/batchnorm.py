@@ -10,7 +10,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord
 from torch import nn
 
-from strategies.protocol.wire import ClientState
+from strategies.core.wire import ClientState
 
 BN_POLICIES = ("global", "local")
 LOCAL_BN = "local-batchnorm"

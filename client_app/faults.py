@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
-from strategies.protocol.job import ClientJob
-from strategies.protocol.wire import Record
+from strategies.core.job import ClientJob
+from strategies.core.wire import Record
 
 STREAM_KINDS = ("truncate", "extend", "garble", "flag")  # byte streams and their header
 CORRUPT_KINDS = ("non-finite", "shape", "dtype", "oversize", "weight", *STREAM_KINDS)

@@ -27,8 +27,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.common.constant import SType
 
-from strategies.protocol.arrays import npy_parts, npy_values, to_numpy
-from strategies.protocol.wire import ClientState, Record
+from strategies.core.wire import ClientState, Record
+from strategies.numeric.arrays import npy_parts, npy_values, to_numpy
 
 FILE_KEY = "state-file"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import ArrayRecord
 
-from strategies.protocol.arrays import to_array_record
+from strategies.numeric.arrays import to_array_record
 
 log = logging.getLogger(__name__)
 

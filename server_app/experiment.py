@@ -45,9 +45,9 @@ from server_app.resume import CONFIG_FILE, rounds_note
 from server_app.settings import ConfigError, build_strategy, client_job, strategy_params
 from server_app.tracking import Tracker
 from server_app.tracking import start as start_tracking
-from strategies.protocol.arrays import to_array_record
-from strategies.protocol.base import FedSparseStrategy
-from strategies.protocol.cohort import ClientDirectory
+from strategies.core.cohort import ClientDirectory
+from strategies.core.strategy import FedSparseStrategy
+from strategies.numeric.arrays import to_array_record
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from server_app.engine import (
 from server_app.experiment import initial_arrays, starting_point
 from server_app.resume import resumed_config
 from server_app.settings import ConfigError, check_data, cohorts_reduce, validate
-from strategies.protocol.cohort import expected_nodes
+from strategies.core.cohort import expected_nodes
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ Per conv/linear weight and per round:
   the monitor never needs the clients' updates again.
 
 Which arrays are layers, and which values of them are watched, the strategy says
-(``strategies.protocol.layers.LayerView``, a base of every strategy). FedPM's global model is not a
+(``strategies.core.layers.LayerView``, a base of every strategy). FedPM's global model is not a
 weight tensor but a mask probability θ = σ(score) per frozen random weight, and its global
 arrays hold the scores, one ``<layer>.weight_score`` per conv/linear weight (``models.masked``).
 Its view reports such a layer under its weight's name, ``<layer>.weight``, with every value
@@ -31,8 +31,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from flwr.app import ArrayRecord
 
-from strategies.protocol.arrays import dot, l2_norm
-from strategies.protocol.layers import WEIGHTS, LayerView
+from strategies.core.layers import WEIGHTS, LayerView
+from strategies.numeric.arrays import dot, l2_norm
 
 
 def _ratio(numerator: float, denominator: float) -> float:

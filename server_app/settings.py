@@ -28,9 +28,9 @@ from data.federated import LOCAL_TESTS, client_partition, dataset_info
 from data.partition import PARTITIONS
 from server_app import tracking
 from server_app.engine import AUTO, with_clients_per_node
-from strategies.protocol.base import FedSparseStrategy, reduces_cohorts
-from strategies.protocol.cohort import ClientDirectory
-from strategies.protocol.job import FULL_BATCH, ClientJob
+from strategies.core.cohort import ClientDirectory
+from strategies.core.job import FULL_BATCH, ClientJob
+from strategies.core.strategy import FedSparseStrategy, reduces_cohorts
 
 DEVICES = ("auto", "cpu", "cuda")
 

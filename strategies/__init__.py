@@ -1,5 +1,7 @@
 """Federated algorithms: each module or package here holds a server strategy, its client half
-and its codec, and registers itself on import; ``strategies.protocol`` holds what they share.
+and its codec, and registers itself on import. ``strategies.core`` is the framework they run on,
+``strategies.numeric`` the array arithmetic they share, ``strategies.api`` an author's one
+import.
 
 Importing this package imports every module beside it, so a new algorithm file in this folder
 is registered without any other change.
@@ -8,7 +10,7 @@ is registered without any other change.
 import importlib
 import pkgutil
 
-from strategies.protocol.registry import (
+from strategies.core.registry import (
     Algorithm,
     available_algorithms,
     build_job_model,

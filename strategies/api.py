@@ -8,14 +8,14 @@ A strategy is a server class (``FedAvg`` or ``FedSparseStrategy`` with ``aggrega
 """
 
 from models.training import TensorData, TrainResult
+from strategies.core.client import ClientAlgorithm, ClientContext
+from strategies.core.params import Params, check_number
+from strategies.core.registry import Algorithm, register_algorithm
+from strategies.core.strategy import FedSparseStrategy
+from strategies.core.update import ARRAYS, ClientUpdate
+from strategies.core.validation import ReplyError
 from strategies.fedavg import FedAvg
-from strategies.protocol.arrays import to_array_record, to_numpy_dict
-from strategies.protocol.base import FedSparseStrategy
-from strategies.protocol.client import ClientAlgorithm, ClientContext
-from strategies.protocol.params import Params, check_number
-from strategies.protocol.registry import Algorithm, register_algorithm
-from strategies.protocol.update import ARRAYS, ClientUpdate
-from strategies.protocol.validation import ReplyError
+from strategies.numeric.arrays import to_array_record, to_numpy_dict
 
 __all__ = [
     "ARRAYS",

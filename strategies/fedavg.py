@@ -7,15 +7,15 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import ArrayRecord
 
-from strategies.protocol.arrays import l2_norm, to_array_record, to_numpy_dict
-from strategies.protocol.base import ARRAYS, ClientUpdate, FedSparseStrategy
-from strategies.protocol.job import ClientJob
-from strategies.protocol.reduction import CohortSum
-from strategies.protocol.registry import Algorithm, register_algorithm
-from strategies.protocol.slices import map_arrays
-from strategies.protocol.update import REPLY_SLACK_BYTES
-from strategies.protocol.validation import arrays_like, require_record
-from strategies.protocol.weighted_sum import WeightedSum, cast_like
+from strategies.core.job import ClientJob
+from strategies.core.reduction import CohortSum
+from strategies.core.registry import Algorithm, register_algorithm
+from strategies.core.strategy import ARRAYS, ClientUpdate, FedSparseStrategy
+from strategies.core.update import REPLY_SLACK_BYTES
+from strategies.core.validation import arrays_like, require_record
+from strategies.numeric.arrays import l2_norm, to_array_record, to_numpy_dict
+from strategies.numeric.slices import map_arrays
+from strategies.numeric.weighted_sum import WeightedSum, cast_like
 
 
 class WeightedArrays(CohortSum):

@@ -24,13 +24,13 @@ from flwr.app import MetricRecord
 from torch import nn
 
 from models.training import TensorData, TrainResult
+from strategies.core.client import ClientAlgorithm, ClientContext
+from strategies.core.job import ConfigScalar
+from strategies.core.params import Params, check_choice, check_count, check_flag, check_number
+from strategies.core.registry import Algorithm, register_algorithm
+from strategies.core.update import METRICS
+from strategies.core.wire import Record
 from strategies.fedavg import FedAvg
-from strategies.protocol.client import ClientAlgorithm, ClientContext
-from strategies.protocol.job import ConfigScalar
-from strategies.protocol.params import Params, check_choice, check_count, check_flag, check_number
-from strategies.protocol.registry import Algorithm, register_algorithm
-from strategies.protocol.update import METRICS
-from strategies.protocol.wire import Record
 
 SCORES = ("sensitivity", "magnitude", "random")
 PRUNED_PREFIX = "lips-pruned."

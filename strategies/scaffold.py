@@ -35,11 +35,11 @@ from strategies.api import (
     to_array_record,
     to_numpy_dict,
 )
-from strategies.protocol.arrays import l2_norm
-from strategies.protocol.registry import parameter_shapes
-from strategies.protocol.validation import arrays_like, require_record
-from strategies.protocol.weighted_sum import WeightedSum, cast_like
-from strategies.protocol.wire import Record
+from strategies.core.registry import parameter_shapes
+from strategies.core.validation import arrays_like, require_record
+from strategies.core.wire import Record
+from strategies.numeric.arrays import l2_norm
+from strategies.numeric.weighted_sum import WeightedSum, cast_like
 
 CONTROL = "scaffold-c"  # downlink, shared: the server's c
 CLIENT_CONTROL = "scaffold-ci"  # downlink to one client when it must resync; its client state

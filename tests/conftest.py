@@ -9,9 +9,9 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from strategies.protocol.cohort import QUERY_CONFIG, expected_nodes, hosted_clients
-from strategies.protocol.job import ClientJob
-from strategies.protocol.wire import CLIENT_IDS_KEY
+from strategies.core.cohort import QUERY_CONFIG, expected_nodes, hosted_clients
+from strategies.core.job import ClientJob
+from strategies.core.wire import CLIENT_IDS_KEY
 
 NODE_BASE = 1000
 

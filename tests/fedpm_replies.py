@@ -8,11 +8,12 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 
 from client_app.faults import corrupt_stream
-from strategies.fedpm import CODE, STREAM, received_theta
-from strategies.mask_codec import CodedMasks
-from strategies.protocol.base import ARRAYS
-from strategies.protocol.job import ClientJob
-from strategies.protocol.wire import pack_clients
+from strategies.core.job import ClientJob
+from strategies.core.strategy import ARRAYS
+from strategies.core.wire import pack_clients
+from strategies.fedpm.client import received_theta
+from strategies.fedpm.mask_codec import CodedMasks
+from strategies.fedpm.shared import CODE, STREAM
 
 # (job, client id, the θ it received as uint16, the client's generator) -> its coded masks
 Encoder = Callable[[ClientJob, int, dict[str, np.ndarray], np.random.Generator], CodedMasks]

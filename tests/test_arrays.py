@@ -16,7 +16,7 @@ import torch
 from flwr.app import Array, ArrayRecord
 
 from models import build_model
-from strategies.protocol.arrays import (
+from strategies.numeric.arrays import (
     to_array,
     to_array_record,
     to_numpy,
@@ -115,8 +115,8 @@ def test_flowers_network_encoding_round_trips_our_arrays() -> None:
 _DOTS = """
 import numpy as np
 from server_app.monitor import aggregation_effectiveness
-from strategies.protocol.arrays import dot, l2_norm
-from strategies.lbgm import projection
+from strategies.numeric.arrays import dot, l2_norm
+from strategies.pseudo_gradient.lbgm import projection
 rng = np.random.default_rng(0)
 a, b = rng.standard_normal(1_000_003), rng.standard_normal(1_000_003)
 values = [dot(a, b), l2_norm(a), *projection(a.astype(np.float32), b.astype(np.float32))]

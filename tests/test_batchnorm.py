@@ -7,7 +7,7 @@ from flwr.app import RecordDict
 from torch import nn
 
 from client_app.batchnorm import batchnorm_keys, keep_local_batchnorm, restore_local_batchnorm
-from strategies.protocol.wire import ClientState
+from strategies.core.wire import ClientState
 
 
 def _model() -> nn.Module:

@@ -28,8 +28,8 @@ from data.federated import client_data
 from server_app.experiment import initial_arrays, run_experiment
 from server_app.inprocess import InProcessGrid
 from server_app.settings import client_job, compose_config
-from strategies.protocol.cohort import QUERY_CONFIG
-from strategies.protocol.wire import unpack_clients
+from strategies.core.cohort import QUERY_CONFIG
+from strategies.core.wire import unpack_clients
 
 
 @pytest.fixture(autouse=True)

@@ -23,9 +23,9 @@ from flwr.supercore.task_identity import TaskIdentity
 
 import strategies
 from client_app.app import train
-from strategies.protocol.arrays import to_array_record
-from strategies.protocol.job import ClientJob
-from strategies.protocol.wire import unpack_clients
+from strategies.numeric.arrays import to_array_record
+from strategies.core.job import ClientJob
+from strategies.core.wire import unpack_clients
 
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # as a SuperNode sets
 images = np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8)

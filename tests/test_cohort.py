@@ -1,12 +1,12 @@
-"""Tests for strategies.protocol.cohort: which node hosts which clients."""
+"""Tests for strategies.core.cohort: which node hosts which clients."""
 
 from __future__ import annotations
 
 import pytest
 from flwr.app import Error, Message, MessageType
 
-from strategies.protocol import cohort
-from strategies.protocol.cohort import ClientDirectory, expected_nodes, hosted_clients
+from strategies.core import cohort
+from strategies.core.cohort import ClientDirectory, expected_nodes, hosted_clients
 
 
 def test_hosted_clients_one_per_node_is_the_partition_id() -> None:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from strategies.compression import (
+from strategies.pseudo_gradient.compression import (
     Codec,
     CodecError,
     SignCodec,

@@ -20,9 +20,9 @@ from data.device import (
 )
 from server_app.experiment import initial_arrays
 from server_app.settings import client_job, compose_config
-from strategies.protocol import job as job_module
-from strategies.protocol.job import DATA_INFO_KEYS, ClientJob
-from strategies.protocol.wire import unpack_clients
+from strategies.core import job as job_module
+from strategies.core.job import DATA_INFO_KEYS, ClientJob
+from strategies.core.wire import unpack_clients
 
 SHAPE = (1, 8, 8)
 

@@ -15,7 +15,7 @@ from server_app.engine import (
 from server_app.experiment import run_experiment, starting_point
 from server_app.inprocess import InProcessGrid
 from server_app.settings import ConfigError, client_job, compose_config, validate
-from strategies.protocol.cohort import expected_nodes
+from strategies.core.cohort import expected_nodes
 from tests.runs import run_and_read
 
 REPO = Path(__file__).resolve().parents[1]

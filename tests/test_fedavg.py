@@ -16,19 +16,19 @@ from flwr.app import (
     MetricRecord,
 )
 
-from strategies.fedavg import FedAvg
-from strategies.protocol import slices
-from strategies.protocol.arrays import l2_norm
-from strategies.protocol.base import ClientUpdate
-from strategies.protocol.cohort import ClientDirectory
-from strategies.protocol.job import ClientJob
-from strategies.protocol.validation import ReplyError, all_finite, arrays_like
-from strategies.protocol.wire import (
+from strategies.core.cohort import ClientDirectory
+from strategies.core.job import ClientJob
+from strategies.core.strategy import ClientUpdate
+from strategies.core.validation import ReplyError, all_finite, arrays_like
+from strategies.core.wire import (
     pack_clients,
     record_bytes,
     shared_payload_bytes,
     unpack_clients,
 )
+from strategies.fedavg import FedAvg
+from strategies.numeric import slices
+from strategies.numeric.arrays import l2_norm
 from tests.test_weighted_sum import weighted_mean
 
 NPY_HEADER_MAX = 256  # generous bound on the .npy header + key length per array

@@ -35,31 +35,23 @@ from models.training import TensorData, TrainResult, evaluate, train_epochs
 from server_app.monitor import LayerMonitor
 from server_app.plots import BPP_PLOT, PLOTS
 from server_app.settings import ConfigError, build_strategy, compose_config
-from strategies.fedpm import (
-    CODE,
-    EXPORT_FILE,
-    STREAM,
-    BetaPosterior,
-    FedPM,
-    FedPMClient,
-    WeightMismatchError,
-    build_fedpm_model,
-    logit,
-    sigmoid,
-)
-from strategies.mask_codec import (
+from strategies.core.cohort import ClientDirectory
+from strategies.core.job import ClientJob
+from strategies.core.registry import Algorithm, register_algorithm
+from strategies.core.strategy import ARRAYS, ClientUpdate
+from strategies.core.validation import ReplyError
+from strategies.fedpm.client import FedPMClient, WeightMismatchError
+from strategies.fedpm.mask_codec import (
     decode_masks,
     encode_masks,
     pack_mask,
     quantize_prior,
     unpack_mask,
 )
-from strategies.protocol.arrays import l2_norm
-from strategies.protocol.base import ARRAYS, ClientUpdate
-from strategies.protocol.cohort import ClientDirectory
-from strategies.protocol.job import ClientJob
-from strategies.protocol.registry import Algorithm, register_algorithm
-from strategies.protocol.validation import ReplyError
+from strategies.fedpm.posterior import BetaPosterior
+from strategies.fedpm.shared import CODE, EXPORT_FILE, STREAM, build_fedpm_model, logit, sigmoid
+from strategies.fedpm.strategy import FedPM
+from strategies.numeric.arrays import l2_norm
 from tests.fedpm_replies import coded_replies
 from tests.runs import FEDPM_TOY_BASE, run_and_read
 

@@ -1,4 +1,4 @@
-"""FedPM on both links: the coded downlink (strategies.theta_codec) is lossless and falls back
+"""FedPM on both links: the coded downlink (strategies.fedpm.theta_codec) is lossless and falls back
 to a self-contained stream, and the KLMS uplink works through runs, cohorts and bad streams."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from server_app.experiment import initial_arrays
 from server_app.inprocess import InProcessGrid
 from server_app.replies import stream_replies
 from server_app.settings import build_strategy, compose_config
-from strategies import theta_codec
-from strategies.fedpm import EXPORT_FILE, FedPMParams, klms_keys
-from strategies.klms_codec import encode_masks_klms
-from strategies.mask_codec import quantize_prior
-from strategies.protocol.cohort import ClientDirectory
-from strategies.protocol.job import ClientJob
+from strategies.core.cohort import ClientDirectory
+from strategies.core.job import ClientJob
+from strategies.fedpm import theta_codec
+from strategies.fedpm.klms_codec import encode_masks_klms
+from strategies.fedpm.mask_codec import quantize_prior
+from strategies.fedpm.shared import EXPORT_FILE, FedPMParams, klms_keys
 from tests.fedpm_replies import coded_replies
 from tests.runs import FEDPM_TOY_BASE, run_and_read
 

@@ -16,7 +16,7 @@ from models.training import TensorData
 from server_app.checkpoint import load_checkpoint
 from server_app.settings import ConfigError, client_job, compose_config, validate
 from strategies.fedprox import FedProxClient
-from strategies.protocol.arrays import to_numpy_dict
+from strategies.numeric.arrays import to_numpy_dict
 from tests.runs import run_and_read
 
 RUN = [

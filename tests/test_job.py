@@ -1,4 +1,4 @@
-"""Tests for strategies.protocol.job: the ClientJob wire form."""
+"""Tests for strategies.core.job: the ClientJob wire form."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from flwr.app import ConfigRecord
 
 from data.federated import DataSpec
-from strategies.protocol.job import DATA_INFO_KEYS, FULL_BATCH, STRATEGY_PREFIX, ClientJob
+from strategies.core.job import DATA_INFO_KEYS, FULL_BATCH, STRATEGY_PREFIX, ClientJob
 
 
 def _job(**changes) -> ClientJob:

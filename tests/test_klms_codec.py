@@ -1,4 +1,4 @@
-"""KLMS (strategies.klms_codec): the server rebuilds exactly the mask the client chose, the
+"""KLMS (strategies.fedpm.klms_codec): the server rebuilds exactly the mask the client chose, the
 choice follows q, candidates are the same integers everywhere, and bad segments are refused."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import zlib
 import numpy as np
 import pytest
 
-from strategies.klms_codec import (
+from strategies.core.validation import ReplyError
+from strategies.fedpm.klms_codec import (
     KlmsSettings,
     block_starts,
     candidate_bits,
@@ -20,8 +21,7 @@ from strategies.klms_codec import (
     kl_bits,
     layer_key,
 )
-from strategies.mask_codec import KLMS, PRIOR_MAX, PRIOR_MIN, decode_masks, quantize_prior
-from strategies.protocol.validation import ReplyError
+from strategies.fedpm.mask_codec import KLMS, PRIOR_MAX, PRIOR_MIN, decode_masks, quantize_prior
 
 KEY = layer_key(seed=3, server_round=2, client_id=7, layer=1)
 
@@ -107,8 +107,8 @@ def test_candidates_are_the_same_in_another_process() -> None:
     here = candidate_bits(KEY, prior, np.arange(16)[:, None], np.arange(997)[None, :])
     code = (
         "import numpy as np, sys;"
-        "from strategies.klms_codec import candidate_bits, layer_key;"
-        "from strategies.mask_codec import quantize_prior;"
+        "from strategies.fedpm.klms_codec import candidate_bits, layer_key;"
+        "from strategies.fedpm.mask_codec import quantize_prior;"
         "p = quantize_prior(np.linspace(0.01, 0.99, 997));"
         "b = candidate_bits(layer_key(3, 2, 7, 1), p, np.arange(16)[:, None], "
         "np.arange(997)[None, :]);"

@@ -8,8 +8,8 @@ import numpy as np
 from flwr.app import ArrayRecord, RecordDict
 
 from client_app.state_files import FileClientState
-from strategies.protocol.lbg_book import BLOCK, INDEX, ClientLBGs
-from strategies.protocol.wire import ClientState, Record
+from strategies.core.wire import ClientState, Record
+from strategies.pseudo_gradient.lbg_book import BLOCK, INDEX, ClientLBGs
 
 SIZES = {"conv.weight": 300, "conv.bias": 6, "fc.weight": 1000, "fc.bias": 10}
 MODEL_BYTES = 4 * sum(SIZES.values())

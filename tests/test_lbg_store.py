@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from strategies.protocol.lbg_store import DiskStore, LBGStore, make_store
+from strategies.pseudo_gradient.lbg_store import DiskStore, LBGStore, make_store
 
 SIZES = {"a": 5, "b": 3}
 

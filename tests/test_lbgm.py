@@ -20,15 +20,17 @@ from server_app.experiment import run_experiment
 from server_app.inprocess import InProcessGrid
 from server_app.results import read_metrics
 from server_app.settings import ConfigError, build_strategy, compose_config
-from strategies.compression import topk_count
-from strategies.lbgm import LBGM, PseudoGradientClient, Scaled, projection
-from strategies.protocol.arrays import l2_norm
-from strategies.protocol.cohort import ClientDirectory
-from strategies.protocol.job import ClientJob
-from strategies.protocol.lbg_book import INDEX, ClientLBGs
-from strategies.protocol.update import CONFIG, METRICS
-from strategies.protocol.weighted_sum import WeightedSum
-from strategies.protocol.wire import ClientState, RecordDict, pack_clients, unpack_clients
+from strategies.core.cohort import ClientDirectory
+from strategies.core.job import ClientJob
+from strategies.core.update import CONFIG, METRICS
+from strategies.core.wire import ClientState, RecordDict, pack_clients, unpack_clients
+from strategies.numeric.arrays import l2_norm
+from strategies.numeric.weighted_sum import WeightedSum
+from strategies.pseudo_gradient.client import PseudoGradientClient
+from strategies.pseudo_gradient.compression import topk_count
+from strategies.pseudo_gradient.lbg_book import INDEX, ClientLBGs
+from strategies.pseudo_gradient.lbgm import LBGM, projection
+from strategies.pseudo_gradient.server import Scaled
 from tests.runs import run_and_read
 
 TOY_RUN = [
@@ -366,7 +368,7 @@ def test_a_store_dir_without_the_disk_store_is_warned_about(
     cfg = compose_config(
         ["strategy=lbgm", f"strategy.store={store}", f"strategy.store_dir={tmp_path}"]
     )
-    with caplog.at_level(logging.WARNING, logger="strategies.lbgm"):
+    with caplog.at_level(logging.WARNING, logger="strategies.core.strategy"):
         build_strategy(cfg, ClientDirectory(cfg.num_clients, 1))
     assert any("store_dir" in r.getMessage() for r in caplog.records) == warned
 
@@ -378,7 +380,7 @@ def test_a_top_k_ratio_that_sends_more_than_dense_is_warned_about(
     """Each kept value goes with its int32 index: from half the entries on, top-k sends as many
     bytes as the dense layer or more (measured: ratio 1 sent 1.71 MB against FedAvg's 0.85)."""
     cfg = compose_config(["strategy=topk", f"strategy.topk_ratio={ratio}"])
-    with caplog.at_level(logging.WARNING, logger="strategies.lbgm"):
+    with caplog.at_level(logging.WARNING, logger="strategies.core.strategy"):
         build_strategy(cfg, ClientDirectory(cfg.num_clients, 1))
     assert any("int32 index" in r.getMessage() for r in caplog.records) == warned
 

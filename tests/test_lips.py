@@ -15,6 +15,8 @@ from client_app.app import client_context
 from models.training import TensorData
 from server_app.results import read_metrics
 from server_app.settings import ConfigError, build_strategy, compose_config
+from strategies.core.cohort import ClientDirectory
+from strategies.core.job import ClientJob
 from strategies.lips import (
     LipsClient,
     layer_scores,
@@ -23,8 +25,6 @@ from strategies.lips import (
     prune_top,
     sparse_round,
 )
-from strategies.protocol.cohort import ClientDirectory
-from strategies.protocol.job import ClientJob
 from tests.runs import run_and_read
 
 TOY_RUN = [

@@ -17,7 +17,7 @@ from server_app.experiment import run_experiment
 from server_app.inprocess import InProcessGrid
 from server_app.results import read_metrics
 from server_app.settings import client_job, compose_config, validate
-from strategies.protocol.wire import ClientState
+from strategies.core.wire import ClientState
 
 
 def _spec(**overrides: object) -> DataSpec:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 
-from strategies.mask_codec import (
+from strategies.core.validation import ReplyError
+from strategies.fedpm.mask_codec import (
     CRC_KEY,
     FLAGS_KEY,
     PACKED,
@@ -28,7 +29,6 @@ from strategies.mask_codec import (
     quantize_prior,
     range_encode,
 )
-from strategies.protocol.validation import ReplyError
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {"conv.weight_score": (6, 1, 3, 3), "conv.bias_score": (6,), "fc.weight_score": (10, 301)}
@@ -111,7 +111,7 @@ def test_prior_is_clipped_and_exactly_representable() -> None:
 
 
 def _prior_digest() -> str:
-    from strategies.fedpm import sigmoid
+    from strategies.fedpm.shared import sigmoid
 
     scores = np.random.default_rng(5).normal(scale=3.0, size=100_000).astype(np.float32)
     return hashlib.sha256(quantize_prior(sigmoid(scores)).tobytes()).hexdigest()

@@ -20,9 +20,9 @@ from server_app.results import (
     summarize,
     write_summary,
 )
-from strategies.fedpm import MaskScores
-from strategies.protocol.arrays import l2_norm
-from strategies.protocol.layers import is_layer_weight
+from strategies.core.layers import is_layer_weight
+from strategies.fedpm.strategy import MaskScores
+from strategies.numeric.arrays import l2_norm
 
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:

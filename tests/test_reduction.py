@@ -27,9 +27,9 @@ from server_app.settings import (
     compose_config,
     validate,
 )
-from strategies.protocol.arrays import to_array_record, to_numpy_dict
-from strategies.protocol.cohort import ClientDirectory, expected_nodes
-from strategies.protocol.reduction import PARTIAL, PARTIAL_WEIGHT, is_reduced
+from strategies.core.cohort import ClientDirectory, expected_nodes
+from strategies.core.reduction import PARTIAL, PARTIAL_WEIGHT, is_reduced
+from strategies.numeric.arrays import to_array_record, to_numpy_dict
 from tests.runs import run_and_read
 
 REDUCING = ("fedavg", "lips", "fedpm", "topk", "signsgd")

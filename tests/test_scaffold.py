@@ -13,10 +13,10 @@ from server_app.checkpoint import load_checkpoint
 from server_app.experiment import initial_arrays
 from server_app.inprocess import InProcessGrid
 from server_app.settings import build_strategy, compose_config, validate
-from strategies.protocol.arrays import to_numpy_dict
-from strategies.protocol.cohort import ClientDirectory
-from strategies.protocol.update import ARRAYS
-from strategies.protocol.wire import unpack_clients
+from strategies.core.cohort import ClientDirectory
+from strategies.core.update import ARRAYS
+from strategies.core.wire import unpack_clients
+from strategies.numeric.arrays import to_numpy_dict
 from tests.runs import run_and_read
 
 RUN = [

@@ -27,8 +27,8 @@ from server_app.settings import (
     strategy_params,
     validate,
 )
+from strategies.core.cohort import ClientDirectory
 from strategies.fedavg import FedAvg
-from strategies.protocol.cohort import ClientDirectory
 
 
 def test_default_config_validates(base_cfg: DictConfig) -> None:

@@ -11,7 +11,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from client_app.state_files import FileClientState, MissingStateFileError, client_state
 from server_app.engine import client_state_folder
 from server_app.settings import client_job, compose_config, validate
-from strategies.protocol.wire import ClientState, client_key
+from strategies.core.wire import ClientState, client_key
 from tests.runs import run_and_read
 
 

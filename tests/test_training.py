@@ -17,7 +17,7 @@ from models.training import (
     seed_torch,
     train_epochs,
 )
-from strategies.protocol.job import FULL_BATCH, ClientJob
+from strategies.core.job import FULL_BATCH, ClientJob
 
 
 def _data(n: int = 40) -> TensorData:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from strategies.protocol import slices
-from strategies.protocol.weighted_sum import WeightedSum, cast_like
+from strategies.numeric import slices
+from strategies.numeric.weighted_sum import WeightedSum, cast_like
 
 
 def weighted_mean(arrays: list[dict[str, np.ndarray]], weights: list[int]) -> dict[str, np.ndarray]:

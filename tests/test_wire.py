@@ -1,4 +1,4 @@
-"""strategies.protocol.wire: the cohort key layout, byte accounting and per-client state."""
+"""strategies.core.wire: the cohort key layout, byte accounting and per-client state."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from strategies.protocol.wire import (
+from strategies.core.wire import (
     ClientState,
     client_key,
     decoded_tensors,

@@ -34,26 +34,27 @@ from benchmarks.scale.work import BATCH_SIZE, SEED
 from data.federated import dataset_info
 from models.masked import MaskRNG, build_masked, draw_bool_mask, set_estimator, set_mask_rng
 from models.training import TensorData, round_seed
-from strategies.compression import Codec, make_codec
-from strategies.fedpm import (
-    MASK_STREAM,
-    TRAIN_MASK_STREAM,
-    BetaPosterior,
-    derived_weight_seed,
-    logit,
-    masked_model_name,
-    sigmoid,
-)
-from strategies.klms_codec import KlmsSettings, decode_layer, encode_masks_klms, layer_key
-from strategies.lbgm import Scaled, projection, units_of
-from strategies.lips import SCORE_STREAM, layer_scores, lips_density, prunable_layers, prune_top
-from strategies.mask_codec import (
+from strategies.fedpm.klms_codec import KlmsSettings, decode_layer, encode_masks_klms, layer_key
+from strategies.fedpm.mask_codec import (
     decode_masks,
     encode_masks,
     prior_probabilities,
     quantize_prior,
 )
-from strategies.protocol.weighted_sum import WeightedSum, cast_like
+from strategies.fedpm.posterior import BetaPosterior
+from strategies.fedpm.shared import (
+    MASK_STREAM,
+    TRAIN_MASK_STREAM,
+    derived_weight_seed,
+    logit,
+    masked_model_name,
+    sigmoid,
+)
+from strategies.lips import SCORE_STREAM, layer_scores, lips_density, prunable_layers, prune_top
+from strategies.numeric.weighted_sum import WeightedSum, cast_like
+from strategies.pseudo_gradient.compression import Codec, make_codec
+from strategies.pseudo_gradient.lbgm import projection, units_of
+from strategies.pseudo_gradient.server import Scaled
 
 Arrays = dict[str, np.ndarray]
 # A worker process's clients' own arrays across rounds, by client id.

@@ -12,13 +12,13 @@ from typing import Any, Protocol
 
 from flwr.app import MetricRecord
 
-from strategies.protocol.validation import (
+from strategies.core.validation import (
     ReplyError,
     check_finite_metric,
     check_num_examples,
     require_record,
 )
-from strategies.protocol.wire import Record
+from strategies.core.wire import Record
 
 ARRAYS = "arrays"
 CONFIG = "config"

@@ -20,8 +20,8 @@ from multiprocessing import resource_tracker, shared_memory
 import numpy as np
 from flwr.app import ConfigRecord
 
-from strategies.mask_codec import decode_masks, pack_mask, unpack_mask
-from strategies.protocol.validation import ReplyError
+from strategies.core.validation import ReplyError
+from strategies.fedpm.mask_codec import decode_masks, pack_mask, unpack_mask
 
 Layout = tuple[tuple[str, tuple[int, ...]], ...]  # mask names and shapes, in score order
 

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from strategies.protocol.arrays import to_array_record, to_numpy_dict
-from strategies.protocol.update import METRICS, ClientUpdate, checked_update, decode_train
-from strategies.protocol.validation import ReplyError, check_num_examples, require_record
-from strategies.protocol.wire import Record, pack_clients, record_bytes
+from strategies.core.update import METRICS, ClientUpdate, checked_update, decode_train
+from strategies.core.validation import ReplyError, check_num_examples, require_record
+from strategies.core.wire import Record, pack_clients, record_bytes
+from strategies.numeric.arrays import to_array_record, to_numpy_dict
 
 VERDICT = "verdict"  # per client: the bytes its reply had; why it was dropped, if it was
 NORMS = "norms"  # per client: ‖Δ_c‖ per array, for the layer monitor

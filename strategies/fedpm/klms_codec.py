@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from strategies.mask_codec import KLMS, PRIOR_BITS, CodedMasks, pack_mask
-from strategies.protocol.validation import ReplyError
+from strategies.core.validation import ReplyError
+from strategies.fedpm.mask_codec import KLMS, PRIOR_BITS, CodedMasks, pack_mask
 
 KLMS_STREAM = 0x4B4C  # keeps the candidates' keys apart from every other draw of the run seed
 FRESH_BIT = 1 << 15

@@ -26,7 +26,7 @@ import constriction
 import numpy as np
 from flwr.app import ConfigRecord
 
-from strategies.protocol.validation import ReplyError
+from strategies.core.validation import ReplyError
 
 PRIOR_BITS = 16
 PRIOR_SCALE = 1 << PRIOR_BITS  # θ = q / 2¹⁶ exactly, as float64

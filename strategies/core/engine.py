@@ -21,17 +21,17 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from strategies.protocol.cohort import ClientDirectory
-from strategies.protocol.reduction import (
+from strategies.core.cohort import ClientDirectory
+from strategies.core.reduction import (
     CohortSum,
     is_reduced,
     reported_partial,
     reported_size,
     reported_update,
 )
-from strategies.protocol.update import ClientUpdate, checked_update
-from strategies.protocol.validation import ReplyError
-from strategies.protocol.wire import Record, record_bytes, shared_payload_bytes, unpack_clients
+from strategies.core.update import ClientUpdate, checked_update
+from strategies.core.validation import ReplyError
+from strategies.core.wire import Record, record_bytes, shared_payload_bytes, unpack_clients
 
 log = logging.getLogger(__name__)
 

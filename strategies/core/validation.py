@@ -8,9 +8,9 @@ from typing import TypeVar
 import numpy as np
 from flwr.app import ArrayRecord, MetricRecord
 
-from strategies.protocol.arrays import to_numpy
-from strategies.protocol.slices import map_arrays
-from strategies.protocol.wire import Record
+from strategies.core.wire import Record
+from strategies.numeric.arrays import to_numpy
+from strategies.numeric.slices import map_arrays
 
 R = TypeVar("R", bound=Record)
 

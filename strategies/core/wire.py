@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from strategies.protocol.arrays import to_array_record, to_numpy_dict, to_tensors
+from strategies.numeric.arrays import to_array_record, to_numpy_dict, to_tensors
 
 Record = ArrayRecord | ConfigRecord | MetricRecord
 SEPARATOR = "/"

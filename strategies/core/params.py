@@ -14,7 +14,7 @@ import difflib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Self
 
-from strategies.protocol.job import ClientJob
+from strategies.core.job import ClientJob
 
 
 def check_number(key: str, value: Any, ok: Callable[[float], bool], requirement: str) -> None:

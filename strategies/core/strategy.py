@@ -1,12 +1,12 @@
 """The algorithm API: what a strategy decides, apart from the round engine that runs it.
 
 ``FedSparseStrategy`` is a ``flwr.serverapp.strategy.Strategy`` that works on *clients*, not
-messages. Its :class:`~strategies.protocol.engine.RoundEngine` samples clients, sends one message
+messages. Its :class:`~strategies.core.engine.RoundEngine` samples clients, sends one message
 per hosting node, counts bytes, validates each reply and folds the valid ones in client-id
 order; the algorithm says what goes down (``downlink``, ``client_records``, ``round_params``),
 how a reply is read and summed (``cohort_sum_type``, or ``decode`` / ``fold``) and what the new
 global model is (``aggregate``). A strategy whose aggregate is a sum names its
-:class:`~strategies.protocol.reduction.CohortSum`: it decodes and adds every reply, and lets
+:class:`~strategies.core.reduction.CohortSum`: it decodes and adds every reply, and lets
 nodes that host several clients send one partial sum. The optional hooks are grouped below by
 concern: sending, receiving, monitoring, checkpointing, reporting.
 """
@@ -25,27 +25,27 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from strategies.protocol.arrays import to_numpy
-from strategies.protocol.cohort import ClientDirectory
-from strategies.protocol.engine import (
+from strategies.core.cohort import ClientDirectory
+from strategies.core.engine import (
     RoundEngine,
     RoundResult,
     RoundStats,
     per_client_downlink_bytes,
 )
-from strategies.protocol.job import ClientJob, ConfigScalar
-from strategies.protocol.layers import LayerView
-from strategies.protocol.params import Params
-from strategies.protocol.reduction import CohortSum
-from strategies.protocol.update import (
+from strategies.core.job import ClientJob, ConfigScalar
+from strategies.core.layers import LayerView
+from strategies.core.params import Params
+from strategies.core.reduction import CohortSum
+from strategies.core.update import (
     ARRAYS,
     CONFIG,
     REPLY_SLACK_BYTES,
     ClientUpdate,
     decode_train,
 )
-from strategies.protocol.validation import check_finite_metric
-from strategies.protocol.wire import Record, pack_clients
+from strategies.core.validation import check_finite_metric
+from strategies.core.wire import Record, pack_clients
+from strategies.numeric.arrays import to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class FedSparseStrategy(Strategy, LayerView):
     """The algorithm's parameters (``self.params``), built from the ``strategy`` config group."""
     cohort_sum_type: type[CohortSum] | None = None
     """The hook of cohort reduction: when the round's aggregate is a sum over clients, the
-    :class:`~strategies.protocol.reduction.CohortSum` that decodes, measures and adds each
+    :class:`~strategies.core.reduction.CohortSum` that decodes, measures and adds each
     reply, built from ``(train job, train downlink)`` on the server and, when the job says so,
     on each node (None: ``decode`` and ``fold`` read every reply on its own)."""
     nodes_decode = True

@@ -10,11 +10,11 @@ from functools import lru_cache
 from torch import nn
 
 import models
-from strategies.protocol.base import FedSparseStrategy
-from strategies.protocol.client import ClientAlgorithm
-from strategies.protocol.job import ClientJob
-from strategies.protocol.params import Params
-from strategies.protocol.reduction import CohortSum
+from strategies.core.client import ClientAlgorithm
+from strategies.core.job import ClientJob
+from strategies.core.params import Params
+from strategies.core.reduction import CohortSum
+from strategies.core.strategy import FedSparseStrategy
 
 JobModelBuilder = Callable[[ClientJob, tuple[int, int, int], int], nn.Module]
 """Builds the model a job trains from ``(job, input_shape as (C, H, W), num_classes)``."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ConfigRecord
 
-from strategies.protocol.wire import ClientState
+from strategies.core.wire import ClientState
 
 INDEX = "lbgm-index"
 BLOCK = "lbgm-block:"

@@ -17,11 +17,11 @@ from flwr.app import RecordDict
 from torch import nn
 
 from models.training import TensorData, TrainResult, load_weights, train_epochs
-from strategies.protocol.arrays import to_array_record
-from strategies.protocol.job import ClientJob
-from strategies.protocol.params import Params
-from strategies.protocol.update import ARRAYS
-from strategies.protocol.wire import ClientState, Record, decoded_tensors, unpack_clients
+from strategies.core.job import ClientJob
+from strategies.core.params import Params
+from strategies.core.update import ARRAYS
+from strategies.core.wire import ClientState, Record, decoded_tensors, unpack_clients
+from strategies.numeric.arrays import to_array_record
 
 
 @dataclass(frozen=True)

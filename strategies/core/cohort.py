@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from strategies.protocol.wire import CLIENT_IDS_KEY
+from strategies.core.wire import CLIENT_IDS_KEY
 
 log = logging.getLogger(__name__)
 

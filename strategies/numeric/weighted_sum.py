@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from strategies.protocol.slices import for_each_slice
+from strategies.numeric.slices import for_each_slice
 
 
 class WeightedSum:
@@ -21,7 +21,7 @@ class WeightedSum:
     never holds a round's updates together. A float32 value times an integer weight is exact
     in float64, so the only roundings are the running float64 sum, taken in client-id order
     (the same bits whatever the cohort size), and the final division. Large arrays are added
-    in slices on threads, which gives the same bits (see :mod:`strategies.protocol.slices`).
+    in slices on threads, which gives the same bits (see :mod:`strategies.numeric.slices`).
     """
 
     def __init__(self) -> None:
