@@ -7,11 +7,18 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
+import strategies
 from server_app.engine import AUTO
 from server_app.experiment import run_experiment
 from server_app.inprocess import InProcessGrid
 from server_app.results import read_metrics
 from server_app.settings import compose_config, validate
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+SHIPPED_STRATEGIES = sorted(p.stem for p in (CONF / "strategy").glob("*.yaml"))
+"""Every algorithm the project ships (one yaml each), not those a test registers for itself."""
+REDUCING_STRATEGIES = [s for s in SHIPPED_STRATEGIES if strategies.get_algorithm(s).cohort_sum]
+"""The shipped algorithms whose nodes can reduce a cohort (a cohort sum they decode with)."""
 
 # digits, 5 clients, all of them every round, 2 local epochs: test_end_to_end's CLI runs and
 # test_faults' in-process runs

@@ -30,6 +30,7 @@ from server_app.inprocess import InProcessGrid
 from server_app.settings import client_job, compose_config
 from strategies.core.cohort import QUERY_CONFIG
 from strategies.core.wire import unpack_clients
+from tests.runs import SHIPPED_STRATEGIES
 
 
 @pytest.fixture(autouse=True)
@@ -189,9 +190,6 @@ def test_replaced_state_files_go_only_when_the_whole_cohort_succeeded(
     )
 
 
-BUILT_IN_STRATEGIES = ["fedavg", "fedpm", "lbgm", "lips", "signsgd", "topk"]
-
-
 def _training_steps(tmp_path, overrides: list[str]) -> list[int]:
     """The batch size of every optimizer step a 2-client, 2-round in-process run takes (any
     optimizer, any strategy): counted by global hooks, so no strategy's client is trusted."""
@@ -223,7 +221,7 @@ def _training_steps(tmp_path, overrides: list[str]) -> list[int]:
     return stepped
 
 
-@pytest.mark.parametrize("strategy", BUILT_IN_STRATEGIES)
+@pytest.mark.parametrize("strategy", SHIPPED_STRATEGIES)
 def test_local_steps_is_the_exact_step_count_for_every_strategy(tmp_path, strategy: str) -> None:
     """digits/iid gives each client 576 training samples, 11 batches of 50 and one of 26 an
     epoch: 3 steps are a fraction of an epoch, 40 run into a fourth."""
@@ -235,7 +233,7 @@ def test_local_steps_is_the_exact_step_count_for_every_strategy(tmp_path, strate
         assert stepped == (epoch * 4)[:steps] * 2 * 2  # x clients x rounds
 
 
-@pytest.mark.parametrize("strategy", BUILT_IN_STRATEGIES)
+@pytest.mark.parametrize("strategy", SHIPPED_STRATEGIES)
 def test_full_batch_is_the_whole_split_once_per_epoch_for_every_strategy(
     tmp_path, strategy: str
 ) -> None:

@@ -30,7 +30,7 @@ from server_app.settings import (
 from strategies.core.cohort import ClientDirectory, expected_nodes
 from strategies.core.reduction import PARTIAL, PARTIAL_WEIGHT, is_reduced
 from strategies.numeric.arrays import to_array_record, to_numpy_dict
-from tests.runs import run_and_read
+from tests.runs import REDUCING_STRATEGIES, run_and_read
 
 REDUCING = ("fedavg", "lips", "fedpm", "topk", "signsgd")
 CORRUPT_KIND = {"fedpm": "garble"}  # FedPM's reply is a byte stream: damage it as one
@@ -240,7 +240,7 @@ def test_auto_cohorts_are_not_capped_by_the_model_when_they_reduce() -> None:
     assert not cohorts_reduce(compose_config(["max_client_weight=10"]))
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedpm", "topk"])
+@pytest.mark.parametrize("strategy", REDUCING_STRATEGIES)
 def test_a_partial_sum_that_does_not_fit_drops_its_node_whole(strategy: str) -> None:
     """A partial sum missing an array, or of another shape, drops the node's cohort under
     ``partial`` (not a crash in the aggregate); the other node's sum is the round's."""

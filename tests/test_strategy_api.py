@@ -35,9 +35,10 @@ from strategies.api import (
 )
 from strategies.core.cohort import ClientDirectory
 from strategies.core.wire import unpack_clients
+from tests.runs import SHIPPED_STRATEGIES
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = sorted(p.stem for p in (REPO / "conf" / "strategy").glob("*.yaml"))
+SHIPPED = SHIPPED_STRATEGIES
 
 
 @pytest.mark.parametrize("name", SHIPPED)
