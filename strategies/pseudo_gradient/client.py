@@ -10,7 +10,6 @@ from torch import nn
 
 from models.training import TrainResult
 from strategies.core.client import ClientAlgorithm, ClientContext
-from strategies.core.job import ClientJob
 from strategies.core.strategy import ARRAYS
 from strategies.core.update import METRICS
 from strategies.core.wire import ClientState, Record
@@ -43,13 +42,13 @@ class PseudoGradientClient(ClientAlgorithm):
         codec = make_codec(str(job.params["compressor"]), float(job.params.get("topk_ratio", 0.1)))
         params = {n: p.detach().cpu().numpy() for n, p in model.named_parameters()}
         grads = {n: self.start[n] - params[n] for n in params}
-        wires, sent = self._compress(codec, grads, job, ctx.state)
+        wires, sent = self._compress(codec, grads, ctx.params.error_feedback, ctx.state)
         arrays = {n: v for n, v in model.state_dict().items() if n not in params}
         records: dict[str, Record] = {}
         counts = dict.fromkeys(CLIENT_COUNTS, 0)
         full = list(params)
         if job.params.get("lbgm"):
-            lbgm, full, counts = self._lbgm(sent, job, ctx.state)
+            lbgm, full, counts = self._lbgm(sent, ctx)
             records[LBGM] = lbgm
         for name in full:
             arrays.update(wires[name])
@@ -60,13 +59,13 @@ class PseudoGradientClient(ClientAlgorithm):
 
     @staticmethod
     def _compress(
-        codec: Codec, grads: dict[str, np.ndarray], job: ClientJob, state: ClientState
+        codec: Codec, grads: dict[str, np.ndarray], error_feedback: bool, state: ClientState
     ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
         """Per layer: the wire arrays and the dense vector the server will rebuild from them.
 
         With error feedback the compressor's residual x − C(x) is added to the next round's g.
         """
-        feedback = codec.name != "none" and bool(job.params.get("error_feedback", True))
+        feedback = codec.name != "none" and error_feedback
         residual = state.get_arrays(RESIDUAL) if feedback else None
         wires, sent, left = {}, {}, {}
         for name, g in grads.items():
@@ -80,18 +79,18 @@ class PseudoGradientClient(ClientAlgorithm):
         return wires, sent
 
     def _lbgm(
-        self, sent: dict[str, np.ndarray], job: ClientJob, state: ClientState
+        self, sent: dict[str, np.ndarray], ctx: ClientContext
     ) -> tuple[MetricRecord, list[str], dict[str, int | float]]:
         """Decide per unit: ρ against an acknowledged LBG (e ≤ δ) or a full send (new candidate)."""
-        units = units_of(list(sent), str(job.params.get("granularity", "layer")))
+        units = units_of(list(sent), ctx.params.granularity)
         if self.server_versions is None or len(self.server_versions) != len(units):
             raise ValueError(
                 f"lbgm: expected {len(units)} LBG versions from the server, got "
                 f"{self.server_versions!r}"
             )
-        book = ClientLBGs(state)
+        book = ClientLBGs(ctx.state)
         lbgs = book.acknowledged(dict(zip(units, self.server_versions, strict=True)))
-        delta = float(job.params["delta"])
+        delta = float(ctx.params.delta)
         lbgm: dict[str, int | float] = {}
         full: list[str] = []
         candidates: dict[str, np.ndarray] = {}
@@ -111,5 +110,5 @@ class PseudoGradientClient(ClientAlgorithm):
             else:
                 full.extend(names)
                 candidates[unit] = vector.astype(np.float32, copy=False)
-        book.commit(job.server_round, candidates)
+        book.commit(ctx.job.server_round, candidates)
         return MetricRecord(lbgm), full, counts
