@@ -14,9 +14,10 @@ from strategies.core.strategy import ARRAYS
 from strategies.core.update import METRICS
 from strategies.core.wire import ClientState, Record
 from strategies.numeric.arrays import to_array_record
-from strategies.pseudo_gradient.compression import Codec, make_codec
+from strategies.pseudo_gradient.compression import Codec
 from strategies.pseudo_gradient.lbg_book import ClientLBGs
 from strategies.pseudo_gradient.lbgm import CLIENT_COUNTS, LBGM, VERSIONS, projection, units_of
+from strategies.pseudo_gradient.server import job_codec
 
 RESIDUAL = "compress-residual"  # client state: error-feedback residual per layer
 
@@ -39,7 +40,7 @@ class PseudoGradientClient(ClientAlgorithm):
         self, ctx: ClientContext, model: nn.Module, trained: TrainResult
     ) -> dict[str, Record]:
         job = ctx.job
-        codec = make_codec(str(job.params["compressor"]), float(job.params.get("topk_ratio", 0.1)))
+        codec = job_codec(job)
         params = {n: p.detach().cpu().numpy() for n, p in model.named_parameters()}
         grads = {n: self.start[n] - params[n] for n in params}
         wires, sent = self._compress(codec, grads, ctx.params.error_feedback, ctx.state)

@@ -93,9 +93,7 @@ class PseudoGradients(CohortSum):
         self.template = downlink
         self.limit = 2 * downlink.count_bytes() + REPLY_SLACK_BYTES
         self.layers = parameter_shapes(job)
-        self.codec = make_codec(
-            str(job.params.get("compressor", "none")), float(job.params.get("topk_ratio", 0.1))
-        )
+        self.codec = job_codec(job)
         self.grads, self.buffers = WeightedSum(), WeightedSum()
 
     @property
@@ -216,6 +214,12 @@ class TopKParams(ServerStepParams):
             f"index, so from {TOPK_BREAK_EVEN} on top-k sends at least the dense layer's bytes; "
             "lower it, or send dense"
         ]
+
+
+def job_codec(job: ClientJob) -> Codec:
+    """The round's compressor as the train job names it: both ends build the same one."""
+    ratio = job.params.get("topk_ratio", TopKParams.topk_ratio)
+    return make_codec(str(job.params["compressor"]), float(ratio))
 
 
 class PseudoGradient(FedSparseStrategy):
