@@ -4,10 +4,12 @@
     python benchmarks/drift_baselines.py --report-only
 
 mnist5k, cnn, pathological split (2 classes per client), 20 clients, 10 a round, 2 local epochs
-at batch 32, plain SGD (lr 0.05, momentum 0: SCAFFOLD's analysis assumes it, and every strategy
-gets the same), 40 rounds, seeds 0-2; in process (no Ray), one torch thread. FedProx at
-μ = 0.01 and 0.1. Writes ``benchmarks/results/drift_baselines.md`` and ``drift_baselines.png``
-(mean accuracy against the round and against the bytes both links carried).
+at batch 32, plain SGD (momentum 0: SCAFFOLD's analysis assumes it, and every strategy gets the
+same) at two learning rates (``--lrs``, default 0.05 and 0.01), 40 rounds, seeds 0-2; in
+process (no Ray), one torch thread. FedProx at μ = 0.01 and 0.1. A run whose every reply turns
+non-finite stops there (the run refuses a non-finite model) and is reported as diverged. Writes
+``benchmarks/results/drift_baselines.md`` and ``drift_baselines.png`` (mean accuracy against the
+round and against the bytes both links carried, per learning rate).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ BASE = [
     "clients_per_round=10",
     "local_epochs=2",
     "batch_size=32",
-    "lr=0.05",
     "momentum=0",
     "federated_eval=false",
     "plots=false",
@@ -49,14 +50,29 @@ STRATEGIES = {
     "scaffold": ["strategy=scaffold"],
 }
 TARGET = 0.9
+READING = ""
 
 
 def planned(args: argparse.Namespace) -> list[tuple[Path, list[str]]]:
     return [
-        (args.runs / f"{name}_seed{seed}", [*overrides, *BASE, f"seed={seed}"])
+        (run_dir(args, name, lr, seed), [*overrides, *BASE, f"lr={lr}", f"seed={seed}"])
+        for lr in args.lrs.split(",")
         for seed in args.seeds.split(",")
         for name, overrides in STRATEGIES.items()
     ]
+
+
+def run_dir(args: argparse.Namespace, name: str, lr: str, seed: str) -> Path:
+    return args.runs / f"{name}_lr{lr}_seed{seed}"
+
+
+def run_all(args: argparse.Namespace) -> None:
+    """Every planned run; one that diverges stops alone (its rows up to then are kept)."""
+    for run in planned(args):
+        try:
+            run_missing_in_process([run], args.rounds)
+        except RuntimeError as err:
+            print(f"[benchmark] {run[0].name} stopped: {err}", flush=True)
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -74,32 +90,43 @@ def report(args: argparse.Namespace) -> str:
         "are measured on the wire (both links, all clients, all rounds). Written by "
         "`benchmarks/drift_baselines.py`.",
         "",
-        f"| strategy | seeds | final acc | best | last 5 rounds | first round ≥ {TARGET} | "
-        "MB up + down per round |",
-        "|---|---|---|---|---|---|---|",
+        f"| lr | strategy | seeds | final acc | best | last 5 rounds | first round ≥ {TARGET} | "
+        "stopped at (seed: round) | MB up + down per round |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     curves: dict[str, list[list[dict]]] = {}
-    for name in STRATEGIES:
-        runs = [read_metrics(args.runs / f"{name}_seed{s}") for s in args.seeds.split(",")]
-        runs = [rows for rows in runs if rows]
-        if not runs:
-            continue
-        curves[name] = runs
-        reached = [
-            next((r["round"] for r in rows if r["accuracy"] >= TARGET), None) for rows in runs
-        ]
-        megabytes = statistics.fmean(
-            (r["uplink_bytes"] + r["downlink_bytes"]) / 1e6 for rows in runs for r in rows
-        )
-        lines.append(
-            f"| {name} | {len(runs)} | {_mean_sd([rows[-1]['accuracy'] for rows in runs])} | "
-            f"{_mean_sd([max(r['accuracy'] for r in rows) for rows in runs])} | "
-            f"{_mean_sd([statistics.fmean(r['accuracy'] for r in rows[-5:]) for rows in runs])} | "
-            f"{', '.join('–' if r is None else str(r) for r in reached)} | {megabytes:.2f} |"
-        )
+    for lr in args.lrs.split(","):
+        for name in STRATEGIES:
+            lines += _row(args, name, lr, curves)
     plot(curves, args.results / "drift_baselines.png")
-    lines += ["", "![accuracy vs round and vs bytes](drift_baselines.png)", ""]
+    lines += ["", "![accuracy vs round and vs bytes](drift_baselines.png)", READING]
     return "\n".join(lines)
+
+
+def _row(args: argparse.Namespace, name: str, lr: str, curves: dict) -> list[str]:
+    """The table row of one strategy at one learning rate (none before its runs exist)."""
+    seeds = args.seeds.split(",")
+    runs = [read_metrics(run_dir(args, name, lr, seed)) for seed in seeds]
+    stopped = [
+        f"{seed}: {len(rows) + 1}"
+        for seed, rows in zip(seeds, runs, strict=True)
+        if rows and len(rows) < args.rounds
+    ]
+    runs = [rows for rows in runs if rows]
+    if not runs:
+        return []
+    curves[f"{name}, lr {lr}"] = runs
+    reached = [next((r["round"] for r in rows if r["accuracy"] >= TARGET), None) for rows in runs]
+    megabytes = statistics.fmean(
+        (r["uplink_bytes"] + r["downlink_bytes"]) / 1e6 for rows in runs for r in rows
+    )
+    return [
+        f"| {lr} | {name} | {len(runs)} | {_mean_sd([rows[-1]['accuracy'] for rows in runs])} | "
+        f"{_mean_sd([max(r['accuracy'] for r in rows) for rows in runs])} | "
+        f"{_mean_sd([statistics.fmean(r['accuracy'] for r in rows[-5:]) for rows in runs])} | "
+        f"{', '.join('–' if r is None else str(r) for r in reached)} | "
+        f"{', '.join(stopped) or '–'} | {megabytes:.2f} |"
+    ]
 
 
 def plot(curves: dict[str, list[list[dict]]], path: Path) -> None:
@@ -133,10 +160,11 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--lrs", default="0.05,0.01")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     if not args.report_only:
-        run_missing_in_process(planned(args), args.rounds)
+        run_all(args)
     text = report(args)
     (args.results / "drift_baselines.md").write_text(text)
     print(text)
