@@ -5,7 +5,7 @@
 
 mnist5k, cnn, pathological split (2 classes per client), 20 clients, 10 a round, 2 local epochs
 at batch 32, plain SGD (momentum 0: SCAFFOLD's analysis assumes it, and every strategy gets the
-same) at two learning rates (``--lrs``, default 0.05 and 0.01), 40 rounds, seeds 0-2; in
+same) at three learning rates (``--lrs``, default 0.05, 0.02, 0.01), 40 rounds, seeds 0-2; in
 process (no Ray), one torch thread. FedProx at μ = 0.01 and 0.1. A run whose every reply turns
 non-finite stops there (the run refuses a non-finite model) and is reported as diverged. Writes
 ``benchmarks/results/drift_baselines.md`` and ``drift_baselines.png`` (mean accuracy against the
@@ -59,6 +59,7 @@ def planned(args: argparse.Namespace) -> list[tuple[Path, list[str]]]:
         for lr in args.lrs.split(",")
         for seed in args.seeds.split(",")
         for name, overrides in STRATEGIES.items()
+        if name in args.strategies.split(",")
     ]
 
 
@@ -160,7 +161,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--lrs", default="0.05,0.01")
+    parser.add_argument("--lrs", default="0.05,0.02,0.01")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="which to run")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     if not args.report_only:

@@ -66,7 +66,9 @@ def reduces_cohorts(
 
 
 class FedSparseStrategy(Strategy, LayerView):
-    """Cohort-aware base strategy; subclasses define the payload codec and the aggregation."""
+    """The server half of an algorithm. A subclass implements ``aggregate`` and either names a
+    ``cohort_sum_type`` or implements ``decode`` (and ``fold`` to sum as replies arrive); every
+    other hook has a default. Its ``params`` is its ``params_type``, built from the config."""
 
     name = "base"
     params_type: type[Params] = Params
