@@ -11,6 +11,7 @@ import copy
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import ClassVar
 
@@ -32,7 +33,7 @@ from strategies.core.cohort import QUERY_CONFIG, hosted_clients
 from strategies.core.job import ClientJob, DataInfo
 from strategies.core.reduction import CohortReducer
 from strategies.core.update import ARRAYS, CONFIG, METRICS
-from strategies.core.wire import CLIENT_IDS_KEY, ClientState, Record, pack_clients
+from strategies.core.wire import CLIENT_IDS_KEY, ClientState, Record, pack_clients, unpack_clients
 
 DATA_ROOT = "data-root"
 TEMPLATES_KEPT = 4
@@ -138,6 +139,31 @@ def _prepare(msg: Message, context: Context) -> tuple[ClientJob, torch.device]:
     return job, resolve_device(job.device)
 
 
+def client_contexts(
+    content: RecordDict,
+    job: ClientJob,
+    states: Mapping[int, ClientState | None],
+    device: torch.device = CPU,
+) -> dict[int, ClientContext]:
+    """What the algorithm's client half is told about each client of a message: the typed
+    parameters and the message's per-client records are read once for the whole cohort."""
+    params = strategies.get_algorithm(job.algorithm).params.from_job(job)
+    own = unpack_clients(content)
+    return {
+        c: ClientContext(
+            c,
+            job,
+            params,
+            state,
+            device,
+            round_seed(job.seed, job.server_round, c),
+            content,
+            own.get(c, {}),
+        )
+        for c, state in states.items()
+    }
+
+
 def client_context(
     content: RecordDict,
     job: ClientJob,
@@ -145,10 +171,8 @@ def client_context(
     state: ClientState | None,
     device: torch.device = CPU,
 ) -> ClientContext:
-    """What the algorithm's client half is told about ``client_id`` in ``job``'s round."""
-    params = strategies.get_algorithm(job.algorithm).params.from_job(job)
-    seed = round_seed(job.seed, job.server_round, client_id)
-    return ClientContext(client_id, job, params, state, device, seed, content)
+    """:func:`client_contexts` for one client."""
+    return client_contexts(content, job, {client_id: state}, device)[client_id]
 
 
 def _receive(algorithm: ClientAlgorithm, ctx: ClientContext) -> nn.Module:
@@ -227,9 +251,9 @@ def train(msg: Message, context: Context) -> Message:
     }
     reducer = _reducer(job, msg)
     per_client: dict[int, dict[str, Record]] = {}
+    contexts = client_contexts(msg.content, job, states, device)
     for client_id in job.client_ids:
-        ctx = client_context(msg.content, job, client_id, states[client_id], device)
-        records = _train_one(msg, context, ctx)
+        records = _train_one(msg, context, contexts[client_id])
         if reducer is None:
             per_client[client_id] = records
         else:
@@ -246,9 +270,11 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     job, device = _prepare(msg, context)
     algorithm = strategies.get_algorithm(job.algorithm).client()
     per_client: dict[int, dict[str, Record]] = {}
-    for client_id in job.client_ids:
-        state = client_state(context.state, client_id, job.state_dir, context.run_id)
-        model = _receive(algorithm, client_context(msg.content, job, client_id, state, device))
+    states = {
+        c: client_state(context.state, c, job.state_dir, context.run_id) for c in job.client_ids
+    }
+    for client_id, ctx in client_contexts(msg.content, job, states, device).items():
+        model = _receive(algorithm, ctx)
         _, test = _client_tensors(
             job.data_spec(), job.data_info(), client_id, str(device), _data_root(context)
         )

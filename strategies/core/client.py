@@ -10,7 +10,6 @@ The defaults are FedAvg's client: load the global arrays, train, send the traine
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 from flwr.app import RecordDict
@@ -20,7 +19,7 @@ from models.training import TensorData, TrainResult, load_weights, train_epochs
 from strategies.core.job import ClientJob
 from strategies.core.params import Params
 from strategies.core.update import ARRAYS
-from strategies.core.wire import ClientState, Record, decoded_tensors, unpack_clients
+from strategies.core.wire import ClientState, Record, decoded_tensors
 from strategies.numeric.arrays import to_array_record
 
 
@@ -38,12 +37,9 @@ class ClientContext:
     """This client's seed for this round (batches, masks: every draw of its round)."""
     content: RecordDict
     """The node message: the shared downlink records, and each hosted client's own."""
-
-    @cached_property
-    def records(self) -> dict[str, Record]:
-        """The downlink records addressed to this client alone (``client_records`` on the
-        server side)."""
-        return unpack_clients(self.content).get(self.client_id, {})
+    records: dict[str, Record]
+    """The downlink records addressed to this client alone (``client_records`` on the server
+    side)."""
 
 
 class ClientAlgorithm:
