@@ -143,8 +143,12 @@ class Lbgm(PseudoGradient):
     name = "lbgm"
     uses_lbgm = True
     nodes_decode = False  # decoding needs the server's look-back gradients of each client
-
     params_type = LbgmParams
+
+    @property
+    def compressor(self) -> str:
+        """LBGM stacks on the configured compressor (none, topk or sign)."""
+        return self.params.compressor
 
     @cached_property
     def units(self) -> dict[str, list[str]]:

@@ -228,19 +228,15 @@ class PseudoGradient(FedSparseStrategy):
     name = "pseudo-gradient"
     params_type = ServerStepParams
     compressor = "none"
+    """The compressor the clients apply (each round's job names it; LBGM's is configured)."""
     uses_lbgm = False
     cohort_sum_type = PseudoGradients
     _mean_delta: dict[str, np.ndarray] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        params = self.params
-        ratio = float(getattr(params, "topk_ratio", TopKParams.topk_ratio))
-        self.codec: Codec = make_codec(getattr(params, "compressor", self.compressor), ratio)
-        self.server_lr, self.server_momentum = (
-            float(params.server_lr),
-            float(params.server_momentum),
-        )
+        self.server_lr = float(self.params.server_lr)
+        self.server_momentum = float(self.params.server_momentum)
         self.velocity: dict[str, np.ndarray] = {}
         self.server_round = 0
 
@@ -250,7 +246,7 @@ class PseudoGradient(FedSparseStrategy):
         return parameter_shapes(self.job)
 
     def round_params(self, server_round: int) -> dict[str, ConfigScalar]:
-        return {"compressor": self.codec.name, "lbgm": self.uses_lbgm}
+        return {"compressor": self.compressor, "lbgm": self.uses_lbgm}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
