@@ -31,17 +31,23 @@ MESSAGES_PER_ACTOR = 4
 MESSAGE_BUDGET_BYTES = 256 << 20  # dense client updates one cohort reply may carry under auto
 CONNECT_TIMEOUT_S = 5.0
 CLIENT_STATE_DIR = "client-state"
+WORKER_NICENESS = "0"  # Ray's own default is 15; see start_ray
 
 
 def start_ray(ray_address: str | None) -> None:
     """Start a private local Ray instance, or connect to the cluster at ``ray_address``.
 
     Actors import fedsparse from this interpreter's ``sys.path`` (as Flower's own start does).
+    A private local Ray starts its workers at nice 0 instead of Ray's default 15: the actors do
+    all the clients' work, so at nice 15 a run on a shared box yields to every other process
+    (``RAY_worker_niceness`` in the environment still wins; a cluster keeps its own setting).
     """
     import ray
 
     if ray_address:
         _check_reachable(ray_address)
+    else:
+        os.environ.setdefault("RAY_worker_niceness", WORKER_NICENESS)
     pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
     os.environ["PYTHONPATH"] = pythonpath
     ray.init(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,9 @@ import pytest
 from server_app.engine import (
     MESSAGE_BUDGET_BYTES,
     MESSAGES_PER_ACTOR,
+    WORKER_NICENESS,
     auto_clients_per_node,
+    start_ray,
     with_clients_per_node,
 )
 from server_app.experiment import run_experiment, starting_point
@@ -51,6 +54,30 @@ def test_auto_keeps_a_cohort_reply_within_the_message_budget() -> None:
 def test_explicit_clients_per_node_is_kept() -> None:
     cfg = compose_config(["engine.clients_per_node=7"])
     assert with_clients_per_node(cfg, actors=2) is cfg
+
+
+def _ray_init_environment(monkeypatch: pytest.MonkeyPatch, ray_address: str | None) -> dict:
+    """The environment ``start_ray`` hands to ``ray.init`` (which is not called for real)."""
+    import ray
+
+    seen: dict = {}
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # start_ray extends it
+    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(os.environ))
+    monkeypatch.setattr("server_app.engine._check_reachable", lambda address: None)
+    start_ray(ray_address)
+    return seen
+
+
+def test_a_private_ray_starts_its_workers_at_nice_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_worker_niceness", raising=False)
+    assert _ray_init_environment(monkeypatch, None)["RAY_worker_niceness"] == WORKER_NICENESS == "0"
+
+
+def test_an_explicit_niceness_and_a_cluster_keep_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_worker_niceness", "15")
+    assert _ray_init_environment(monkeypatch, None)["RAY_worker_niceness"] == "15"
+    monkeypatch.delenv("RAY_worker_niceness")
+    assert "RAY_worker_niceness" not in _ray_init_environment(monkeypatch, "127.0.0.1:6379")
 
 
 def _without_wall_times(rows: list[dict]) -> list[dict]:
