@@ -62,7 +62,7 @@ def _ray_init_environment(monkeypatch: pytest.MonkeyPatch, ray_address: str | No
 
     seen: dict = {}
     monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # start_ray extends it
-    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(os.environ))
+    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(os.environ, init=kwargs))
     monkeypatch.setattr("server_app.engine._check_reachable", lambda address: None)
     start_ray(ray_address)
     return seen
@@ -70,14 +70,18 @@ def _ray_init_environment(monkeypatch: pytest.MonkeyPatch, ray_address: str | No
 
 def test_a_private_ray_starts_its_workers_at_nice_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAY_worker_niceness", raising=False)
-    assert _ray_init_environment(monkeypatch, None)["RAY_worker_niceness"] == WORKER_NICENESS == "0"
+    seen = _ray_init_environment(monkeypatch, None)
+    assert seen["RAY_worker_niceness"] == WORKER_NICENESS == "0"
+    assert seen["init"]["_system_config"]["enable_worker_prestart"] is False
 
 
 def test_an_explicit_niceness_and_a_cluster_keep_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_worker_niceness", "15")
     assert _ray_init_environment(monkeypatch, None)["RAY_worker_niceness"] == "15"
     monkeypatch.delenv("RAY_worker_niceness")
-    assert "RAY_worker_niceness" not in _ray_init_environment(monkeypatch, "127.0.0.1:6379")
+    cluster = _ray_init_environment(monkeypatch, "127.0.0.1:6379")
+    assert "RAY_worker_niceness" not in cluster
+    assert "_system_config" not in cluster["init"]  # Ray refuses it when connecting
 
 
 def _without_wall_times(rows: list[dict]) -> list[dict]:
