@@ -144,6 +144,7 @@ class FedPMClient(ClientAlgorithm):
                 klms_keys(job, client_id, list(scores)),
                 ctx.params.klms_settings(),
                 np.random.default_rng(seed),
+                ctx.device,
             )
         else:
             coded = encode_masks(masks, self.priors)

@@ -32,8 +32,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from strategies.core.validation import ReplyError
+from strategies.fedpm import klms_torch
 from strategies.fedpm.mask_codec import KLMS, PRIOR_BITS, CodedMasks, pack_mask
 
 KLMS_STREAM = 0x4B4C  # keeps the candidates' keys apart from every other draw of the run seed
@@ -41,6 +43,9 @@ FRESH_BIT = 1 << 15
 MAX_BLOCK_LIMIT = FRESH_BIT  # a block length - 1 fits the table's 15 bits
 MAX_BITS = 16
 CANDIDATE_CHUNK_ENTRIES = 1 << 18  # candidates × entries hashed at once (cache-sized)
+# Hashes (candidates × entries) from which torch beats numpy, per device type
+# (benchmarks/results/fedpm_klms_speed.md): below, torch's fixed cost per call dominates.
+TORCH_FROM_HASHES = {"cpu": 1 << 23, "cuda": 1 << 16}
 TABLE_HEADER_BYTES = 4
 _M1, _M2 = np.uint32(0x7FEB352D), np.uint32(0x846CA68B)
 _S15, _S16 = np.uint32(15), np.uint32(16)
@@ -93,13 +98,26 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def hashing_device(device: torch.device | None, hashes: int) -> torch.device | None:
+    """Where ``hashes`` candidate entries are hashed: in torch on ``device`` when that is
+    faster (:data:`TORCH_FROM_HASHES`), else in numpy (None). Both give the same bits."""
+    if device is None or hashes < TORCH_FROM_HASHES.get(device.type, TORCH_FROM_HASHES["cuda"]):
+        return None
+    return device
+
+
+def key_mix(key: np.uint32) -> np.uint32:
+    """The hashed key every counter of a layer is xored with."""
+    return _mix(np.full(1, key, np.uint32))[0]
+
+
 def candidate_bits(
     key: np.uint32, prior: np.ndarray, candidate: np.ndarray, entries: np.ndarray
 ) -> np.ndarray:
     """Entry ``entries`` of candidate ``candidate`` (broadcast together) under the uint16
     ``prior``: True where the hash's top 16 bits fall below q."""
     counter = candidate.astype(np.uint32) * np.uint32(prior.size) + entries.astype(np.uint32)
-    counter ^= _mix(np.full(1, key, np.uint32))
+    counter ^= key_mix(key)
     # top 16 bits of the hash < q  ⟺  hash < q·2¹⁶ (one comparison, no shifted copy)
     return _mix(counter) < prior[entries].astype(np.uint32) << _S16
 
@@ -127,8 +145,10 @@ def encode_layer(
     key: np.uint32,
     settings: KlmsSettings,
     rng: np.random.Generator,
+    device: torch.device | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One layer's (segment bytes, chosen flat uint8 mask)."""
+    """One layer's (segment bytes, chosen flat uint8 mask); candidates hashed and scored in
+    numpy, or in torch on ``device`` (the same bytes)."""
     prior = np.ravel(prior)
     kl = kl_bits(np.ravel(q), prior)
     starts = block_starts(kl, settings.kl_per_block, settings.max_block)
@@ -137,8 +157,10 @@ def encode_layer(
     choice = np.zeros(starts.size, np.int64)
     active = np.flatnonzero(~fresh)
     if active.size:
-        choice[active] = _importance_choice(q, prior, key, settings.bits, starts, active, rng)
-    mask = decode_choice(key, prior, starts, lengths, choice)
+        choice[active] = _importance_choice(
+            q, prior, key, settings.bits, starts, active, rng, device
+        )
+    mask = decode_choice(key, prior, starts, lengths, choice, device)
     table = ((lengths - 1) | np.where(fresh, FRESH_BIT, 0)).astype("<u2").tobytes()
     packed_table = zlib.compress(table, 9)
     index_bits = (choice[active, None] >> np.arange(settings.bits - 1, -1, -1)) & 1
@@ -160,11 +182,12 @@ def _importance_choice(
     starts: np.ndarray,
     active: np.ndarray,
     rng: np.random.Generator,
+    device: torch.device | None = None,
 ) -> np.ndarray:
     """Per active block, a candidate index drawn ∝ Π q(m)/p(m) (Gumbel-max over log weights).
 
     log w_j = Σ_i m_ij·d_i + const with d_i = logit(q_i) − logit(p_i): only the entries of
-    active blocks are hashed, in chunks of candidates."""
+    active blocks are hashed, in chunks of candidates, in numpy or (``device``) in torch."""
     lengths = np.diff(np.append(starts, prior.size))
     is_active = np.zeros(starts.size, bool)
     is_active[active] = True
@@ -172,15 +195,34 @@ def _importance_choice(
     p = prior[entries].astype(np.float64) / (1 << PRIOR_BITS)
     qa = np.clip(np.ravel(q)[entries].astype(np.float64), 1e-12, 1.0 - 1e-12)
     d = ((np.log(qa) - np.log1p(-qa)) - (np.log(p) - np.log1p(-p))).astype(np.float32)
-    local_starts = np.concatenate([[0], np.cumsum(lengths[active])[:-1]])
+    device = hashing_device(device, entries.size << bits)
+    if device is None:
+        log_w = _log_weights(key, prior, entries, d, lengths[active], bits)
+    else:
+        mixed = int(key_mix(key))
+        log_w = klms_torch.log_weights(mixed, prior, entries, d, lengths[active], bits, device)
+    return np.argmax(log_w.astype(np.float64) + rng.gumbel(size=log_w.shape), axis=0)
+
+
+def _log_weights(
+    key: np.uint32,
+    prior: np.ndarray,
+    entries: np.ndarray,
+    d: np.ndarray,
+    lengths: np.ndarray,
+    bits: int,
+) -> np.ndarray:
+    """(2^bits, blocks) float32: per candidate, Σ d_i over its ones in each block of
+    ``lengths`` laid end to end over ``entries``."""
+    local_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     candidates = 1 << bits
-    log_w = np.empty((candidates, active.size))
+    log_w = np.empty((candidates, lengths.size), np.float32)
     chunk = max(1, CANDIDATE_CHUNK_ENTRIES // max(entries.size, 1))
     for first in range(0, candidates, chunk):
         rows = np.arange(first, min(first + chunk, candidates))[:, None]
         hits = candidate_bits(key, prior, rows, entries[None, :])
         log_w[first : first + rows.shape[0]] = np.add.reduceat(hits * d, local_starts, axis=1)
-    return np.argmax(log_w + rng.gumbel(size=log_w.shape), axis=0)
+    return log_w
 
 
 def decode_choice(
@@ -189,16 +231,27 @@ def decode_choice(
     starts: np.ndarray,
     lengths: np.ndarray,
     choice: np.ndarray,
+    device: torch.device | None = None,
 ) -> np.ndarray:
-    """The flat uint8 mask of the chosen candidate of every block."""
+    """The flat uint8 mask of the chosen candidate of every block, regenerated in numpy or
+    (``device``) in torch."""
+    device = hashing_device(device, prior.size)
+    if device is not None:
+        return klms_torch.chosen_mask(int(key_mix(key)), prior, lengths, choice, device)
     per_entry = np.repeat(choice, lengths)
     return candidate_bits(key, prior, per_entry, np.arange(prior.size)).astype(np.uint8)
 
 
 def decode_layer(
-    segment: np.ndarray, prior: np.ndarray, key: np.uint32, settings: KlmsSettings, name: str
+    segment: np.ndarray,
+    prior: np.ndarray,
+    key: np.uint32,
+    settings: KlmsSettings,
+    name: str,
+    device: torch.device | None = None,
 ) -> np.ndarray:
-    """The flat uint8 mask a layer's segment names; every defect is a ReplyError."""
+    """The flat uint8 mask a layer's segment names, regenerated in numpy or (``device``) in
+    torch; every defect is a ReplyError."""
     prior = np.ravel(prior)
     if segment.size < TABLE_HEADER_BYTES:
         raise ReplyError("klms-blocks", f"{name}: segment of {segment.size} bytes, no table")
@@ -236,7 +289,7 @@ def decode_layer(
     choice = np.zeros(lengths.size, np.int64)
     choice[~fresh] = indices
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    return decode_choice(key, prior, starts, lengths, choice)
+    return decode_choice(key, prior, starts, lengths, choice, device)
 
 
 def _inflate(data: bytes, limit: int, name: str) -> bytes:
@@ -257,12 +310,13 @@ def encode_masks_klms(
     keys: Mapping[str, np.uint32],
     settings: KlmsSettings,
     rng: np.random.Generator,
+    device: torch.device | None = None,
 ) -> tuple[CodedMasks, dict[str, np.ndarray]]:
     """Every layer KLMS-coded: the coded reply (flag KLMS per layer, CRC32 of the chosen
-    masks) and the chosen masks, shaped like the priors."""
+    masks) and the chosen masks, shaped like the priors; ``device``: hashed in torch there."""
     segments, masks, checksum = [], {}, 0
     for name, q in probabilities.items():
-        segment, mask = encode_layer(q, priors[name], keys[name], settings, rng)
+        segment, mask = encode_layer(q, priors[name], keys[name], settings, rng, device)
         masks[name] = mask.reshape(priors[name].shape)
         checksum = zlib.crc32(pack_mask(mask), checksum)
         segments.append(segment)

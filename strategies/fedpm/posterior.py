@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord
 
+from models.training import resolve_device
 from strategies.core.engine import finite_or_zero
 from strategies.core.job import ClientJob
 from strategies.core.reduction import CohortSum
@@ -125,6 +126,8 @@ class MaskCounts(CohortSum):
         self.coded = params.uplink_coding in CODED_UPLINKS
         self.job = job
         self.klms = params.klms_settings() if params.uplink_coding == "klms" else None
+        # where KLMS candidates are regenerated: the node's (or server's) device
+        self.device = resolve_device(job.device) if self.klms else None
         eps = float(params.eps)
         self.norm_terms = {  # ‖Δ_c‖² = Σ (ε−θ)² + Σ m_c·((1−ε−θ)² − (ε−θ)²)
             name: (dot(eps - theta, eps - theta), (1.0 - 2.0 * eps) * (1.0 - 2.0 * theta))
@@ -199,7 +202,7 @@ class MaskCounts(CohortSum):
         settings = self.klms
 
         def decode(name: str, segment: np.ndarray) -> np.ndarray:
-            return decode_layer(segment, self.priors[name], keys[name], settings, name)
+            return decode_layer(segment, self.priors[name], keys[name], settings, name, self.device)
 
         return decode
 
