@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from data.generated_cache import cache_folder, generated_arrays
+
 INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
     "mnist5k": (1, 28, 28),
     "animal_mnist": (1, 28, 28),
@@ -49,6 +51,8 @@ SYNTHETIC_TRAIN, SYNTHETIC_TEST, SYNTHETIC_CLASSES = 50_000, 10_000, 10
 SYNTHETIC_SHAPE = (3, 32, 32)
 SYNTHETIC_MAX_SHIFT = 4
 SYNTHETIC_CHUNK = 5_000
+SYNTHETIC_VERSION = 1  # bump when _generate_synthetic_cifar10 changes: names a new disk cache
+SYNTHETIC_PARTS = ("train_x", "train_y", "test_x", "test_y", "mean", "std")
 
 # Per torchvision data set: its class, folder under root, and the files it needs.
 _TORCHVISION_LAYOUT: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -106,6 +110,9 @@ ANIMAL_MNIST_FILES = ("animal_data_version_3.gz", "animal_label_version_3.gz")
 
 TINY_IMAGENET_FOLDER = "tiny-imagenet-200"
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+
+
+Stats = tuple[tuple[float, ...], tuple[float, ...]]  # per-channel mean and std of x / 255
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,7 @@ def load_dataset(name: str, root: str | None = None, download: bool = False) -> 
 @cache
 def _load_cached(name: str, root: str, download: bool) -> DatasetSplits:
     """Dispatch to the loader of ``name``; the cache key is the normalised arguments."""
+    stats = None  # per-channel (mean, std), computed below unless the loader kept them
     if name == "mnist5k":
         train, test = _load_mnist5k()
     elif name == "animal_mnist":
@@ -179,7 +187,7 @@ def _load_cached(name: str, root: str, download: bool) -> DatasetSplits:
     elif name == "tiny_imagenet":
         train, test = _load_tiny_imagenet(Path(root))
     elif name == "cifar10_synthetic":
-        train, test = _synthetic_cifar10()
+        train, test, stats = _synthetic_cifar10(Path(root))
     else:
         train, test = _load_torchvision(name, root, download)
     input_shape = (int(train.x.shape[1]), int(train.x.shape[2]), int(train.x.shape[3]))
@@ -192,7 +200,7 @@ def _load_cached(name: str, root: str, download: bool) -> DatasetSplits:
     for part in (train, test):
         part.x.setflags(write=False)
         part.y.setflags(write=False)
-    mean, std = _channel_stats(train.x)
+    mean, std = stats or _channel_stats(train.x)
     return DatasetSplits(
         name=name,
         train=train,
@@ -204,7 +212,7 @@ def _load_cached(name: str, root: str, download: bool) -> DatasetSplits:
     )
 
 
-def _channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _channel_stats(x: np.ndarray, chunk: int = 4096) -> Stats:
     """Per-channel mean and std of ``x / 255``, in chunks to bound memory."""
     total = np.zeros(x.shape[1])
     total_sq = np.zeros(x.shape[1])
@@ -341,12 +349,43 @@ def _load_digits() -> tuple[ArrayDataset, ArrayDataset]:
     return _split_fixed(x, y)
 
 
-def _synthetic_cifar10() -> tuple[ArrayDataset, ArrayDataset]:
-    """CIFAR-10-shaped images generated from :data:`SYNTHETIC_SEED`: no files, same bytes
-    everywhere. Each class has a smooth random colour pattern (8x8 blocks of 4x4 pixels); an
-    image is its class pattern moved by up to 4 pixels each way, a brightness shift and pixel
-    noise, so the classes are learnable but not trivially. For timing and scale runs on machines
-    without the real data set."""
+def _synthetic_cifar10(root: Path) -> tuple[ArrayDataset, ArrayDataset, Stats]:
+    """CIFAR-10-shaped images generated from :data:`SYNTHETIC_SEED` (no download, same bytes
+    everywhere) and their channel statistics, made once per machine and kept under ``root``
+    (see :mod:`data.generated_cache`)."""
+    parameters = (
+        SYNTHETIC_VERSION,
+        SYNTHETIC_SEED,
+        SYNTHETIC_TRAIN,
+        SYNTHETIC_TEST,
+        SYNTHETIC_CLASSES,
+        SYNTHETIC_SHAPE,
+        SYNTHETIC_MAX_SHIFT,
+        SYNTHETIC_CHUNK,
+    )
+    folder = cache_folder(root, "cifar10_synthetic", parameters)
+    arrays = generated_arrays(folder, SYNTHETIC_PARTS, _synthetic_cifar10_with_stats)
+    stats = (tuple(map(float, arrays["mean"])), tuple(map(float, arrays["std"])))
+    return (
+        ArrayDataset(arrays["train_x"], arrays["train_y"]),
+        ArrayDataset(arrays["test_x"], arrays["test_y"]),
+        stats,
+    )
+
+
+def _synthetic_cifar10_with_stats() -> dict[str, np.ndarray]:
+    """The arrays of ``cifar10_synthetic`` and the train split's channel statistics."""
+    train_x, train_y, test_x, test_y = _generate_synthetic_cifar10()
+    mean, std = _channel_stats(train_x)
+    parts = (train_x, train_y, test_x, test_y, np.array(mean), np.array(std))
+    return dict(zip(SYNTHETIC_PARTS, parts, strict=True))
+
+
+def _generate_synthetic_cifar10() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The arrays of ``cifar10_synthetic``: each class has a smooth random colour pattern (8x8
+    blocks of 4x4 pixels); an image is its class pattern moved by up to 4 pixels each way, a
+    brightness shift and pixel noise, so the classes are learnable but not trivially. For
+    timing and scale runs on machines without the real data set."""
     rng = np.random.default_rng(SYNTHETIC_SEED)
     channels, height, width = SYNTHETIC_SHAPE
     coarse = rng.standard_normal((SYNTHETIC_CLASSES, channels, height // 4, width // 4))
@@ -367,8 +406,8 @@ def _synthetic_cifar10() -> tuple[ArrayDataset, ArrayDataset]:
             image = moved[dy, dx, labels] + (128.0 + shift) + 128.0 * noise
             np.clip(np.rint(image), 0, 255, out=image)
             x[start : start + len(labels)] = image
-        splits.append(ArrayDataset(x, y))
-    return splits[0], splits[1]
+        splits.extend((x, y))
+    return splits[0], splits[1], splits[2], splits[3]
 
 
 def _missing_message(name: str, root: str, folder: str, files: tuple[str, ...], cause: str) -> str:

@@ -16,11 +16,12 @@ from data.datasets import (
     DATASETS,
     DEFAULT_ROOT,
     DataNotFoundError,
+    _channel_stats,
     _first_occurrences,
+    _generate_synthetic_cifar10,
     _load_animal_mnist,
     _load_cached,
     _NumpyArrayUnpickler,
-    _synthetic_cifar10,
     load_dataset,
 )
 
@@ -138,10 +139,11 @@ def test_synthetic_cifar10_has_cifar10_shapes_and_the_same_bytes_every_time() ->
     for part in (splits.train, splits.test):
         np.testing.assert_array_equal(np.bincount(part.y), np.full(10, len(part) // 10))
         assert np.isin(part.x[:1000], (0, 255)).mean() < 0.05  # pixels rarely clipped
-    train, test = _synthetic_cifar10()
-    np.testing.assert_array_equal(train.x, splits.train.x)
-    np.testing.assert_array_equal(test.y, splits.test.y)
-    assert not np.array_equal(train.x[:1000], test.x[:1000])
+    train_x, _, _, test_y = _generate_synthetic_cifar10()  # not the disk cache's copy
+    np.testing.assert_array_equal(train_x, splits.train.x)
+    np.testing.assert_array_equal(test_y, splits.test.y)
+    assert (splits.mean, splits.std) == _channel_stats(train_x)  # the kept stats, bit for bit
+    assert not np.array_equal(train_x[:1000], splits.test.x[:1000])
 
 
 def test_synthetic_cifar10_classes_are_learnable_but_not_trivial() -> None:
