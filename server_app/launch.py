@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -19,6 +20,7 @@ from server_app.engine import (
     actor_pool_size,
     auto_state_folder,
     client_state_folder,
+    server_threads,
     start_ray,
     with_clients_per_node,
 )
@@ -44,7 +46,10 @@ def run_simulation(cfg: DictConfig, run_dir: Path, sweep: Path | None = None) ->
     # a reduced cohort replies with one partial sum whatever its size: no cap from the model
     reducing = cohorts_reduce(cfg)
     model_bytes = 0 if reducing else initial_arrays(cfg).count_bytes()
-    cfg = with_clients_per_node(cfg, actor_pool_size(cpus, gpus), model_bytes)
+    actors = actor_pool_size(cpus, gpus)
+    if not cfg.engine.ray_address:
+        torch.set_num_threads(server_threads(actors, cpus))
+    cfg = with_clients_per_node(cfg, actors, model_bytes)
     if reducing and cfg.engine.clients_per_node > 1:
         log.info(
             "engine.reduce_cohorts: each node checks its %d clients' replies and sends one "

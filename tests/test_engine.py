@@ -12,6 +12,7 @@ from server_app.engine import (
     MESSAGES_PER_ACTOR,
     WORKER_NICENESS,
     auto_clients_per_node,
+    server_threads,
     start_ray,
     with_clients_per_node,
 )
@@ -82,6 +83,15 @@ def test_an_explicit_niceness_and_a_cluster_keep_their_own(monkeypatch: pytest.M
     cluster = _ray_init_environment(monkeypatch, "127.0.0.1:6379")
     assert "RAY_worker_niceness" not in cluster
     assert "_system_config" not in cluster["init"]  # Ray refuses it when connecting
+
+
+@pytest.mark.parametrize(
+    ("actors", "client_cpus", "cores", "expected"), [(2, 1, 2, 1), (4, 1, 16, 12), (8, 2, 16, 1)]
+)
+def test_the_server_takes_the_cores_its_actors_leave(
+    actors: int, client_cpus: int, cores: int, expected: int
+) -> None:
+    assert server_threads(actors, client_cpus, cores) == expected
 
 
 def _without_wall_times(rows: list[dict]) -> list[dict]:
