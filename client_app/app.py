@@ -32,6 +32,7 @@ from strategies.core.client import ClientAlgorithm, ClientContext
 from strategies.core.cohort import QUERY_CONFIG, hosted_clients
 from strategies.core.job import ClientJob, DataInfo
 from strategies.core.reduction import CohortReducer
+from strategies.core.tensor_arrays import ReplyRecord, wire_records
 from strategies.core.update import ARRAYS, CONFIG, METRICS
 from strategies.core.wire import CLIENT_IDS_KEY, ClientState, Record, pack_clients, unpack_clients
 
@@ -184,7 +185,10 @@ def _receive(algorithm: ClientAlgorithm, ctx: ClientContext) -> nn.Module:
     return model
 
 
-def _train_one(msg: Message, context: Context, ctx: ClientContext) -> dict[str, Record]:
+def _train_one(
+    msg: Message, context: Context, ctx: ClientContext
+) -> tuple[dict[str, ReplyRecord], float]:
+    """One client's reply, and the seconds its encoding (the algorithm's ``reply``) took."""
     job, client_id = ctx.job, ctx.client_id
     algorithm = strategies.get_algorithm(job.algorithm).client()
     faults = plan_faults(job, client_id)
@@ -202,21 +206,19 @@ def _train_one(msg: Message, context: Context, ctx: ClientContext) -> dict[str, 
     trained = algorithm.train(ctx, model, train)
     if job.bn_policy == "local":
         keep_local_batchnorm(model, ctx.state)
+    trained_at = time.perf_counter()
     records = algorithm.reply(ctx, model, trained)
     metrics = MetricRecord(
-        {
-            "num-examples": len(train),
-            "train-loss": trained.loss,
-            "train-s": time.perf_counter() - started,
-        }
+        {"num-examples": len(train), "train-loss": trained.loss, "train-s": trained_at - started}
     )
     extra = records.pop(METRICS, None)
     if isinstance(extra, MetricRecord):
         metrics.update(extra)
     records[METRICS] = metrics
     if faults.corrupt:
+        records = wire_records(records)
         corrupt_reply(records, faults.corrupt)
-    return records
+    return records, time.perf_counter() - trained_at
 
 
 @app.query()
@@ -253,11 +255,11 @@ def train(msg: Message, context: Context) -> Message:
     per_client: dict[int, dict[str, Record]] = {}
     contexts = client_contexts(msg.content, job, states, device)
     for client_id in job.client_ids:
-        records = _train_one(msg, context, contexts[client_id])
+        records, encode_s = _train_one(msg, context, contexts[client_id])
         if reducer is None:
-            per_client[client_id] = records
+            per_client[client_id] = wire_records(records)
         else:
-            reducer.add(client_id, records)
+            reducer.add(client_id, records, encode_s)
     for state in states.values():
         state.release_superseded()
     content = pack_clients(per_client) if reducer is None else reducer.content()

@@ -5,17 +5,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord
 
 from strategies.core.job import ClientJob
 from strategies.core.reduction import CohortSum
 from strategies.core.registry import Algorithm, register_algorithm
 from strategies.core.strategy import ARRAYS, ClientUpdate, FedSparseStrategy
+from strategies.core.tensor_arrays import TensorArrays, checked_tensors
 from strategies.core.update import REPLY_SLACK_BYTES
 from strategies.core.validation import arrays_like, require_record
 from strategies.numeric.arrays import l2_norm, to_array_record, to_numpy_dict
 from strategies.numeric.slices import map_arrays
-from strategies.numeric.weighted_sum import WeightedSum, cast_like
+from strategies.numeric.weighted_sum import TensorWeightedSum, WeightedSum, cast_like
+
+Decoded = dict[str, np.ndarray] | dict[str, torch.Tensor]  # host arrays, or a device's tensors
 
 
 class WeightedArrays(CohortSum):
@@ -26,8 +30,9 @@ class WeightedArrays(CohortSum):
         self.template = downlink
         self.limit = 2 * downlink.count_bytes() + REPLY_SLACK_BYTES
         self.base = to_numpy_dict(downlink)
-        self.sum = WeightedSum()
+        self.sum: WeightedSum | TensorWeightedSum = WeightedSum()
         self._scratch: dict[str, np.ndarray] = {}  # one client's delta at a time (monitor)
+        self._device_base: dict[str, torch.Tensor] = {}  # the base on a GPU node's device
 
     @property
     def weight(self) -> int:
@@ -37,10 +42,17 @@ class WeightedArrays(CohortSum):
         """Twice the dense model plus slack."""
         return self.limit
 
-    def decode(self, update: ClientUpdate) -> dict[str, np.ndarray]:
+    def decode(self, update: ClientUpdate) -> Decoded:
+        """The checked arrays; on a reducing node, its client's tensors as they were trained
+        (numpy views on the CPU, tensors on a GPU)."""
+        record = update.records.get(ARRAYS)
+        if isinstance(record, TensorArrays):
+            return checked_tensors(record, self.template)
         return arrays_like(require_record(update.records, ARRAYS, ArrayRecord), self.template)
 
-    def delta_norms(self, payload: dict[str, np.ndarray]) -> dict[str, float]:
+    def delta_norms(self, payload: Decoded) -> dict[str, float]:
+        if _on_device(payload):
+            return self._device_norms(payload)
         floats = {name: values.size for name, values in payload.items() if values.dtype.kind == "f"}
         for name in floats:  # decoded payloads match the global arrays' shapes and dtypes
             if name not in self._scratch:
@@ -51,7 +63,23 @@ class WeightedArrays(CohortSum):
 
         return map_arrays(norm, floats)
 
+    def _device_norms(self, payload: dict[str, torch.Tensor]) -> dict[str, float]:
+        """‖θ_c − W‖ per float array, on the payload's device (float32, like the host's; the
+        reduction order differs, so these monitor values may differ in the last bits)."""
+        norms = {}
+        for name, tensor in payload.items():
+            if not tensor.is_floating_point():
+                continue
+            if name not in self._device_base:
+                self._device_base[name] = torch.from_numpy(self.base[name]).to(tensor.device)
+            norms[name] = float(torch.linalg.vector_norm(tensor - self._device_base[name]))
+        return norms
+
     def add(self, update: ClientUpdate) -> None:
+        """Add one client's example-weighted arrays; the first update of a GPU node's cohort
+        puts the sum on its device (later host updates are moved there, in client order)."""
+        if self.sum.weight == 0 and not self.sum.sums and _on_device(update.payload):
+            self.sum = TensorWeightedSum(next(iter(update.payload.values())).device)
         self.sum.add(update.payload, update.num_examples)
         update.release()
 
@@ -67,6 +95,11 @@ class WeightedArrays(CohortSum):
     def result(self) -> dict[str, np.ndarray]:
         """The weighted mean Σ n_c θ_c / Σ n_c, in float64."""
         return self.sum.mean()
+
+
+def _on_device(payload: Mapping[str, object]) -> bool:
+    """Whether a decoded payload is a device's tensors (a GPU node's own client)."""
+    return any(isinstance(value, torch.Tensor) for value in payload.values())
 
 
 class FedAvg(FedSparseStrategy):

@@ -170,11 +170,11 @@ def test_replaced_state_files_go_only_when_the_whole_cohort_succeeded(
     (committed,) = folder.iterdir()
     fail_client = [3]
 
-    def train_one(msg, context, ctx) -> dict:
+    def train_one(msg, context, ctx) -> tuple[dict, float]:
         if ctx.client_id in fail_client:
             raise RuntimeError("client 3 fails")
         ctx.state.set("lbg", ArrayRecord({"v": Array(np.full(3, 2.0))}))
-        return {"metrics": MetricRecord({"num-examples": 1, "train-loss": 0.0})}
+        return {"metrics": MetricRecord({"num-examples": 1, "train-loss": 0.0})}, 0.0
 
     monkeypatch.setattr(app_module, "_train_one", train_one)
     discarded = _context(partition_id=1)  # Flower runs a copy and drops it when the app raises

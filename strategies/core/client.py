@@ -18,9 +18,9 @@ from torch import nn
 from models.training import TensorData, TrainResult, load_weights, train_epochs
 from strategies.core.job import ClientJob
 from strategies.core.params import Params
+from strategies.core.tensor_arrays import ReplyRecord, TensorArrays
 from strategies.core.update import ARRAYS
 from strategies.core.wire import ClientState, Record, decoded_tensors
-from strategies.numeric.arrays import to_array_record
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,8 @@ class ClientAlgorithm:
 
     def reply(
         self, ctx: ClientContext, model: nn.Module, trained: TrainResult
-    ) -> dict[str, Record]:
-        """The records this client sends up after training (default: the trained arrays)."""
-        return {ARRAYS: to_array_record(model.state_dict())}
+    ) -> dict[str, ReplyRecord]:
+        """The records this client sends up after training (default: the trained arrays, as
+        :class:`TensorArrays`: a node that reduces its cohort checks and adds them where they
+        were trained; anywhere else they travel as the ArrayRecord of ``model.state_dict()``)."""
+        return {ARRAYS: TensorArrays(model.state_dict())}

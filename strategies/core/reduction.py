@@ -19,6 +19,7 @@ per entry. Integer sums (FedPM's counts) are exact.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from strategies.core.tensor_arrays import ReplyRecord
 from strategies.core.update import METRICS, ClientUpdate, checked_update, decode_train
 from strategies.core.validation import ReplyError, check_num_examples, require_record
 from strategies.core.wire import Record, pack_clients, record_bytes
@@ -101,8 +103,13 @@ class CohortReducer:
         self.limit = running.reply_limit()
         self.per_client: dict[int, dict[str, Record]] = {}
 
-    def add(self, client_id: int, records: dict[str, Record]) -> None:
-        """Judge one client's reply exactly as the server would, and add it when it is valid."""
+    def add(self, client_id: int, records: dict[str, ReplyRecord], encode_s: float = 0.0) -> None:
+        """Judge one client's reply exactly as the server would, and add it when it is valid.
+
+        Its metrics gain the seconds its node spent on it (``encode-s``: the reply's encoding,
+        ``reduce-s``: this check, decode and add) once its size is measured: they inform the
+        round's phase times and are not part of the client's reply bytes."""
+        started = time.perf_counter()
         size = record_bytes(records.values())
         try:
             update = checked_update(client_id, records, size, self.limit, 1)
@@ -112,9 +119,11 @@ class CohortReducer:
             self.per_client[client_id] = {VERDICT: ConfigRecord(verdict)}
             return
         self.running.add(update)
+        metrics = MetricRecord(dict(update.metrics))
+        metrics.update({"encode-s": encode_s, "reduce-s": time.perf_counter() - started})
         self.per_client[client_id] = {
             VERDICT: ConfigRecord({"bytes": size}),
-            METRICS: update.metrics,
+            METRICS: metrics,
             NORMS: MetricRecord(update.delta_norms),
             STATS: MetricRecord(update.stats),
         }

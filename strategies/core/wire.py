@@ -9,7 +9,7 @@ Bytes are counted per client payload, as if every client had its own link.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -51,7 +51,13 @@ def unpack_clients(content: RecordDict) -> dict[int, dict[str, Record]]:
     return per_client
 
 
-def record_bytes(records: Iterable[Record]) -> int:
+class Measured(Protocol):
+    """Anything that counts its serialised bytes as a record does (a record, TensorArrays)."""
+
+    def count_bytes(self) -> int: ...
+
+
+def record_bytes(records: Iterable[Measured]) -> int:
     """Bytes of the serialised payload of ``records`` (array data, keys and scalar values)."""
     return sum(record.count_bytes() for record in records)
 

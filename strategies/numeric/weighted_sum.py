@@ -1,7 +1,8 @@
 """The weighted mean Σ_c w_c·x_c / Σ_c w_c, folded one client at a time.
 
 Streaming strategies (FedAvg, LIPS, LBGM, top-k, signSGD) add each client's update as soon as
-the clients before it are in, so the server never holds a round's updates together.
+the clients before it are in, so the server never holds a round's updates together. A GPU node
+reducing its cohort keeps its sum on the device (:class:`TensorWeightedSum`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 
 from strategies.numeric.slices import for_each_slice
 
@@ -33,6 +35,8 @@ class WeightedSum:
         """Add ``weight`` times each array of ``values`` (arrays, or anything that reshapes and
         slices like one, such as LBGM's lazily rebuilt layers)."""
         for name, value in values.items():
+            if isinstance(value, torch.Tensor):  # a device update in a host sum
+                value = value.cpu().numpy()
             flat = value.reshape(-1)
             if name not in self.sums:
                 self.sums[name] = np.zeros(flat.size, dtype=np.float64)
@@ -85,3 +89,48 @@ def cast_like(
             mean = np.rint(mean, out=np.empty_like(mean))  # stays an array when 0-d
         cast[name] = mean.astype(like[name].dtype)
     return cast
+
+
+class TensorWeightedSum:
+    """:class:`WeightedSum` with its float64 sums held as tensors on one device (a GPU node's
+    cohort): each update is added where it was trained, and only the partial sum leaves.
+
+    The same bits as :class:`WeightedSum` in the same client order: a float32 value times an
+    integer weight is exact in float64, so each addition rounds once on either side.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.weight = 0
+
+    def add(self, values: Mapping[str, Any], weight: int) -> None:
+        """Add ``weight`` times each array or tensor of ``values``."""
+        for name, value in values.items():
+            flat = torch.as_tensor(value, device=self.device).reshape(-1).to(torch.float64)
+            if name not in self.sums:
+                self.sums[name] = torch.zeros_like(flat)
+                self.shapes[name] = tuple(value.shape)
+            self.sums[name].add_(flat, alpha=weight)
+        self.weight += weight
+
+    def partial(self) -> dict[str, np.ndarray]:
+        """The float64 sums so far, copied to the host in the arrays' shapes."""
+        return {
+            name: acc.reshape(self.shapes[name]).cpu().numpy() for name, acc in self.sums.items()
+        }
+
+    def merge(self, sums: Mapping[str, np.ndarray], weight: int) -> None:
+        """Add another sum's :meth:`partial` and its weight."""
+        for name, value in sums.items():
+            flat = torch.as_tensor(np.asarray(value, dtype=np.float64), device=self.device)
+            if name not in self.sums:
+                self.sums[name] = torch.zeros_like(flat.reshape(-1))
+                self.shapes[name] = tuple(np.shape(value))
+            self.sums[name].add_(flat.reshape(-1))
+        self.weight += weight
+
+    def mean(self) -> dict[str, np.ndarray]:
+        """The weighted mean per name, in float64 on the host."""
+        return {name: values / self.weight for name, values in self.partial().items()}
