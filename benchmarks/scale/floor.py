@@ -4,6 +4,8 @@
     python -m benchmarks.scale.floor --clients 100 --rounds 3 --processes 2 --strategy fedpm
     python -m benchmarks.scale.floor --clients 300 --rounds 3 --processes 2 \\
         --model resnet18 --dataset cifar10_synthetic --local-steps 1
+    python -m benchmarks.scale.floor --clients 1000 --rounds 3 --device cuda \\
+        --model resnet18 --dataset cifar10_synthetic                      # the GPU floor
 
 Each process runs one torch thread (as one Ray actor does) and trains a fixed share of the
 clients (client c in process c mod N) one after another, so what a client keeps between rounds
@@ -15,13 +17,24 @@ select others); a strategy's settings are the defaults of ``conf/strategy/<name>
 ``--strategy fedavg`` (the default): the processes sum their clients' example-weighted trained
 states, the parent adds the sums and divides. The other strategies run the same client
 algorithm as fedsparse, with the project's own functions (``strategy_floors.py``).
+
+``--device cuda`` (or ``--resident`` on the CPU) runs the floor pfl-research's way instead: in
+this one process, the model and every client's data resident on the device (``device_work.py``,
+loaded before the first round), the clients trained one after another and their states summed
+there in float64 before one division (FedPM: their masks coded, decoded and counted as above).
+Each round line then carries its seconds, and a last line the median seconds per round after
+the first, how busy the GPU was in those rounds (``gpu_busy.py``) and the peak GPU memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
+import math
 import multiprocessing
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +44,13 @@ import torch
 import yaml
 from torch import nn
 
-from benchmarks.scale.work import DATASET, MODEL, Work
+from benchmarks.scale.device_work import DeviceWork
+from benchmarks.scale.gpu_busy import SOURCE, BusySampler
+from benchmarks.scale.work import DATASET, MODEL
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "strategy"
 STRATEGIES = ("fedavg", "lips", "topk", "signsgd", "lbgm", "fedpm")
+GPU_STRATEGIES = ("fedavg", "fedpm")  # floors that keep their tensors on a GPU
 State = dict[str, torch.Tensor]
 
 
@@ -43,7 +59,7 @@ class Setup:
     """What a floor runs: the work, the strategy with its settings, and the number of rounds
     (LIPS's horizon when its ``horizon`` is null, as in fedsparse)."""
 
-    work: Work
+    work: DeviceWork
     strategy: str = "fedavg"
     rounds: int = 3
     params: dict[str, Any] = field(default_factory=dict)
@@ -160,6 +176,50 @@ def run(setup: Setup, processes: int) -> None:
             print(f"[floor x{processes}] round {server_round} acc {accuracy:.4f}", flush=True)
 
 
+def run_resident(setup: Setup) -> None:
+    """``setup.rounds`` rounds in this process on ``setup.work.device``, one line per round
+    with its seconds, then the summary line."""
+    work, device = setup.work, setup.work.device
+    started = time.perf_counter()
+    work.load_all()
+    print(
+        f"[floor {device}] data of {work.num_clients} clients on {device} in "
+        f"{time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
+    floor = floor_of(setup)
+    clients = list(range(work.num_clients))
+    sampler = BusySampler().start() if device == "cuda" else None
+    stamps = [time.perf_counter()]
+    for server_round in range(1, setup.rounds + 1):
+        floor.fold(floor.share(setup, clients, floor.payload(), server_round))
+        floor.step(server_round)
+        accuracy = work.central_accuracy(floor.model)  # a host value: the round's work is done
+        stamps.append(time.perf_counter())
+        print(
+            f"[floor {device}] round {server_round} acc {accuracy:.4f} "
+            f"{stamps[-1] - stamps[-2]:.2f} s",
+            flush=True,
+        )
+    if sampler is not None:
+        sampler.stop()
+    print(summary_line(device, stamps, sampler), flush=True)
+
+
+def summary_line(device: str, stamps: list[float], sampler: BusySampler | None) -> str:
+    """Median seconds per round after the first, the GPU's busy share over those rounds and
+    its peak memory (torch's allocator: what this process reserved)."""
+    timed = [b - a for a, b in itertools.pairwise(stamps[1:])]
+    median = statistics.median(timed) if timed else math.nan
+    line = f"[floor {device}] median {median:.2f} s/round over {len(timed)} rounds after the first"
+    if sampler is not None and len(stamps) > 2:
+        busy = sampler.share(stamps[1], stamps[-1])
+        line += f", GPU busy {busy:.0%} ({SOURCE})"
+    if device == "cuda":
+        line += f", peak GPU memory {torch.cuda.max_memory_reserved() / 2**20:.0f} MB reserved"
+    return line
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, required=True)
@@ -172,6 +232,17 @@ def main() -> None:
         "--local-steps", type=int, default=None, help="optimizer steps per round (default: 1 epoch)"
     )
     parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: the floor in this one process on the GPU (implies --resident)",
+    )
+    parser.add_argument(
+        "--resident",
+        action="store_true",
+        help="one process, model and data resident on --device (pfl's way), not --processes",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -179,15 +250,22 @@ def main() -> None:
         help="a strategy setting other than conf/'s default, e.g. --set uplink_coding=klms",
     )
     args = parser.parse_args()
+    resident = args.resident or args.device == "cuda"
+    if args.device == "cuda" and args.strategy not in GPU_STRATEGIES:
+        parser.error(f"--device cuda: only {', '.join(GPU_STRATEGIES)} keep their tensors there")
     _init_worker()
-    work = Work(args.clients, args.model, args.dataset, args.local_steps)
+    work = DeviceWork(args.clients, args.model, args.dataset, args.local_steps, device=args.device)
     params = strategy_params(args.strategy)
     for item in args.set:
         key, _, value = item.partition("=")
         if key not in params:
             parser.error(f"--set {item}: {args.strategy} has no setting {key!r}")
         params[key] = yaml.safe_load(value)
-    run(Setup(work, args.strategy, args.rounds, params), args.processes)
+    setup = Setup(work, args.strategy, args.rounds, params)
+    if resident:
+        run_resident(setup)
+    else:
+        run(setup, args.processes)
 
 
 if __name__ == "__main__":

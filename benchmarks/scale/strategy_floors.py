@@ -13,10 +13,14 @@ the server's arithmetic of a fedsparse round, with the project's own functions.
   Then θ ← θ − server_lr·v. Every reply arrives, so LBGM's version protocol (for lost replies)
   has nothing to do: a unit's LBG is its last full send.
 - fedpm: each client trains the masked network's scores from the θ it received (Adam), draws one
-  mask from σ(scores) and range-codes it against the uint16 θ, as ``FedPMClient`` does; the
-  worker decodes its clients' masks and counts their ones (as a reducing fedsparse node does),
-  the parent adds the counts and updates the Beta posterior. The central
-  evaluation is of the thresholded network (eval mode), fedsparse's FedPM ``accuracy``.
+  mask from σ(scores) and range-codes it against the uint16 θ (or, under KLMS, picks a
+  candidate, hashed in torch on the work's device), as ``FedPMClient`` does; the worker decodes
+  its clients' masks and counts their ones (as a reducing fedsparse node does), the parent adds
+  the counts and updates the Beta posterior. The central evaluation is of the thresholded
+  network (eval mode), fedsparse's FedPM ``accuracy``.
+
+On a GPU (``floor.py --device cuda``) only FedAvg's and FedPM's floors run: the others' client
+halves read their tensors as numpy arrays, on the host.
 """
 
 from __future__ import annotations
@@ -264,16 +268,18 @@ class PseudoGradientFloor:
 
 # ----------------------------------------------------------------------------------- FedPM
 def fedpm_model(setup: Setup) -> nn.Module:
-    """The masked network: frozen weights from the weight seed, scores seeded as the server's."""
+    """The masked network: frozen weights from the weight seed, scores seeded as the server's;
+    on the work's device."""
     info = dataset_info(setup.work.spec)
     weight_seed = setup.params["weight_seed"]
     torch.manual_seed(SEED)
-    return build_masked(
+    model = build_masked(
         masked_model_name(setup.work.model),
         info.input_shape,
         info.num_classes,
         derived_weight_seed(SEED) if weight_seed is None else weight_seed,
     )
+    return model.to(setup.work.device)
 
 
 def fedpm_share(
@@ -284,6 +290,7 @@ def fedpm_share(
     decoded again (KLMS: the chosen candidates regenerated) and counted: the ones per entry over
     these clients, and how many."""
     model = fedpm_model(setup)
+    device = torch.device(setup.work.device)  # where KLMS hashes its candidates, as fedsparse
     set_estimator(model, setup.params["estimator"])
     params = setup.params
     klms = None
@@ -302,22 +309,23 @@ def fedpm_share(
     for client_id in client_ids:
         model.load_state_dict(scores)
         seed = round_seed(SEED, server_round, client_id)
-        set_mask_rng(model, MaskRNG(seed ^ TRAIN_MASK_STREAM))
+        set_mask_rng(model, MaskRNG(seed ^ TRAIN_MASK_STREAM, setup.work.device))
         optimizer = torch.optim.Adam(model.parameters(), lr=setup.params["local_lr"], fused=True)
         setup.work.train_client(model, client_id, server_round, optimizer)
         set_mask_rng(model, None)
+        trained = {name: score.detach().cpu() for name, score in model.state_dict().items()}
         if klms is None:
             rng = MaskRNG(seed ^ MASK_STREAM)
             masks = {
-                name: draw_bool_mask(torch.sigmoid(score.detach()), rng).numpy()
-                for name, score in model.state_dict().items()
+                name: draw_bool_mask(torch.sigmoid(score), rng).numpy()
+                for name, score in trained.items()
             }
             replies.append((client_id, encode_masks(masks, priors)))
         else:
-            probabilities = {k: sigmoid(v.numpy()) for k, v in model.state_dict().items()}
+            probabilities = {k: sigmoid(v.numpy()) for k, v in trained.items()}
             keys = _klms_keys(server_round, client_id, list(priors))
             generator = np.random.default_rng(seed ^ MASK_STREAM)
-            coded, _ = encode_masks_klms(probabilities, priors, keys, klms, generator)
+            coded, _ = encode_masks_klms(probabilities, priors, keys, klms, generator, device)
             replies.append((client_id, coded))
     shapes = {k: tuple(q.shape) for k, q in priors.items()}
     counts: Arrays = {}
@@ -327,7 +335,7 @@ def fedpm_share(
             keys = _klms_keys(server_round, client_id, list(priors))
 
             def decoder(name: str, segment: np.ndarray, keys=keys) -> np.ndarray:
-                return decode_layer(segment, priors[name], keys[name], klms, name)
+                return decode_layer(segment, priors[name], keys[name], klms, name, device)
 
         masks = decode_masks(coded.stream, coded.header(), shapes, priors, decoder)
         for name, mask in masks.items():
@@ -358,7 +366,7 @@ class FedPMFloor:
     def payload(self) -> Arrays:
         """θ = σ(scores) as uint16 fixed point: the downlink and the coder's prior."""
         self.priors = {
-            k: quantize_prior(sigmoid(v.numpy())) for k, v in self.model.state_dict().items()
+            k: quantize_prior(sigmoid(v.cpu().numpy())) for k, v in self.model.state_dict().items()
         }
         return self.priors
 
