@@ -6,17 +6,21 @@
     python -m benchmarks.scale --report-only                     # rebuild the report
     python -m benchmarks.scale --gpu     # GPU rows: resnet18, cifar10_synthetic, 500 and 1,000
                                          # clients, 10 actors sharing the GPU -> scale_gpu.md
+    python -m benchmarks.scale --gpu --model conv6 --clients 500 --strategies fedpm-klms
 
 Rows, each run in a fresh process tree at every client count (all clients sampled each round):
 (a) plain Flower: ClientApp + stock ``flwr.serverapp.strategy.FedAvg``, one SuperNode per
 client (``plain_flower.py``); (b) the compute floors (``floor.py``): FedAvg's local training
 and averaging in plain PyTorch in one and in two processes, and each other strategy's own floor
-(its client algorithm and server arithmetic, in two processes); (c) fedsparse with each strategy
-at ``engine.clients_per_node=1`` and ``auto``. Same data, model and local work everywhere
-(``work.py``); every row evaluates the global model centrally once per round (FedPM rows turn
-off the sampled-mask accuracy, ``strategy.eval_samples=0``: 5 more evaluations by default).
-The report holds each fedsparse row against FedAvg's 2-process floor and against its own
-strategy's (a variant such as ``fedpm-packed``: its base strategy's floor).
+(its client algorithm and server arithmetic, in two processes); with ``--resident-floor
+DEVICE`` (``--gpu``: cuda) also each fedsparse row's own floor in one process with the model
+and every client's data on that device (``floor.py --resident``, pfl-research's way); (c)
+fedsparse with each strategy at ``engine.clients_per_node=1`` and ``auto``. Same data, model
+and local work everywhere (``work.py``); every row evaluates the global model centrally once
+per round (FedPM rows turn off the sampled-mask accuracy, ``strategy.eval_samples=0``: 5 more
+evaluations by default). The report holds each fedsparse row against FedAvg's 2-process floor,
+against its own strategy's (a variant such as ``fedpm-packed``: its base strategy's floor)
+and against its own one-process floor on the device (× GPU floor).
 
 A round's time is the gap between two successive per-round progress lines as this script reads
 them, so it covers everything a round does (fedsparse: also the checkpoint and monitor); the
@@ -24,17 +28,19 @@ first round (actor start-up, imports) is excluded and the median of the rest rep
 to 100 clients every row runs at least 12 rounds, ``--small-rounds``). Peak
 memory is the largest sum of PSS over the whole process tree (Ray's daemons and actors
 included), sampled every 0.5 s; peak GPU memory is the device's largest ``memory.used``
-(``nvidia-smi``) during the row. Writes ``benchmarks/results/<name>.{json,md,png}``
-(``--name``, default ``scale``).
+(``nvidia-smi``) during the row, and GPU busy the mean of its ``utilization.gpu`` over the
+timed rounds (``gpu_busy.py``: read every 0.2 s, the same way for every row). Writes
+``benchmarks/results/<name>.{json,md,png}`` (``--name``, default ``scale``).
 
 ``--model``, ``--dataset`` and ``--local-steps`` change the fedsparse rows and the floors;
 row (a) is written for ``work.py``'s cnn on mnist5k and one local epoch, so other setups run
 with ``--no-baselines``, which also drops the floors unless ``--floors`` asks for them
 (``--no-baselines --floors --model resnet18 --dataset cifar10_synthetic --local-steps 1``: a
 large-model row held against its floors). ``--client-gpus`` changes the fedsparse rows only
-(the floors train on the CPU). ``--gpu`` is short for ``--model resnet18 --dataset
+(the 2-process floors train on the CPU). ``--gpu`` is short for ``--model resnet18 --dataset
 cifar10_synthetic --client-gpus 0.1 --clients 500,1000 --cohorts auto --strategies fedavg
---no-baselines --rounds 3 --auto-rounds 3 --name scale_gpu``; options given beside it win.
+--no-baselines --resident-floor cuda --rounds 3 --auto-rounds 3 --name scale_gpu``; options
+given beside it win. Each fedsparse row is then also held against its GPU floor (× GPU floor).
 """
 
 from __future__ import annotations
@@ -57,9 +63,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmarks.scale import work
+from benchmarks.scale.gpu_busy import SOURCE, BusySampler
 
 REPO = Path(__file__).resolve().parents[2]
-ROUND_LINE = re.compile(r"^\[(fedsparse|plain-flower|floor x\d+)\] round (\d+)")
+ROUND_LINE = re.compile(r"^\[(fedsparse|plain-flower|floor \w+)\] round (\d+)")
 SAMPLE_S = 0.5
 TIMEOUT_S = 1800
 CPUS = os.cpu_count() or 1
@@ -85,6 +92,8 @@ VARIANTS = {
 # Variants whose own algorithm costs differently get a floor of their own (the base strategy's
 # floor with these settings); the others are held against their base strategy's floor.
 OWN_FLOORS = {"fedpm-klms": ["uplink_coding=klms"]}
+# Issue #36's seconds a round on one H100 (10 actors sharing it), by (row, clients).
+GPU_TARGETS = {("fedavg", 1000): 8.0, ("fedpm-klms", 500): 12.0}
 GPU_PRESET = {
     "model": "resnet18",
     "dataset": "cifar10_synthetic",
@@ -93,6 +102,7 @@ GPU_PRESET = {
     "cohorts": "auto",
     "strategies": "fedavg",
     "baselines": False,
+    "resident_floor": "cuda",
     "auto_rounds": 3,
     "rounds": 3,
     "name": "scale_gpu",
@@ -103,7 +113,7 @@ GPU_PRESET = {
 class Row:
     """One measured configuration."""
 
-    kind: str  # floor-1 | floor-2 | flower | fedsparse
+    kind: str  # floor-1 | floor-2 | floor-resident | flower | fedsparse
     clients: int
     strategy: str = ""  # fedsparse and floor rows (a floor row written without one: fedavg)
     clients_per_node: str = ""
@@ -111,6 +121,8 @@ class Row:
     round_s: list[float] = field(default_factory=list)
     peak_mb: float = 0.0
     gpu_peak_mb: float = 0.0  # the device's peak memory.used during the row (0: no GPU)
+    gpu_busy: float = float("nan")  # mean utilization.gpu over the timed rounds, in [0, 1]
+    device: str = ""  # floor-resident: where its model and data live
     train_s: float = float("nan")  # fedsparse: median Σ of the clients' own training seconds
     decode_s: float = float("nan")  # FedPM: median seconds decoding masks per round (Σ replies)
     wall_s: float = 0.0
@@ -145,6 +157,8 @@ class Row:
             return f"fedsparse {self.strategy} K={self.k_setting}"
         if self.kind == "flower":
             return "plain Flower FedAvg"
+        if self.kind == "floor-resident":
+            return f"PyTorch {self.strategy}, 1 process on {self.device}"
         processes = int(self.kind.removeprefix("floor-"))
         return f"PyTorch {self.strategy}, {processes} process" + ("es" if processes > 1 else "")
 
@@ -216,6 +230,7 @@ def measure(command: list[str], row: Row, log: Path) -> Row:
     )
     peak, gpu_peak = [0.0], [0.0]
     done = threading.Event()
+    busy = BusySampler().start()
 
     def sample() -> None:
         while not done.wait(SAMPLE_S):
@@ -244,9 +259,12 @@ def measure(command: list[str], row: Row, log: Path) -> Row:
         timer.cancel()
         done.set()
         sampler.join()
+        busy.stop()
         _stop_tree(proc)
     rounds = sorted(r for r in stamps if r >= 1)  # plain Flower also evaluates "round 0"
     row.round_s = [stamps[b] - stamps[a] for a, b in itertools.pairwise(rounds)]
+    if len(rounds) > 1:  # the timed rounds: from the end of the first to the end of the last
+        row.gpu_busy = busy.share(stamps[rounds[0]], stamps[rounds[-1]])
     row.peak_mb, row.gpu_peak_mb = peak[0], gpu_peak[0]
     row.wall_s = time.perf_counter() - started
     if proc.returncode != 0 or len(rounds) < row.rounds:
@@ -263,17 +281,28 @@ def _stop_tree(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def own_floors(strategies: list[str]) -> list[str]:
+    """The floor each fedsparse row is held against (its base strategy's, or its own with
+    ``OWN_FLOORS``' settings), once each."""
+    return list(
+        dict.fromkeys(s if s in OWN_FLOORS else VARIANTS.get(s, (s,))[0] for s in strategies)
+    )
+
+
 def floor_strategies(strategies: list[str]) -> list[str]:
-    """The strategies that get a 2-process floor: FedAvg (every row's reference) and the base
-    strategy of each fedsparse row, once each."""
-    own = (s if s in OWN_FLOORS else VARIANTS.get(s, (s,))[0] for s in strategies)
-    return list(dict.fromkeys(["fedavg", *own]))
+    """The strategies that get a 2-process floor: FedAvg (every row's reference) and each
+    fedsparse row's own."""
+    return list(dict.fromkeys(["fedavg", *own_floors(strategies)]))
 
 
 def floor_command(args: argparse.Namespace, row: Row) -> list[str]:
     """``floor.py`` for ``row``, with the fedsparse rows' model, data set and local steps."""
     command = [sys.executable, "-m", "benchmarks.scale.floor", "--clients", str(row.clients)]
-    command += ["--rounds", str(row.rounds), "--processes", row.kind.removeprefix("floor-")]
+    command += ["--rounds", str(row.rounds)]
+    if row.kind == "floor-resident":
+        command += ["--device", row.device, "--resident"]
+    else:
+        command += ["--processes", row.kind.removeprefix("floor-")]
     strategy = VARIANTS.get(row.strategy, (row.strategy,))[0]
     command += ["--strategy", strategy, "--model", args.model, "--dataset", args.dataset]
     command += [f"--set={setting}" for setting in OWN_FLOORS.get(row.strategy, [])]
@@ -292,6 +321,14 @@ def commands(args: argparse.Namespace, clients: int) -> list[tuple[Row, list[str
         floors = [Row("floor-1", clients, "fedavg", rounds=least)] if default_work else []
         floors += [Row("floor-2", clients, s, rounds=least) for s in floor_strategies(strategies)]
         jobs += [(row, floor_command(args, row)) for row in floors]
+    if args.resident_floor:
+        jobs += [
+            (row, floor_command(args, row))
+            for row in (
+                Row("floor-resident", clients, s, rounds=least, device=args.resident_floor)
+                for s in own_floors(strategies)
+            )
+        ]
     if args.baselines:
         row = Row("flower", clients, rounds=least)
         module = ["-m", "benchmarks.scale.plain_flower"]
@@ -377,6 +414,7 @@ def setup(args: argparse.Namespace) -> dict[str, object]:
         "local_steps": args.local_steps,
         "client_gpus": args.client_gpus,
         "actors": min(cpu_actors, gpu_actors),
+        "resident_floor": args.resident_floor,
     }
 
 
@@ -398,6 +436,19 @@ def _ratio(numerator: Row | None, denominator: Row | None) -> str:
     return f"{numerator.median_s / denominator.median_s:.2f}×"
 
 
+def _share(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.0%}"
+
+
+def resident_floor_name(rows: list[Row]) -> str:
+    """What the one-process floor rows are called in the report: "GPU floor" on CUDA; ""
+    when there are none."""
+    devices = {row.device for row in rows if row.kind == "floor-resident"}
+    if not devices:
+        return ""
+    return "GPU floor" if devices == {"cuda"} else f"{'/'.join(sorted(devices))} 1-process floor"
+
+
 def report(args: argparse.Namespace) -> None:
     """Tables and the round-time plot from ``<name>.json``."""
     data = json.loads((args.results / f"{args.name}.json").read_text())
@@ -406,6 +457,7 @@ def report(args: argparse.Namespace) -> None:
     run_setup.update({"client_gpus": 0.0, "actors": CPUS, **data.get("setup", {})})
     actors, steps = run_setup["actors"], run_setup["local_steps"]
     with_gpu = any(row.gpu_peak_mb > 0 for row in rows)
+    resident = resident_floor_name(rows)
 
     def find(kind: str, clients: int, strategy: str = "", k: str = "") -> Row | None:
         for row in rows:
@@ -433,18 +485,34 @@ def report(args: argparse.Namespace) -> None:
         "floor = over FedAvg's floor in 2 processes; × own floor = over the 2-process floor of "
         "the row's own strategy (`floor.py --strategy`: its client algorithm and server "
         "arithmetic in plain PyTorch, on the CPU)"
-        + ("; peak GPU = the device's largest memory in use during the row." if with_gpu else "."),
+        + (
+            f"; × {resident} = over the row's own floor in one process with the model and every "
+            "client's data on the device (`floor.py --resident`, pfl-research's way)"
+            if resident
+            else ""
+        )
+        + (
+            "; peak GPU = the device's largest memory in use during the row; GPU busy = the "
+            f"mean of {SOURCE} over the timed rounds."
+            if with_gpu
+            else "."
+        ),
         *(f"\n{note}" for note in data.get("notes", [])),  # how a sweep's rows came together
         "",
         "| clients | row | K | rounds | s/round | × plain Flower | × 2-process floor "
-        "| × own floor | × fedsparse FedAvg (same K) | client training s / actor | peak MB |"
-        + (" peak GPU MB |" if with_gpu else ""),
-        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if with_gpu else ""),
+        "| × own floor |"
+        + (f" × {resident} |" if resident else "")
+        + " × fedsparse FedAvg (same K) | client training s / actor | peak MB |"
+        + (" peak GPU MB | GPU busy |" if with_gpu else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|"
+        + ("---|" if resident else "")
+        + ("---|---|" if with_gpu else ""),
     ]
     for row in rows:
         flower = find("flower", row.clients)
         floor = find("floor-2", row.clients, "fedavg")
         own_floor = find("floor-2", row.clients, row.floor_strategy)
+        device_floor = find("floor-resident", row.clients, row.floor_strategy)
         k = row.k_setting
         fedavg = find("fedsparse", row.clients, "fedavg", k) if row.kind == "fedsparse" else None
         seconds = f"{row.median_s:.2f}" if row.round_s else f"failed: {row.error[:80]}"
@@ -453,9 +521,12 @@ def report(args: argparse.Namespace) -> None:
         lines.append(
             f"| {row.clients} | {row.name} | {row.clients_per_node or '–'} "
             f"| {len(row.round_s)} | {seconds} | {_ratio(row, flower)} | {_ratio(row, floor)} "
-            f"| {_ratio(row, own_floor)} | {_ratio(row, fedavg) if fedavg is not row else '1.00×'} "
+            f"| {_ratio(row, own_floor)} |"
+            + (f" {_ratio(row, device_floor)} |" if resident else "")
+            + f" {_ratio(row, fedavg) if fedavg is not row else '1.00×'} "
             f"| {'–' if math.isnan(row.train_s) else f'{row.train_s / actors:.2f}'} "
-            f"| {row.peak_mb:.0f} |" + (f" {row.gpu_peak_mb:.0f} |" if with_gpu else "")
+            f"| {row.peak_mb:.0f} |"
+            + (f" {row.gpu_peak_mb:.0f} | {_share(row.gpu_busy)} |" if with_gpu else "")
         )
     decoding = [row for row in rows if not math.isnan(row.decode_s)]
     if decoding:
@@ -490,6 +561,7 @@ def targets(rows: list[Row], find) -> list[str]:
         met = "yes" if ratio <= limit else "no"
         lines.append(f"| {label} | {n} | {k} | {ratio:.2f}× | {met} |")
 
+    resident = resident_floor_name(rows)
     for n in sorted({r.clients for r in rows}):
         fedavg = {k: find("fedsparse", n, "fedavg", k) for k in ("1", "auto")}
         check("FedAvg K=1 ≤ 1.10× plain Flower", n, "1", fedavg["1"], find("flower", n), 1.10)
@@ -497,6 +569,23 @@ def targets(rows: list[Row], find) -> list[str]:
             if row.kind == "fedsparse" and row.clients == n and row.k_setting == "auto":
                 own = find("floor-2", n, row.floor_strategy)
                 check(f"{row.strategy} K=auto ≤ 1.5× its own floor", n, "auto", row, own, 1.5)
+                device_floor = find("floor-resident", n, row.floor_strategy)
+                check(
+                    f"{row.strategy} K=auto ≤ 1.5× its {resident}",
+                    n,
+                    "auto",
+                    row,
+                    device_floor,
+                    1.5,
+                )
+    for row in rows:
+        limit = GPU_TARGETS.get((row.strategy, row.clients))
+        if row.kind == "fedsparse" and row.gpu_peak_mb > 0 and limit and row.round_s:
+            met = "yes" if row.median_s <= limit else "no"
+            lines.append(
+                f"| {row.strategy} on the GPU ≤ {limit:g} s a round | {row.clients} "
+                f"| {row.clients_per_node} | {row.median_s:.2f} s | {met} |"
+            )
     for row in rows:
         small = find("fedsparse", 10, row.strategy, row.k_setting)
         if (
@@ -578,6 +667,12 @@ def main() -> None:
         "--local-steps", type=int, default=None, help="optimizer steps per round (default: 1 epoch)"
     )
     parser.add_argument("--client-gpus", type=float, default=0.0, help="GPU share per actor")
+    parser.add_argument(
+        "--resident-floor",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="also each row's own floor in one process with its data on this device (--gpu: cuda)",
+    )
     parser.add_argument(
         "--baselines",
         action=argparse.BooleanOptionalAction,
