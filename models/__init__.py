@@ -1,11 +1,11 @@
 """Model zoo for fedsparse: build any registered architecture by name.
 
 Importing this package registers the built-in models: ``cnn``, ``conv4``, ``conv6``, ``conv10``,
-``resnet6``, ``resnet8``, ``resnet10``, ``resnet18``, ``vgg11_bn`` and the supermask twins
-``masked_cnn``, ``masked_conv4/6/10``.
+``pfl_cnn``, ``resnet6``, ``resnet8``, ``resnet10``, ``resnet18``, ``vgg11_bn`` and the supermask
+twins ``masked_cnn``, ``masked_conv4/6/10``.
 """
 
-from models import cnn, conv, masked, resnet, vgg  # noqa: F401  (imported to register the built-ins)
+from models import cnn, conv, masked, pfl_cnn, resnet, vgg  # noqa: F401  (imported to register the built-ins)
 from models.masked import MASKED_BUILDERS
 from models.registry import ModelBuilder, available_models, build_model, register_model
 

@@ -29,6 +29,7 @@ BUILTINS = [
     "masked_conv10",
     "masked_conv4",
     "masked_conv6",
+    "pfl_cnn",
     "resnet10",
     "resnet18",
     "resnet6",

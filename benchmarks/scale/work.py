@@ -4,7 +4,8 @@ mnist5k split IID into ``num_clients`` shards (the clients' own local-test share
 fedsparse does), the ``cnn`` model, one local epoch of SGD (batch 32, lr 0.05, momentum 0.9 —
 fedsparse's defaults), and a central evaluation of the new global model every round. The
 floor (``floor.py``) also runs other models, data sets and a fixed number of local steps
-(``Work``'s fields), to match fedsparse rows of other setups.
+(``Work``'s fields), to match fedsparse rows of other setups; ``benchmarks/peers.py``'s plain
+Flower row sets the batch, learning rate, momentum and local-test share of pfl-research's job.
 """
 
 from __future__ import annotations
@@ -31,18 +32,27 @@ MOMENTUM = 0.9
 
 @dataclass(frozen=True)
 class Work:
-    """``num_clients`` IID shards of ``dataset``, ``model``, and the local round: one epoch, or
-    exactly ``local_steps`` optimizer steps (fedsparse's ``local_steps``)."""
+    """``num_clients`` IID shards of ``dataset`` (less each one's local-test share), ``model``,
+    and the local round: one epoch, or exactly ``local_steps`` optimizer steps (fedsparse's
+    ``local_steps``), of SGD at ``batch_size``, ``lr`` and ``momentum``."""
 
     num_clients: int
     model: str = MODEL
     dataset: str = DATASET
     local_steps: int | None = None
+    batch_size: int = BATCH_SIZE
+    lr: float = LR
+    momentum: float = MOMENTUM
+    local_test_fraction: float = 0.2  # fedsparse's default
 
     @property
     def spec(self) -> DataSpec:
         return DataSpec(
-            dataset=self.dataset, partition="iid", num_clients=self.num_clients, seed=SEED
+            dataset=self.dataset,
+            partition="iid",
+            num_clients=self.num_clients,
+            seed=SEED,
+            local_test_fraction=self.local_test_fraction,
         )
 
     @property
@@ -68,9 +78,9 @@ class Work:
         its number of examples."""
         data = self.train_set(client_id)
         if optimizer is None:
-            optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+            optimizer = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum)
         seed = round_seed(SEED, server_round, client_id)
-        train_epochs(model, data, optimizer, LOCAL_EPOCHS, BATCH_SIZE, seed, self.local_steps)
+        train_epochs(model, data, optimizer, LOCAL_EPOCHS, self.batch_size, seed, self.local_steps)
         return len(data)
 
     def central_accuracy(self, model: nn.Module) -> float:
