@@ -26,7 +26,13 @@ from server_app.engine import (
 )
 from server_app.experiment import initial_arrays, starting_point
 from server_app.resume import resumed_config
-from server_app.settings import ConfigError, check_data, cohorts_reduce, validate
+from server_app.settings import (
+    ConfigError,
+    check_data,
+    cohorts_reduce,
+    cohorts_unreduced_because,
+    validate,
+)
 from strategies.core.cohort import expected_nodes
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,12 @@ def run_simulation(cfg: DictConfig, run_dir: Path, sweep: Path | None = None) ->
             "engine.reduce_cohorts: each node checks its %d clients' replies and sends one "
             "partial sum",
             cfg.engine.clients_per_node,
+        )
+    elif cfg.engine.clients_per_node > 1:
+        log.info(
+            "engine.reduce_cohorts: each node sends its %d clients' updates one by one (%s)",
+            cfg.engine.clients_per_node,
+            cohorts_unreduced_because(cfg),
         )
     scratch = auto_state_folder(cfg, run_dir)
     if scratch is not None:

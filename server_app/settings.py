@@ -30,7 +30,7 @@ from server_app import tracking
 from server_app.engine import AUTO, with_clients_per_node
 from strategies.core.cohort import ClientDirectory
 from strategies.core.job import FULL_BATCH, ClientJob
-from strategies.core.strategy import FedSparseStrategy, reduces_cohorts
+from strategies.core.strategy import FedSparseStrategy, reduces_cohorts, unreduced_because
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -385,15 +385,26 @@ def client_job(cfg: DictConfig) -> ClientJob:
     return job.described() if cfg.engine.get("describe_data", False) else job
 
 
-def cohorts_reduce(cfg: DictConfig) -> bool:
-    """Whether nodes hosting more than one client reduce their cohorts under ``cfg``."""
-    job = replace(
+def _cohort_job(cfg: DictConfig) -> ClientJob:
+    """``cfg``'s client job on a node hosting two clients, as asked to reduce or not."""
+    return replace(
         client_job(cfg),
         clients_per_node=2,
         reduce_cohorts=bool(cfg.engine.get("reduce_cohorts", False)),
     )
+
+
+def cohorts_reduce(cfg: DictConfig) -> bool:
+    """Whether nodes hosting more than one client reduce their cohorts under ``cfg``."""
     node_sum = strategies.get_algorithm(cfg.strategy.name).cohort_sum
-    return reduces_cohorts(job, cfg.max_client_weight, node_sum)
+    return reduces_cohorts(_cohort_job(cfg), cfg.max_client_weight, node_sum)
+
+
+def cohorts_unreduced_because(cfg: DictConfig) -> str:
+    """Why nodes hosting several clients send every update under ``cfg`` ("" when they
+    reduce)."""
+    server = strategies.get_algorithm(cfg.strategy.name).server
+    return unreduced_because(_cohort_job(cfg), cfg.max_client_weight, server) or ""
 
 
 def client_state_dir(cfg: DictConfig) -> str:

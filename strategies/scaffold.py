@@ -51,6 +51,7 @@ class Scaffold(FedSparseStrategy):
     """FedAvg's weighted mean of the trained weights, plus the server's control variate."""
 
     name = "scaffold"
+    unreduced_reason = "the server keeps every client's control variate from its own reply"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -24,13 +24,14 @@ from server_app.settings import (
     ConfigError,
     build_strategy,
     cohorts_reduce,
+    cohorts_unreduced_because,
     compose_config,
     validate,
 )
 from strategies.core.cohort import ClientDirectory, expected_nodes
 from strategies.core.reduction import PARTIAL, PARTIAL_WEIGHT, is_reduced
 from strategies.numeric.arrays import to_array_record, to_numpy_dict
-from tests.runs import REDUCING_STRATEGIES, run_and_read
+from tests.runs import REDUCING_STRATEGIES, SHIPPED_STRATEGIES, run_and_read
 
 REDUCING = ("fedavg", "lips", "fedpm", "topk", "signsgd")
 CORRUPT_KIND = {"fedpm": "garble"}  # FedPM's reply is a byte stream: damage it as one
@@ -238,6 +239,28 @@ def test_auto_cohorts_are_not_capped_by_the_model_when_they_reduce() -> None:
     assert not cohorts_reduce(compose_config(["strategy=lbgm"]))
     assert not cohorts_reduce(compose_config(["engine.reduce_cohorts=false"]))
     assert not cohorts_reduce(compose_config(["max_client_weight=10"]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        (["strategy=fedavg"], ""),
+        (["strategy=lbgm"], "lbgm: decoding needs the server's look-back gradients"),
+        (["strategy=scaffold"], "scaffold: the server keeps every client's control variate"),
+        (["engine.reduce_cohorts=false"], "engine.reduce_cohorts=false"),
+        (["max_client_weight=10"], "max_client_weight judges every claim"),
+    ],
+)
+def test_a_run_whose_cohorts_cannot_reduce_says_why(overrides: list[str], reason: str) -> None:
+    cfg = compose_config(overrides)
+    because = cohorts_unreduced_because(cfg)
+    assert because.startswith(reason) and bool(because) != cohorts_reduce(cfg)
+
+
+@pytest.mark.parametrize("strategy", SHIPPED_STRATEGIES)
+def test_every_shipped_strategy_reduces_or_says_why(strategy: str) -> None:
+    cfg = compose_config([f"strategy={strategy}"])
+    assert cohorts_reduce(cfg) or cohorts_unreduced_because(cfg).startswith(f"{strategy}: ")
 
 
 @pytest.mark.parametrize("strategy", REDUCING_STRATEGIES)

@@ -65,6 +65,22 @@ def reduces_cohorts(
     )
 
 
+def unreduced_because(
+    job: ClientJob, max_client_weight: float | None, strategy: type[FedSparseStrategy]
+) -> str | None:
+    """Why nodes hosting several clients send every client's update under ``job`` (None: they
+    reduce their cohorts, or host one client each), in words a run's start line can show."""
+    if job.clients_per_node <= 1:
+        return None
+    if not job.reduce_cohorts:
+        return "engine.reduce_cohorts=false"
+    if max_client_weight is not None:
+        return "max_client_weight judges every claim against the round's median first"
+    if strategy.node_sum() is None:
+        return f"{strategy.name}: {strategy.unreduced_reason}"
+    return None
+
+
 class FedSparseStrategy(Strategy, LayerView):
     """The server half of an algorithm. A subclass implements ``aggregate`` and either names a
     ``cohort_sum_type`` or implements ``decode`` (and ``fold`` to sum as replies arrive); every
@@ -81,6 +97,9 @@ class FedSparseStrategy(Strategy, LayerView):
     nodes_decode = True
     """Whether a node can decode its clients' replies with the cohort sum alone (False: the
     server's decoding needs per-client state it keeps, and every reply travels)."""
+    unreduced_reason = "its server reads every reply on its own (no cohort_sum_type)"
+    """Why its nodes cannot reduce, said at a run's start when they would otherwise (set it
+    beside ``nodes_decode = False`` or when there is no ``cohort_sum_type``)."""
 
     def __init__(
         self,

@@ -142,7 +142,8 @@ class Lbgm(PseudoGradient):
 
     name = "lbgm"
     uses_lbgm = True
-    nodes_decode = False  # decoding needs the server's look-back gradients of each client
+    nodes_decode = False
+    unreduced_reason = "decoding needs the server's look-back gradients of each client"
     params_type = LbgmParams
 
     @property
