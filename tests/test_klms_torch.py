@@ -255,3 +255,28 @@ def test_small_work_stays_in_numpy_and_large_work_goes_to_torch() -> None:
     assert klms_codec.hashing_device(None, 1 << 40) is None
     assert klms_codec.hashing_device(cpu, limit - 1) is None
     assert klms_codec.hashing_device(cpu, limit) == cpu
+
+
+@pytest.mark.parametrize("device", DEVICES, ids=str)
+def test_torch_agrees_with_numpy_on_the_probe(device) -> None:
+    klms_codec.torch_agrees.cache_clear()
+    assert klms_codec.torch_agrees(device)
+
+
+def test_a_device_where_torch_differs_keeps_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scores off by one unit in the last place on some platform: numpy hashes there, with a
+    warning, so the bytes sent stay numpy's."""
+    exact = klms_torch.log_weights
+
+    def off_by_an_ulp(*args) -> np.ndarray:
+        scores = exact(*args)
+        return np.nextafter(scores, np.float32(np.inf))
+
+    monkeypatch.setattr(klms_torch, "log_weights", off_by_an_ulp)
+    klms_codec.torch_agrees.cache_clear()
+    cpu = torch.device("cpu")
+    try:
+        with pytest.warns(RuntimeWarning, match="differs from numpy"):
+            assert klms_codec.hashing_device(cpu, 1 << 40) is None
+    finally:
+        klms_codec.torch_agrees.cache_clear()

@@ -18,6 +18,10 @@ Here:
   ``kl_per_block`` bits or its length ``max_block``; a block whose KL is below ``fresh_kl`` takes
   candidate 0 and sends no index (a fresh θ_g sample). The lengths and fresh flags travel in
   the stream (zlib-compressed) and count on the wire.
+* **numpy or torch, the same bits.** This module hashes and scores candidates in numpy (the
+  reference); :mod:`strategies.fedpm.klms_torch` does it in torch on the client's or reducing
+  node's device, where :data:`TORCH_FROM_HASHES` finds torch faster (large layers on a CPU, all
+  but the smallest on CUDA). Chosen indices, bytes and masks are identical either way.
 * **Segment layout** (one per layer, inside the coded reply of :mod:`strategies.mask_codec`):
   ``uint32`` LE length of the compressed block table, the table (per block ``uint16`` LE
   ``length − 1``, top bit = fresh), then the indices of the non-fresh blocks, ``bits`` bits
@@ -26,7 +30,9 @@ Here:
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,16 +42,26 @@ import torch
 
 from strategies.core.validation import ReplyError
 from strategies.fedpm import klms_torch
-from strategies.fedpm.mask_codec import KLMS, PRIOR_BITS, CodedMasks, pack_mask
+from strategies.fedpm.mask_codec import (
+    KLMS,
+    PRIOR_BITS,
+    PRIOR_MAX,
+    PRIOR_MIN,
+    CodedMasks,
+    pack_mask,
+)
 
 KLMS_STREAM = 0x4B4C  # keeps the candidates' keys apart from every other draw of the run seed
 FRESH_BIT = 1 << 15
 MAX_BLOCK_LIMIT = FRESH_BIT  # a block length - 1 fits the table's 15 bits
 MAX_BITS = 16
 CANDIDATE_CHUNK_ENTRIES = 1 << 18  # candidates × entries hashed at once (cache-sized)
-# Hashes (candidates × entries) from which torch beats numpy, per device type
-# (benchmarks/results/fedpm_klms_speed.md): below, torch's fixed cost per call dominates.
-TORCH_FROM_HASHES = {"cpu": 1 << 23, "cuda": 1 << 16}
+# Hashes (candidates × entries) from which torch is used, per device type: on one CPU core
+# torch is at par with numpy and ~1.2× faster only from ~2^19 entries × 64 candidates
+# (benchmarks/results/fedpm_klms_speed.md), so smaller work (every decode) stays in numpy; on
+# CUDA, from where the kernel launches cost less than numpy's time (an estimate: no GPU was
+# at hand to measure it).
+TORCH_FROM_HASHES = {"cpu": 1 << 25, "cuda": 1 << 18}
 TABLE_HEADER_BYTES = 4
 _M1, _M2 = np.uint32(0x7FEB352D), np.uint32(0x846CA68B)
 _S15, _S16 = np.uint32(15), np.uint32(16)
@@ -100,10 +116,45 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 def hashing_device(device: torch.device | None, hashes: int) -> torch.device | None:
     """Where ``hashes`` candidate entries are hashed: in torch on ``device`` when that is
-    faster (:data:`TORCH_FROM_HASHES`), else in numpy (None). Both give the same bits."""
+    faster (:data:`TORCH_FROM_HASHES`) and torch there gives numpy's bits, else in numpy
+    (None)."""
     if device is None or hashes < TORCH_FROM_HASHES.get(device.type, TORCH_FROM_HASHES["cuda"]):
         return None
-    return device
+    return device if torch_agrees(device) else None
+
+
+@functools.cache
+def torch_agrees(device: torch.device) -> bool:
+    """Whether torch on ``device`` reproduces numpy's candidates and scores on a probe (once
+    per process and device): counters past 2³¹, blocks of every summation shape, float32
+    terms of many magnitudes. A platform that does not (integer overflow that does not wrap,
+    subnormals flushed to zero) keeps numpy, with a warning, rather than send other bytes."""
+    rng = np.random.default_rng(0x4B4C)
+    key = np.uint32(0x9E3779B9)
+    size = (1 << 16) + 1  # candidate 2^16 − 1 counts past 2³¹
+    prior = rng.integers(PRIOR_MIN, PRIOR_MAX + 1, size).astype(np.uint16)
+    lengths = np.array([1, 7, 8, 9, 127, 128, 129, 300, 4096, size - 4805])
+    choice = rng.integers(0, 1 << MAX_BITS, lengths.size)
+    choice[-1] = (1 << MAX_BITS) - 1
+    d = (rng.standard_normal(size) * np.exp(rng.uniform(-90, 40, size))).astype(np.float32)
+    d[::7] = 0.0
+    mixed = int(key_mix(key))
+    same = np.array_equal(
+        klms_torch.chosen_mask(mixed, prior, lengths, choice, device),
+        candidate_bits(key, prior, np.repeat(choice, lengths), np.arange(size)).astype(np.uint8),
+    ) and np.array_equal(
+        klms_torch.log_weights(mixed, prior, np.arange(size), d, lengths, 4, device).view(
+            np.uint32
+        ),
+        _log_weights(key, prior, np.arange(size), d, lengths, 4).view(np.uint32),
+    )
+    if not same:
+        warnings.warn(
+            f"KLMS in torch on {device} differs from numpy on a probe; hashing in numpy there",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return same
 
 
 def key_mix(key: np.uint32) -> np.uint32:
@@ -127,6 +178,14 @@ def kl_bits(q: np.ndarray, prior: np.ndarray) -> np.ndarray:
     p = prior.astype(np.float64) / (1 << PRIOR_BITS)
     q = np.clip(np.asarray(q, dtype=np.float64), 1e-12, 1.0 - 1e-12)
     return q * np.log2(q / p) + (1.0 - q) * np.log2((1.0 - q) / (1.0 - p))
+
+
+def logit_gap(q: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """d = logit(q) − logit(p) per entry as float32, p = prior / 2¹⁶ (q clipped away from 0
+    and 1): a candidate's log weight is Σ d over its ones."""
+    p = prior.astype(np.float64) / (1 << PRIOR_BITS)
+    qa = np.clip(q.astype(np.float64), 1e-12, 1.0 - 1e-12)
+    return ((np.log(qa) - np.log1p(-qa)) - (np.log(p) - np.log1p(-p))).astype(np.float32)
 
 
 def block_starts(kl: np.ndarray, kl_per_block: float, max_block: int) -> np.ndarray:
@@ -192,9 +251,7 @@ def _importance_choice(
     is_active = np.zeros(starts.size, bool)
     is_active[active] = True
     entries = np.flatnonzero(np.repeat(is_active, lengths))
-    p = prior[entries].astype(np.float64) / (1 << PRIOR_BITS)
-    qa = np.clip(np.ravel(q)[entries].astype(np.float64), 1e-12, 1.0 - 1e-12)
-    d = ((np.log(qa) - np.log1p(-qa)) - (np.log(p) - np.log1p(-p))).astype(np.float32)
+    d = logit_gap(np.ravel(q)[entries], prior[entries])
     device = hashing_device(device, entries.size << bits)
     if device is None:
         log_w = _log_weights(key, prior, entries, d, lengths[active], bits)

@@ -2,8 +2,9 @@
 :mod:`strategies.fedpm.klms_codec` computes them in numpy.
 
 Why: hashing and scoring 2^bits candidates per entry is most of a KLMS client's coding time;
-on a GPU it belongs beside the model, and on one CPU core torch's in-place integer kernels beat
-numpy's temporaries on large layers (``benchmarks/results/fedpm_klms_speed.md``).
+on a GPU it belongs beside the model. On one CPU core torch is at par with numpy, faster only
+on large layers (``benchmarks/results/fedpm_klms_speed.md``): ``klms_codec.TORCH_FROM_HASHES``
+says where each runs.
 
 The candidates' hash is uint32 arithmetic; torch has no usable uint32 (no shifts, comparisons
 or additions on CPU), so the same bits live in int32:
@@ -14,8 +15,8 @@ or additions on CPU), so the same bits live in int32:
 * a logical shift right is the arithmetic one with the copied sign bits masked off;
 * a candidate bit reads only the hash's top 16 bits (hash < q·2¹⁶ ⟺ top16 < q), which the
   hash's last step (x ^= x >> 16) leaves as they are, so that step is skipped; flipping the
-  sign bit first (y + 2³¹, fused into the last multiplication) makes the arithmetic shift by 16
-  give top16 − 2¹⁵, compared with q − 2¹⁵ without overflow.
+  sign bit of y = x·M2 (y + 2³¹, one fused 2³¹ + M2·x) makes the arithmetic shift by 16 give
+  top16 − 2¹⁵, compared with q − 2¹⁵ without overflow.
 
 Scores are float32 sums over each block of d_i where a candidate's bit is 1 and 0·d_i where it
 is 0, added in numpy's order (:mod:`strategies.fedpm.pairwise`), so the argmax is numpy's; the
@@ -24,16 +25,18 @@ Gumbel noise and the argmax stay in numpy, on the very same float32 scores.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
 from strategies.fedpm.pairwise import PairwisePlan
 
-_M1, _M2 = 0x7FEB352D, 0x846CA68B
+_M1, _M2 = 0x7FEB352D, 0x846CA68B  # klms_codec._mix's multipliers
 SIGN = 1 << 31
 HALF = 1 << 15  # top16 − 2¹⁵ and q − 2¹⁵ compare as top16 and q
-# candidates × entries hashed at once (cache-sized on a CPU), and summed at once (fewer calls)
-CHUNK_ENTRIES = {"cpu": (1 << 20, 1 << 22), "cuda": (1 << 25, 1 << 25)}
+# candidates × entries hashed at once (in a CPU's L2 cache), and summed at once (fewer calls)
+CHUNK_ENTRIES = {"cpu": (1 << 18, 1 << 22), "cuda": (1 << 24, 1 << 24)}
 
 
 def int32_bits(value: int) -> int:
@@ -48,6 +51,19 @@ def _to_device(values: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def _chunks(device: torch.device) -> tuple[int, int]:
     return CHUNK_ENTRIES["cpu" if device.type == "cpu" else "cuda"]
+
+
+def _pieces(rows: int, columns: int, budget: int) -> Iterator[tuple[slice, slice]]:
+    """Contiguous pieces of a (rows, columns) array of about ``budget`` elements: whole rows,
+    or one row in runs of columns."""
+    if columns <= budget:
+        step = budget // columns
+        for row in range(0, rows, step):
+            yield slice(row, min(row + step, rows)), slice(None)
+        return
+    for row in range(rows):
+        for column in range(0, columns, budget):
+            yield slice(row, row + 1), slice(column, column + budget)
 
 
 def _high_bits(x: torch.Tensor, key_mix: int, scratch: torch.Tensor) -> torch.Tensor:
@@ -85,20 +101,21 @@ def log_weights(
     d_bits = torch.from_numpy(d[plan.order].view(np.int32)).to(device)
     candidates = 1 << bits
     out = torch.empty((candidates, lengths.size), dtype=torch.float32, device=device)
-    hashed, summed = (min(max(1, n // placed.size), candidates) for n in _chunks(device))
+    hashed, summed = _chunks(device)
+    summed = min(max(1, summed // placed.size), candidates)
     terms = torch.empty((summed, placed.size), dtype=torch.int32, device=device)
-    scratch = torch.empty((hashed, placed.size), dtype=torch.int32, device=device)
+    scratch = torch.empty(min(hashed, summed * placed.size), dtype=torch.int32, device=device)
     for first in range(0, candidates, summed):
         count = min(summed, candidates - first)
-        for part in range(0, count, hashed):
-            rows = min(hashed, count - part)
-            offsets = np.arange(first + part, first + part + rows, dtype=np.int64) * prior.size
-            term = terms[part : part + rows]
-            torch.add(column, _to_device(offsets[:, None], device), out=term)  # j·n + i < 2³²
-            _high_bits(term, key_mix, scratch[:rows]).sub_(prior_half)  # < 0 ⟺ the bit is 1
+        for rows, cols in _pieces(count, placed.size, hashed):
+            offsets = np.arange(first + rows.start, first + rows.stop, dtype=np.int64) * prior.size
+            term = terms[rows, cols]
+            torch.add(column[cols], _to_device(offsets[:, None], device), out=term)  # < 2³²
+            spare = scratch[: term.numel()].view(term.shape)
+            _high_bits(term, key_mix, spare).sub_(prior_half[cols])  # < 0 ⟺ the bit is 1
             term >>= 31
             term |= -SIGN
-            term &= d_bits
+            term &= d_bits[cols]
         out[first : first + count] = plan.reduce(terms[:count].view(torch.float32))
     return out.cpu().numpy()
 
