@@ -24,6 +24,7 @@ from strategies.numeric.arrays import to_array_record
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_DIR = "checkpoint"  # inside a run folder
 LATEST = "latest.json"
 GLOBAL, STRATEGY, MONITOR = "global/", "strategy/", "monitor/"
 
@@ -41,6 +42,13 @@ class Checkpoint:
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint: the message says what was found and what to do."""
+
+
+def resume_hint(directory: Path) -> str:
+    """What a stopped run left in checkpoint ``directory`` to continue from."""
+    if (directory / LATEST).exists():
+        return f"the last checkpoint is in {directory} (resume=true continues it)"
+    return "no round finished, so nothing was checkpointed"
 
 
 def _sha256(path: Path) -> str:

@@ -1,4 +1,6 @@
-"""The round loop: configure -> send -> aggregate -> evaluate -> record -> checkpoint.
+"""The round loop: configure -> send -> aggregate -> monitor -> federated evaluation; the central
+evaluation, the records and the checkpoint on the recorder's thread (``server_app.recorder``),
+every ``eval_every``-th round evaluated. Each phase is timed into the row's ``phase_s``.
 
 Engine-agnostic: it only needs a Flower ``Grid`` and the composed config, so the simulation
 CLI and a deployed ServerApp run the same code.
@@ -18,18 +20,20 @@ from omegaconf import DictConfig, OmegaConf
 
 import strategies
 from client_app.allocator import keep_freed_memory
-from data.federated import central_test, dataset_info
-from models.training import TensorData, evaluate, resolve_device
+from data.federated import dataset_info
 from server_app.checkpoint import (
+    CHECKPOINT_DIR,
     LATEST,
     Checkpoint,
     CheckpointError,
     load_checkpoint,
-    save_checkpoint,
+    resume_hint,
 )
 from server_app.engine import with_clients_per_node
+from server_app.evaluation import is_evaluated
 from server_app.monitor import LayerMonitor
-from server_app.plots import plot_run
+from server_app.phases import PHASES, PhaseClock
+from server_app.recorder import FinishedRound, RoundRecorder, frozen_arrays, snapshot
 from server_app.replies import stream_replies
 from server_app.results import (
     METRICS_FILE,
@@ -46,12 +50,12 @@ from server_app.settings import ConfigError, build_strategy, client_job, strateg
 from server_app.tracking import Tracker
 from server_app.tracking import start as start_tracking
 from strategies.core.cohort import ClientDirectory
+from strategies.core.engine import RoundResult
 from strategies.core.strategy import FedSparseStrategy
 from strategies.numeric.arrays import to_array_record
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoint"
 RESUMABLE_KEYS = ("num_rounds", "resume", *NUMBER_NEUTRAL_KEYS)
 
 
@@ -120,13 +124,6 @@ def starting_point(run_dir: Path, cfg: DictConfig) -> Checkpoint | None:
     return checkpoint
 
 
-def _resume_hint(run_dir: Path) -> str:
-    """What a stopped run left to continue from."""
-    if (run_dir / CHECKPOINT_DIR / LATEST).exists():
-        return f"the last checkpoint is in {run_dir / CHECKPOINT_DIR} (resume=true continues it)"
-    return "no round finished, so nothing was checkpointed"
-
-
 def _finished_any_round(run_dir: Path) -> bool:
     """Whether a run in ``run_dir`` finished a round: it checkpointed, or logged metrics."""
     metrics = run_dir / METRICS_FILE
@@ -135,37 +132,19 @@ def _finished_any_round(run_dir: Path) -> bool:
     )
 
 
-class CentralEvaluator:
-    """Evaluates global arrays on the server's central test set."""
-
-    def __init__(self, cfg: DictConfig) -> None:
-        job = client_job(cfg)
-        spec = job.data_spec()
-        info = dataset_info(spec)
-        self.device = resolve_device(cfg.device)
-        self.model = strategies.build_job_model(job, info.input_shape, info.num_classes)
-        self.model.to(self.device)
-        self.data = TensorData.from_arrays(central_test(spec), info.mean, info.std, self.device)
-
-    def __call__(self, arrays: ArrayRecord) -> tuple[float, float]:
-        self.model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
-        return evaluate(self.model, self.data)
-
-
 def final_line(rows: list[dict], wall_s: float, run_dir: Path) -> str:
-    """The run's one-line result: final and best accuracy, bytes both ways, time, folder."""
-    best = max(rows, key=lambda r: r["accuracy"])
+    """The run's one-line result: final and best accuracy of the evaluated rounds, bytes both
+    ways, time, folder."""
+    evaluated = [r for r in rows if r["accuracy"] is not None]
+    best = max(evaluated, key=lambda r: r["accuracy"], default=None)
+    final = f"{evaluated[-1]['accuracy']:.4f}" if evaluated else "-"
+    best_text = f"{best['accuracy']:.4f} (round {best['round']})" if best else "-"
     up = sum(r["uplink_bytes"] for r in rows) / 1e6
     down = sum(r["downlink_bytes"] for r in rows) / 1e6
     return (
-        f"[fedsparse] done: {len(rows)} rounds, final acc {rows[-1]['accuracy']:.4f}, best "
-        f"{best['accuracy']:.4f} (round {best['round']}), up {up:.2f} MB, down {down:.2f} MB, "
-        f"{wall_s:.1f} s -> {run_dir}"
+        f"[fedsparse] done: {len(rows)} rounds, final acc {final}, best {best_text}, "
+        f"up {up:.2f} MB, down {down:.2f} MB, {wall_s:.1f} s -> {run_dir}"
     )
-
-
-def _bpp(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3g}"
 
 
 def _restore(
@@ -183,57 +162,98 @@ def _restore(
     return checkpoint.arrays, checkpoint.round + 1, checkpoint.wall_s, note
 
 
-def _train_and_evaluate(
+def _train(
     grid: Grid,
     cfg: DictConfig,
     strategy: FedSparseStrategy,
-    monitor: LayerMonitor,
-    evaluator: CentralEvaluator,
     arrays: ArrayRecord,
     server_round: int,
     run_dir: Path,
-    num_params: int,
-) -> tuple[dict, ArrayRecord]:
-    """One round: train, aggregate, evaluate; its metrics row and the new global arrays."""
-    messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
-    replies = stream_replies(grid, messages, timeout=cfg.round_timeout_s)
-    result = strategy.aggregate_train(server_round, replies)
+    clock: PhaseClock,
+) -> RoundResult:
+    """Send the round's train messages and aggregate the replies (timed as ``send``, ``wait``
+    and ``aggregate``); a round with too few valid replies stops the run."""
+    with clock.measure("send"):
+        messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+    started = time.perf_counter()
+    result = strategy.aggregate_train(
+        server_round, stream_replies(grid, messages, timeout=cfg.round_timeout_s)
+    )
     stats = result.stats
+    clock.add("wait", stats.reply_wait_s)
+    clock.add("aggregate", time.perf_counter() - started - stats.reply_wait_s)
+    clock.add_clients(stats.client_seconds)
     if result.arrays is None:
         raise RuntimeError(
             f"round {server_round}: only {stats.clients} valid replies, fewer than "
             f"min_replies={cfg.min_replies} (failures {stats.failures}, rejected "
-            f"{dict(stats.rejected)}); {_resume_hint(run_dir)}"
+            f"{dict(stats.rejected)}); {resume_hint(run_dir / CHECKPOINT_DIR)}"
         )
-    row = {"round": server_round, **stats.to_metrics()}
+    return result
+
+
+def _federated_evaluation(
+    grid: Grid, cfg: DictConfig, strategy: FedSparseStrategy, server_round: int, arrays: ArrayRecord
+) -> dict:
+    """The clients' evaluation of ``arrays`` on their local test splits (nulls when none)."""
+    messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
+    fed = strategy.aggregate_evaluate(
+        server_round, stream_replies(grid, messages, timeout=cfg.round_timeout_s)
+    )
+    return dict(fed) if fed else {"fed_loss": None, "fed_accuracy": None}
+
+
+def _round(
+    grid: Grid,
+    cfg: DictConfig,
+    strategy: FedSparseStrategy,
+    monitor: LayerMonitor,
+    recorder: RoundRecorder,
+    arrays: ArrayRecord,
+    server_round: int,
+    run_dir: Path,
+    num_params: int,
+) -> ArrayRecord:
+    """One round: train and aggregate; when the round is due (``eval_every``), the central
+    evaluation starts on the recorder's thread and the clients evaluate; the finished row goes
+    to the recorder. Returns the new global arrays."""
+    start, clock = time.perf_counter(), PhaseClock()
+    result = _train(grid, cfg, strategy, arrays, server_round, run_dir, clock)
+    due = is_evaluated(server_round, cfg.eval_every, cfg.num_rounds)
+    with clock.measure("snapshot"):
+        frozen = frozen_arrays(result.arrays)
+    evaluation = recorder.evaluate(frozen) if due else None
+    if evaluation is not None and not cfg.central_eval_overlap:
+        with clock.measure("record_wait"):
+            recorder.await_evaluation(server_round, evaluation)
+    row = {"round": server_round, **result.stats.to_metrics()}
     row.update(link_bpp(row, num_params))
-    norms = [u.delta_norms for u in result.updates]
-    row.update(
-        monitor.observe(
-            server_round, arrays, result.arrays, result.mean_delta, norms, result.weights
+    with clock.measure("monitor"):
+        norms = [u.delta_norms for u in result.updates]
+        row.update(
+            monitor.observe(
+                server_round, arrays, result.arrays, result.mean_delta, norms, result.weights
+            )
         )
-    )
     if cfg.federated_eval:
-        eval_messages = strategy.configure_evaluate(
-            server_round, result.arrays, ConfigRecord(), grid
-        )
-        fed = strategy.aggregate_evaluate(
-            server_round, stream_replies(grid, eval_messages, timeout=cfg.round_timeout_s)
-        )
-        row.update(dict(fed) if fed else {"fed_loss": None, "fed_accuracy": None})
-    row["loss"], row["accuracy"] = evaluator(result.arrays)
-    row.update(strategy.round_metrics(server_round))
-    return row, result.arrays
-
-
-def _progress_line(cfg: DictConfig, row: dict, note: str) -> str:
-    return (
-        f"[fedsparse] round {row['round']}/{cfg.num_rounds}  acc {row['accuracy']:.4f}  "
-        f"loss {row['loss']:.4f}  up {row['uplink_bytes'] / 1e6:.2f} MB "
-        f"({_bpp(row['uplink_bpp'])} bpp)  down {row['downlink_bytes'] / 1e6:.2f} MB "
-        f"({_bpp(row['downlink_bpp'])} bpp)  clients {row['clients']}  "
-        f"failures {row['failures']}  {row['round_s']:.1f} s" + (f"  {note}" if note else "")
-    )
+        with clock.measure("fed_eval"):
+            row.update(
+                _federated_evaluation(grid, cfg, strategy, server_round, result.arrays)
+                if due
+                else {"fed_loss": None, "fed_accuracy": None}
+            )
+    row["loss"] = row["accuracy"] = None  # filled in by the recorder when the round is due
+    with clock.measure("strategy_metrics"):
+        row.update(strategy.round_metrics(server_round))
+    with clock.measure("record_wait"):
+        clock.add("write", recorder.wait())
+    with clock.measure("snapshot"):
+        state = snapshot(server_round, frozen, strategy.state_dict(), monitor.state_dict())
+    note = strategy.progress(row) if row["clients"] else ""
+    row["round_s"] = time.perf_counter() - start
+    row[PHASES] = clock.seconds
+    recorder.record(FinishedRound(row, state, note, evaluation))
+    return result.arrays
 
 
 def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path, sweep: Path | None = None) -> dict:
@@ -252,7 +272,9 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path, sweep: Path | Non
     (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     metrics = MetricsLog(run_dir, keep_through_round=first_round - 1)
     tracker = start_tracking(cfg, run_dir, sweep, first_round)
-    evaluator = CentralEvaluator(cfg)
+    recorder = RoundRecorder(
+        cfg, run_dir, metrics, tracker, lambda: wall_before + time.perf_counter() - started
+    )
     num_params = sum(math.prod(a.shape) for a in arrays.values())
     directory.wait_for_nodes(grid)
     print(
@@ -261,23 +283,14 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path, sweep: Path | Non
         f"{first_round}..{cfg.num_rounds}" + (f" ({note})" if note else "") + f" -> {run_dir}",
         flush=True,
     )
-    for server_round in range(first_round, cfg.num_rounds + 1):
-        round_start = time.perf_counter()
-        row, arrays = _train_and_evaluate(
-            grid, cfg, strategy, monitor, evaluator, arrays, server_round, run_dir, num_params
-        )
-        row["round_s"] = time.perf_counter() - round_start
-        metrics.append(row)
-        tracker.log_round(metrics.rows[-1])
-        wall_s = wall_before + time.perf_counter() - started
-        save_checkpoint(
-            run_dir / CHECKPOINT_DIR,
-            Checkpoint(server_round, arrays, strategy.state_dict(), wall_s, monitor.state_dict()),
-        )
-        if cfg.plots:
-            plot_run(metrics.rows, run_dir / "plots", f"{cfg.strategy.name} on {cfg.dataset.name}")
-        note = strategy.progress(row) if row["clients"] else ""
-        print(_progress_line(cfg, row, note), flush=True)
+    try:
+        for server_round in range(first_round, cfg.num_rounds + 1):
+            arrays = _round(
+                grid, cfg, strategy, monitor, recorder, arrays, server_round, run_dir, num_params
+            )
+        recorder.wait()  # the last round's evaluation and records, before the summary
+    finally:
+        recorder.close()
     wall_s = wall_before + time.perf_counter() - started
     return _finish(cfg, run_dir, strategy, metrics.rows, wall_s, num_params, tracker)
 

@@ -48,9 +48,16 @@ def byte_unit(total: float) -> tuple[str, float]:
     return BYTE_UNITS[-1]
 
 
+def evaluated_rows(rows: list[dict[str, Any]]) -> list[int]:
+    """Indices of the rows with a central accuracy (``eval_every`` leaves the others null)."""
+    return [i for i, r in enumerate(rows) if r.get("accuracy") is not None]
+
+
 def accuracy_vs_round(rows: list[dict[str, Any]], title: str) -> plt.Figure:
+    """Central accuracy of the evaluated rounds, joined by a line."""
+    evaluated = [rows[i] for i in evaluated_rows(rows)]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["round"] for r in rows], [_number(r["accuracy"]) for r in rows], marker="o", ms=3)
+    ax.plot([r["round"] for r in evaluated], [r["accuracy"] for r in evaluated], marker="o", ms=3)
     ax.set(xlabel="round", ylabel="central test accuracy", title=title)
     _integer_rounds(ax)
     ax.grid(alpha=0.3)
@@ -71,11 +78,13 @@ def accuracy_vs_total_bytes(rows: list[dict[str, Any]], title: str) -> plt.Figur
 def accuracy_vs_bytes(
     rows: list[dict[str, Any]], title: str, keys: tuple[str, ...], label: str
 ) -> plt.Figure:
-    """Accuracy vs the cumulative sum of the rows' ``keys`` byte counts."""
+    """Accuracy of the evaluated rounds vs the cumulative sum of every round's ``keys`` byte
+    counts up to them."""
     uplink = np.cumsum([sum(r.get(k, 0) for k in keys) for r in rows], dtype=float)
     unit, scale = byte_unit(float(uplink[-1]) if len(uplink) else 0.0)
+    evaluated = evaluated_rows(rows)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(uplink / scale, [_number(r["accuracy"]) for r in rows], marker="o", ms=3)
+    ax.plot(uplink[evaluated] / scale, [rows[i]["accuracy"] for i in evaluated], marker="o", ms=3)
     if len(uplink) and uplink[0] > 0 and uplink[-1] / uplink[0] >= LOG_SPAN:
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))

@@ -13,7 +13,18 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 # top-level settings that never change a run's numbers: they may change on resume, and runs that
 # differ only in them are the same experiment
-NUMBER_NEUTRAL_KEYS = ("engine", "tracking", "tracking_dir")
+NUMBER_NEUTRAL_KEYS = ("engine", "tracking", "tracking_dir", "central_eval_overlap")
+
+
+def is_wall_clock(key: str) -> bool:
+    """Whether a metrics key holds wall-clock seconds (``round_s``, ``client_train_s``,
+    ``phase_s``, a strategy's ``*_s``), which differ between runs of the same numbers."""
+    return key.endswith("_s")
+
+
+def without_wall_clock(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A metrics row without its wall-clock keys: what two runs of the same seed share."""
+    return {k: v for k, v in row.items() if not is_wall_clock(k)}
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -90,12 +101,13 @@ def total_bpp(rows: list[dict[str, Any]], num_params: int) -> dict[str, float | 
 
 
 def summarize(rows: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
-    """The headline numbers of a run, from its metrics rows."""
-    accuracies = [r["accuracy"] for r in rows if r.get("accuracy") is not None]
+    """The headline numbers of a run, from its metrics rows: final and best of the evaluated
+    rounds (the last round always is one)."""
+    evaluated = [r for r in rows if r.get("accuracy") is not None]
     return {
-        "final_accuracy": accuracies[-1] if accuracies else None,
-        "best_accuracy": max(accuracies) if accuracies else None,
-        "final_loss": rows[-1]["loss"] if rows else None,
+        "final_accuracy": evaluated[-1]["accuracy"] if evaluated else None,
+        "best_accuracy": max(r["accuracy"] for r in evaluated) if evaluated else None,
+        "final_loss": evaluated[-1]["loss"] if evaluated else None,
         "uplink_bytes_total": sum(r["uplink_bytes"] for r in rows),
         "downlink_bytes_total": sum(r["downlink_bytes"] for r in rows),
         "rounds": rows[-1]["round"] if rows else 0,

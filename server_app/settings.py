@@ -109,6 +109,12 @@ def _check_training(cfg: DictConfig) -> None:
     _check(cfg, "monitor.ref_round", lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
     _check(
         cfg,
+        "eval_every",
+        lambda v: _is_int(v) and v >= 1,
+        "must be an integer >= 1: evaluate every N-th round and the last (1 = every round)",
+    )
+    _check(
+        cfg,
         "max_client_weight",
         lambda v: v is None or (_is_number(v) and v >= 1),
         "must be null (no cap) or a multiple of the median num-examples >= 1, e.g. 20",
@@ -146,7 +152,7 @@ def _check_faults_and_outputs(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"invalid config: tracking={backend}: its package is not installed; run {install}"
             )
-    for key in ("resume", "federated_eval", "plots", "dataset.download"):
+    for key in ("resume", "federated_eval", "central_eval_overlap", "plots", "dataset.download"):
         _check(cfg, key, lambda v: isinstance(v, bool), "must be true or false")
 
 

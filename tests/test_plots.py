@@ -133,3 +133,18 @@ def test_bits_per_parameter_are_plotted_per_round_when_reported(tmp_path: Path, 
     assert sorted(lines) == ["ideal", "wire"]
     np.testing.assert_allclose(lines["wire"].get_ydata(), [1.0, 0.5, 1 / 3])
     np.testing.assert_array_equal(lines["ideal"].get_xdata(), [1, 2, 3])
+
+
+def test_rounds_not_evaluated_are_left_out_and_the_rest_joined(tmp_path: Path, figures) -> None:
+    """With eval_every=3 the accuracy curves join rounds 3, 6 and 7 (the last), each at its
+    round and at the bytes sent up to it; the rows in between are null."""
+    rows = _rows(7)
+    for row in rows:
+        if row["round"] not in (3, 6, 7):
+            row["accuracy"] = None
+    _plot(rows, tmp_path, figures)
+    (line,) = figures["accuracy_vs_round.png"].axes[0].get_lines()
+    assert list(line.get_xdata()) == [3, 6, 7]
+    assert np.allclose(line.get_ydata(), [0.53, 0.56, 0.57])
+    (line,) = figures["accuracy_vs_uplink.png"].axes[0].get_lines()
+    assert np.allclose(line.get_xdata(), [3 * 31.4, 6 * 31.4, 7 * 31.4])  # kB

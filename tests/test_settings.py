@@ -124,6 +124,7 @@ def test_invalid_override_names_the_key(overrides: list[str], key: str) -> None:
         ({"round_timeout_s": 0}, "round_timeout_s"),
         ({"resume": "yes"}, "resume"),
         ({"federated_eval": "off"}, "federated_eval"),
+        ({"central_eval_overlap": "on"}, "central_eval_overlap"),
         ({"plots": "no"}, "plots"),
         ({"dataset__download": "yes"}, "dataset.download"),
         ({"model__name": "nope"}, "model.name"),
@@ -135,6 +136,18 @@ def test_invalid_value_names_the_key(base_cfg: DictConfig, values: dict, key: st
     with pytest.raises(ConfigError, match=r"invalid config: ") as info:
         validate(_changed(base_cfg, **values))
     assert f"{key}=" in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x", "1.5", "true"])
+def test_a_bad_eval_every_is_one_line_naming_the_value(value: str) -> None:
+    """As typed on the command line (Hydra turns ``x`` into a string, ``true`` into a bool)."""
+    with pytest.raises(ConfigError) as info:
+        validate(compose_config([f"eval_every={value}"]))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("invalid config: eval_every=")
+    assert value in message.split(":")[1] or value.capitalize() in message.split(":")[1]
+    assert "must be an integer >= 1" in message
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client_app.state_files import FileClientState, MissingStateFileError, client_state
 from server_app.engine import client_state_folder
+from server_app.results import without_wall_clock
 from server_app.settings import client_job, compose_config, validate
 from strategies.core.wire import ClientState, client_key
 from tests.runs import run_and_read
@@ -219,9 +220,6 @@ def test_state_in_files_gives_the_same_metrics_as_state_in_the_context(
             ],
             run_dir,
         )
-        for row in rows:
-            row.pop("round_s")
-            row.pop("client_train_s")
-        runs[where] = rows
+        runs[where] = [without_wall_clock(row) for row in rows]
     assert runs[str(tmp_path / "state")] == runs["null"]
     assert _files(tmp_path / "state")  # the files path was really taken

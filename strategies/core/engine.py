@@ -12,8 +12,9 @@ the decoding, the engine does the rest and reports it as :class:`RoundStats`.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,9 @@ SAMPLE_TRAIN, SAMPLE_EVALUATE = 0, 1
 Decode = Callable[[ClientUpdate], ClientUpdate]
 Fold = Callable[[ClientUpdate], None]
 Prefetch = Callable[[Mapping[int, Mapping[str, Record]]], None]
+CLIENT_SECONDS = ("train-s", "encode-s", "reduce-s")
+"""Per-client reply metrics that are wall-clock seconds (training, the algorithm's encoding of
+the reply, a reducing node's check + decode + add), summed over a round's valid replies."""
 
 
 def finite_or_zero(value: object) -> float:
@@ -58,6 +62,10 @@ class RoundStats:
     train_loss: float = float("nan")
     client_train_s: float = 0.0
     rejected: Counter[str] = field(default_factory=Counter)
+    client_seconds: dict[str, float] = field(default_factory=dict)
+    """:data:`CLIENT_SECONDS` summed over the valid replies (a metric no client reports: 0)."""
+    reply_wait_s: float = 0.0
+    """Seconds :meth:`RoundEngine.collect` spent waiting for the next reply (not handling one)."""
 
     def to_metrics(self) -> dict[str, Any]:
         return {
@@ -72,15 +80,17 @@ class RoundStats:
         }
 
     def add_training(self, updates: list[ClientUpdate]) -> None:
-        """The clients' mean training loss (weighted by examples) and summed training time."""
+        """The clients' mean training loss (weighted by examples) and summed seconds."""
+        self.client_seconds = {
+            key: float(sum(finite_or_zero(u.metrics.get(key, 0.0)) for u in updates))
+            for key in CLIENT_SECONDS
+        }
         if not updates:
             return
         losses = [u.metrics["train-loss"] for u in updates]
         weights = [u.num_examples for u in updates]
         self.train_loss = float(np.average(losses, weights=weights))
-        self.client_train_s = float(
-            sum(finite_or_zero(u.metrics.get("train-s", 0.0)) for u in updates)
-        )
+        self.client_train_s = self.client_seconds["train-s"]
 
 
 @dataclass
@@ -126,6 +136,18 @@ class _InOrder:
 
 def _nothing() -> None:
     """The fold work of a node that contributed nothing."""
+
+
+def _timed(replies: Iterable[Message], stats: RoundStats) -> Iterator[Message]:
+    """``replies``, adding the seconds spent waiting for each one to ``stats.reply_wait_s``."""
+    iterator = iter(replies)
+    while True:
+        start = time.perf_counter()
+        reply = next(iterator, None)
+        stats.reply_wait_s += time.perf_counter() - start
+        if reply is None:
+            return
+        yield reply
 
 
 def _dropped(client_id: int, err: ReplyError, stats: RoundStats) -> None:
@@ -210,7 +232,7 @@ class RoundEngine:
         """
         updates: list[ClientUpdate] = []
         pending = _InOrder(list(self._sent), fold is not None)
-        for reply in replies:
+        for reply in _timed(replies, stats):
             node_id = reply.metadata.src_node_id
             cohort = self._sent.pop(node_id, [])
             if reply.has_error():
