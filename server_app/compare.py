@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from server_app.phases import ALL_PHASES, PHASES
 from server_app.results import NUMBER_NEUTRAL_KEYS, SUMMARY_FILE, flatten_config, read_metrics
 
 IGNORED_KEYS = {"seed", "resume", *NUMBER_NEUTRAL_KEYS}
@@ -32,7 +33,19 @@ class Group:
 
     label: str
     summaries: list[dict[str, Any]] = field(default_factory=list)
-    curves: list[list[float]] = field(default_factory=list)
+    curves: list[list[float | None]] = field(default_factory=list)
+    phases: list[dict[str, float]] = field(default_factory=list)
+
+
+def run_phases(rows: list[dict[str, Any]]) -> dict[str, float] | None:
+    """A run's mean seconds per round: ``round_s`` and each phase of ``phase_s`` (None for a
+    run written before rows carried phases)."""
+    timed = [r for r in rows if isinstance(r.get(PHASES), dict)]
+    if not timed:
+        return None
+    means = {"round_s": statistics.fmean(r["round_s"] for r in timed)}
+    means.update({p: statistics.fmean(r[PHASES].get(p, 0.0) for r in timed) for p in ALL_PHASES})
+    return means
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -71,7 +84,11 @@ def group_runs(runs: list[Path]) -> list[Group]:
         )
         group = groups.setdefault(label, Group(label))
         group.summaries.append(json.loads((run / SUMMARY_FILE).read_text()))
-        group.curves.append([row["accuracy"] for row in read_metrics(run)])
+        rows = read_metrics(run)
+        group.curves.append([row["accuracy"] for row in rows])
+        phases = run_phases(rows)
+        if phases is not None:
+            group.phases.append(phases)
     return list(groups.values())
 
 
@@ -100,8 +117,28 @@ def table(groups: list[Group]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def phase_table(groups: list[Group]) -> str:
+    """A Markdown table of where the rounds went: mean seconds per round of ``round_s`` and each
+    phase (mean over a run's rounds, then over the group's runs); "" when no run has phases."""
+    if not any(group.phases for group in groups):
+        return ""
+    columns = ["round_s", *ALL_PHASES]
+    lines = [
+        f"| config | {' | '.join(columns)} |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for group in groups:
+        cells = [
+            f"{statistics.fmean(p[c] for p in group.phases):.3f}" if group.phases else "-"
+            for c in columns
+        ]
+        lines.append(f"| {group.label} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(groups: list[Group], path: Path) -> None:
-    """Mean accuracy vs round per group, with a min–max band over seeds."""
+    """Mean accuracy vs round per group, with a min–max band over seeds, at the rounds every
+    seed evaluated (``eval_every`` leaves the others null)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,8 +149,9 @@ def plot(groups: list[Group], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for group in groups:
         length = min(len(c) for c in group.curves)
-        curves = np.array([c[:length] for c in group.curves], dtype=float)
-        rounds = np.arange(1, length + 1)
+        curves = np.array([c[:length] for c in group.curves], dtype=float)  # null -> NaN
+        evaluated = np.isfinite(curves).all(axis=0)
+        rounds, curves = np.arange(1, length + 1)[evaluated], curves[:, evaluated]
         ax.plot(rounds, curves.mean(axis=0), label=group.label)
         ax.fill_between(rounds, curves.min(axis=0), curves.max(axis=0), alpha=0.2)
     ax.set(
@@ -130,12 +168,16 @@ def plot(groups: list[Group], path: Path) -> None:
 
 
 def compare(root: Path) -> str:
-    """Write ``compare.md`` and ``compare.png`` into ``root``; return the table."""
+    """Write ``compare.md`` and ``compare.png`` into ``root``; return the tables (results, and
+    the phases when the runs' rows have them)."""
     runs = find_runs(root)
     if not runs:
         raise SystemExit(f"fedsparse-compare: no finished runs (no {SUMMARY_FILE}) under {root}")
     groups = group_runs(runs)
-    text = table(groups)
+    phases = phase_table(groups)
+    text = table(groups) + (
+        f"\nSeconds per round, by phase (phase_s):\n\n{phases}" if phases else ""
+    )
     (root / "compare.md").write_text(text)
     plot(groups, root / "compare.png")
     return text

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from server_app.compare import compare, find_runs, group_runs
 
 
-def _run(root: Path, name: str, strategy: dict, seed: int, accuracies: list[float]) -> None:
+def _run(root: Path, name: str, strategy: dict, seed: int, accuracies: list[float | None]) -> None:
     run = root / name
     run.mkdir(parents=True)
     config = {"seed": seed, "num_rounds": len(accuracies), "strategy": strategy, "lr": 0.05}
@@ -25,7 +25,7 @@ def _run(root: Path, name: str, strategy: dict, seed: int, accuracies: list[floa
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = {
         "final_accuracy": accuracies[-1],
-        "best_accuracy": max(accuracies),
+        "best_accuracy": max(a for a in accuracies if a is not None),
         "seed": seed,
         "uplink_bytes_total": 1_000_000 * len(rows),
         "downlink_bytes_total": 2_000_000 * len(rows),
@@ -71,3 +71,32 @@ def test_a_single_run_shows_no_spread(tmp_path: Path) -> None:
 def test_no_runs_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="no finished runs"):
         compare(tmp_path)
+
+
+def test_the_phases_table_gives_each_groups_mean_seconds_per_round(sweep: Path) -> None:
+    """Rows with ``phase_s`` add a second table: per group, the mean over its runs of each
+    run's mean per round (older runs without phases show none)."""
+    for name, wait in (("0_fedavg_s0", 1.0), ("1_fedavg_s1", 3.0)):
+        path = sweep / name / "metrics.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for row in rows:
+            row["round_s"] = wait + 0.5
+            row["phase_s"] = {"wait": wait, "central_eval": 0.25, "clients_train_sum": 4.0}
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = compare(sweep)
+    header, _, *lines = text.split("by phase (phase_s):\n\n", 1)[1].splitlines()
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[:4] == ["config", "round_s", "send", "wait"]
+    fedavg = dict(zip(columns, (c.strip() for c in lines[0].strip("|").split("|")), strict=True))
+    assert fedavg["config"] == "strategy.name=fedavg"
+    assert (fedavg["round_s"], fedavg["wait"], fedavg["send"]) == ("2.500", "2.000", "0.000")
+    assert (fedavg["central_eval"], fedavg["clients_train_sum"]) == ("0.250", "4.000")
+    assert lines[1].startswith("| strategy.name=lips | - |")
+    assert (sweep / "compare.md").read_text() == text
+
+
+def test_null_accuracies_of_rounds_not_evaluated_do_not_break_compare(tmp_path: Path) -> None:
+    _run(tmp_path, "0_fedavg_s0", {"name": "fedavg"}, 0, [None, None, 0.5, None, 0.7])
+    _run(tmp_path, "1_fedavg_s1", {"name": "fedavg"}, 1, [None, None, 0.6, None, 0.9])
+    assert "0.8000 ± 0.1414" in compare(tmp_path)
+    assert (tmp_path / "compare.png").read_bytes()[:4] == b"\x89PNG"
