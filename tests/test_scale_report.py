@@ -17,6 +17,7 @@ def gpu_args(tmp_path: Path, **changes) -> argparse.Namespace:
         "local_steps": None,
         "floors": False,
         "small_rounds": 12,
+        "resident_rounds": None,
         "runs": tmp_path / "runs",
         "results": tmp_path,
         **changes,
@@ -24,10 +25,11 @@ def gpu_args(tmp_path: Path, **changes) -> argparse.Namespace:
     return argparse.Namespace(**settings)
 
 
-def test_gpu_preset_runs_each_rows_own_floor_on_the_device_first(tmp_path: Path) -> None:
-    args = gpu_args(tmp_path, model="conv6", strategies="fedpm-klms")
-    (floor, floor_cmd), (fedsparse, fedsparse_cmd) = commands(args, 500)
+def test_gpu_preset_runs_each_rows_own_floor_on_the_device_last(tmp_path: Path) -> None:
+    args = gpu_args(tmp_path, model="conv6", strategies="fedpm-klms", resident_rounds=2)
+    (fedsparse, fedsparse_cmd), (floor, floor_cmd) = commands(args, 500)
     assert (floor.kind, floor.strategy, floor.device) == ("floor-resident", "fedpm-klms", "cuda")
+    assert floor.rounds == 2 and floor_cmd[floor_cmd.index("--rounds") + 1] == "2"
     assert floor.label == "PyTorch fedpm-klms, 1 process on cuda"
     assert floor_cmd[floor_cmd.index("--device") + 1] == "cuda" and "--resident" in floor_cmd
     assert floor_cmd[floor_cmd.index("--strategy") + 1] == "fedpm"

@@ -14,7 +14,8 @@ client (``plain_flower.py``); (b) the compute floors (``floor.py``): FedAvg's lo
 and averaging in plain PyTorch in one and in two processes, and each other strategy's own floor
 (its client algorithm and server arithmetic, in two processes); with ``--resident-floor
 DEVICE`` (``--gpu``: cuda) also each fedsparse row's own floor in one process with the model
-and every client's data on that device (``floor.py --resident``, pfl-research's way); (c)
+and every client's data on that device (``floor.py --resident``, pfl-research's way; run after
+the fedsparse rows, ``--resident-rounds`` rounds); (c)
 fedsparse with each strategy at ``engine.clients_per_node=1`` and ``auto``. Same data, model
 and local work everywhere (``work.py``); every row evaluates the global model centrally once
 per round (FedPM rows turn off the sampled-mask accuracy, ``strategy.eval_samples=0``: 5 more
@@ -321,14 +322,6 @@ def commands(args: argparse.Namespace, clients: int) -> list[tuple[Row, list[str
         floors = [Row("floor-1", clients, "fedavg", rounds=least)] if default_work else []
         floors += [Row("floor-2", clients, s, rounds=least) for s in floor_strategies(strategies)]
         jobs += [(row, floor_command(args, row)) for row in floors]
-    if args.resident_floor:
-        jobs += [
-            (row, floor_command(args, row))
-            for row in (
-                Row("floor-resident", clients, s, rounds=least, device=args.resident_floor)
-                for s in own_floors(strategies)
-            )
-        ]
     if args.baselines:
         row = Row("flower", clients, rounds=least)
         module = ["-m", "benchmarks.scale.plain_flower"]
@@ -362,6 +355,13 @@ def commands(args: argparse.Namespace, clients: int) -> list[tuple[Row, list[str
                 *SAME_WORK.get(base, []),
             ]
             jobs.append((row, [python, "-m", "server_app.cli", *overrides]))
+    if args.resident_floor:  # last: a floor slower than expected costs only itself
+        rounds = args.resident_rounds or least
+        for strategy in own_floors(strategies):
+            row = Row(
+                "floor-resident", clients, strategy, rounds=rounds, device=args.resident_floor
+            )
+            jobs.append((row, floor_command(args, row)))
     return jobs
 
 
@@ -672,6 +672,12 @@ def main() -> None:
         choices=("cpu", "cuda"),
         default=None,
         help="also each row's own floor in one process with its data on this device (--gpu: cuda)",
+    )
+    parser.add_argument(
+        "--resident-rounds",
+        type=int,
+        default=None,
+        help="rounds of the --resident-floor rows (default: --rounds; one process varies little)",
     )
     parser.add_argument(
         "--baselines",
