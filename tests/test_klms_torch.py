@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from strategies.fedpm import klms_codec, klms_torch
+from strategies.fedpm import klms_codec, klms_torch, posterior
 from strategies.fedpm.klms_codec import (
     KlmsSettings,
     decode_choice,
@@ -20,6 +20,7 @@ from strategies.fedpm.klms_codec import (
 )
 from strategies.fedpm.mask_codec import PRIOR_MAX, PRIOR_MIN, decode_masks, quantize_prior
 from strategies.fedpm.pairwise import PairwisePlan
+from tests.runs import FEDPM_TOY_BASE, run_and_read
 
 DEVICES = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
 KEY = layer_key(seed=3, server_round=2, client_id=7, layer=1)
@@ -280,3 +281,52 @@ def test_a_device_where_torch_differs_keeps_numpy(monkeypatch: pytest.MonkeyPatc
             assert klms_codec.hashing_device(cpu, 1 << 40) is None
     finally:
         klms_codec.torch_agrees.cache_clear()
+
+
+def test_a_run_coded_in_torch_is_the_numpy_run(tmp_path, always_torch) -> None:
+    """Clients encoding and reducing nodes decoding every layer in torch give the numpy run's
+    numbers (so the same chosen masks, bytes and model), round for round."""
+    keys = (
+        "accuracy",
+        "loss",
+        "uplink_bytes",
+        "fedpm_bpp_wire",
+        "fedpm_bpp_ideal",
+        "fedpm_density",
+    )
+    overrides = [
+        *FEDPM_TOY_BASE,
+        "strategy.eval_samples=0",
+        "num_rounds=2",
+        "strategy.uplink_coding=klms",
+        "engine.clients_per_node=2",
+    ]
+    assert klms_codec.torch_agrees(torch.device("cpu"))  # the probe's own calls come first
+    calls = {"log_weights": 0, "chosen_mask": 0}
+
+    def counted(name: str):
+        real = getattr(klms_torch, name)
+
+        def call(*args):
+            calls[name] += 1
+            return real(*args)
+
+        return call
+
+    decoded_on = set()
+
+    def decode_where(*args):
+        decoded_on.add(args[5])  # the device a reducing node or the server decodes on
+        return decode_layer(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in calls:
+            patch.setattr(klms_torch, name, counted(name))
+        patch.setattr(posterior, "decode_layer", decode_where)
+        in_torch = run_and_read(overrides, tmp_path / "torch")
+    assert calls["log_weights"] > 0 and calls["chosen_mask"] > 0
+    assert decoded_on == {torch.device("cpu")}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(klms_codec, "TORCH_FROM_HASHES", {"cpu": 1 << 62, "cuda": 1 << 62})
+        in_numpy = run_and_read(overrides, tmp_path / "numpy")
+    assert [[r[k] for k in keys] for r in in_torch] == [[r[k] for k in keys] for r in in_numpy]
