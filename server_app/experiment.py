@@ -45,7 +45,7 @@ from server_app.results import (
     total_bpp,
     write_summary,
 )
-from server_app.resume import CONFIG_FILE, rounds_note
+from server_app.resume import CONFIG_FILE, added_settings, rounds_note
 from server_app.settings import ConfigError, build_strategy, client_job, strategy_params
 from server_app.tracking import Tracker
 from server_app.tracking import start as start_tracking
@@ -95,7 +95,7 @@ def starting_point(run_dir: Path, cfg: DictConfig) -> Checkpoint | None:
     stored = OmegaConf.load(run_dir / CONFIG_FILE)
     started_with = int(stored.num_rounds)
     current = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    for key in RESUMABLE_KEYS:
+    for key in [*RESUMABLE_KEYS, *added_settings(stored, current)]:
         stored.pop(key, None)
         current.pop(key, None)
     if stored != current:

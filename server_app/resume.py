@@ -56,11 +56,18 @@ def resumed_config(cfg: DictConfig, run_dir: Path, task_overrides: Iterable[str]
         )
     merged = {k: v for k, v in stored.items() if k.split(".")[0] not in FREE_KEYS}
     merged.update({k: v for k, v in current.items() if k.split(".")[0] in FREE_KEYS})
+    merged.update({k: v for k, v in current.items() if k in added_settings(stored, current)})
     if _given("num_rounds", given):
         merged["num_rounds"] = current["num_rounds"]
     resumed = OmegaConf.create(_nest(merged))
     OmegaConf.set_struct(resumed, True)
     return resumed
+
+
+def added_settings(stored: Iterable[str], current: Iterable[str]) -> set[str]:
+    """Top-level settings a run's config lacks because fedsparse added them since (e.g.
+    ``eval_every``): a resumed run takes their defaults, which keep what the run did before."""
+    return {k for k in current if "." not in k} - set(stored)
 
 
 def _nest(flat: dict[str, object]) -> dict[str, object]:

@@ -83,3 +83,21 @@ def test_the_printed_command_continues_a_finished_run_as_it_was(tmp_path: Path) 
         "engine": OmegaConf.to_container(resumed.engine),
     }
     assert starting_point(run_dir, resumed).round == 2
+
+
+def test_a_run_from_before_eval_every_resumes_with_the_old_behaviour(tmp_path: Path) -> None:
+    """A run folder written before ``eval_every`` and ``central_eval_overlap`` existed: the
+    resumed run takes their defaults (every round evaluated, as it was) and is accepted; giving
+    another ``eval_every`` is refused like any other change."""
+    run_dir = tmp_path / "run"
+    cfg = compose_config([*RUN, "num_rounds=2"])
+    run_experiment(InProcessGrid(cfg.num_clients), cfg, run_dir)
+    old = OmegaConf.load(run_dir / "config.yaml")
+    for key in ("eval_every", "central_eval_overlap"):
+        old.pop(key)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(old))
+    resumed = _resume(run_dir, "num_rounds=3")
+    assert (resumed.eval_every, resumed.central_eval_overlap) == (1, True)
+    assert starting_point(run_dir, resumed).round == 2
+    with pytest.raises(ConfigError, match="eval_every"):
+        _resume(run_dir, "eval_every=2")
