@@ -282,6 +282,10 @@ def reading(measured: list[dict], devices: list[torch.device]) -> list[str]:
         lines.append(f"- {device.type}: " + "; ".join(parts) + ".")
     if len(devices) == 1:
         lines.append("- cuda: not measured in this run (torch saw no GPU).")
+    lines.append(
+        "- Where *runtime* runs numpy on every layer (the cnn's encode on a CPU, every CPU "
+        "decode) it runs numpy's very code: its ratio to numpy is this box's timing noise."
+    )
     lines.append("")
     return lines
 

@@ -56,11 +56,12 @@ FRESH_BIT = 1 << 15
 MAX_BLOCK_LIMIT = FRESH_BIT  # a block length - 1 fits the table's 15 bits
 MAX_BITS = 16
 CANDIDATE_CHUNK_ENTRIES = 1 << 18  # candidates × entries hashed at once (cache-sized)
-# Hashes (candidates × entries) from which torch is used, per device type: on one CPU core
-# torch is at par with numpy and ~1.2× faster only from ~2^19 entries × 64 candidates
-# (benchmarks/results/fedpm_klms_speed.md), so smaller work (every decode) stays in numpy; on
-# CUDA, from where the kernel launches cost less than numpy's time (an estimate: no GPU was
-# at hand to measure it).
+# Hashes (candidates × entries) from which torch is used, per device type. On one CPU thread
+# torch measured 0.3–0.7× numpy's speed on layers below 2^16 entries (64 candidates), about
+# par near 2^18 and 1.1–1.2× from 2^19 (benchmarks/results/fedpm_klms_speed.md): smaller work,
+# and so the decode (one hash per entry) of any layer below 2^25 entries, stays in numpy. On
+# CUDA, from where kernel launches cost less than numpy's time: an estimate, since no GPU was at
+# hand to measure it.
 TORCH_FROM_HASHES = {"cpu": 1 << 25, "cuda": 1 << 18}
 TABLE_HEADER_BYTES = 4
 _M1, _M2 = np.uint32(0x7FEB352D), np.uint32(0x846CA68B)
