@@ -117,6 +117,7 @@ class Run:
     params: int = 0
     threads: int = 0  # pfl: torch's threads in its one process
     config: dict[str, object] = field(default_factory=dict)  # fedsparse: engine and evaluation
+    cpu_by_process: dict[str, float] = field(default_factory=dict)  # whole command, by name
     error: str = ""
 
     @property
@@ -196,7 +197,7 @@ def commands(args: argparse.Namespace, eval_every: int, run_dir: Path) -> dict[s
         f"seed={JOB['seed']}",
         f"device={args.device}",
         *(["engine.client_gpus=0.5"] if args.device == "cuda" else []),
-        # eval_every is newer than this harness's first runs: passed only where it matters
+        # eval_every=1 is fedsparse's default: left out, the command reads as a default run
         *([f"eval_every={eval_every}"] if eval_every != 1 else []),
         f"hydra.run.dir={run_dir / 'fedsparse'}",
     ]
@@ -311,6 +312,7 @@ def measure(run: Run, env: dict[str, str], log: Path, echo: Callable[[str], None
     meter.sample()
     run.cpu_s = meter.sample()  # the second settles what vanished at the first
     run.peak_rss_mb, run.nice, run.processes = meter.peak_rss_mb, meter.nice, meter.processes
+    run.cpu_by_process = dict(sorted(meter.by_name().items(), key=lambda item: -item[1]))
     _rounds(run, stamps, own)
     if proc.returncode != 0 or run.rounds_seen < run.rounds:
         run.error = f"exit {proc.returncode} (log: {log}): " + "".join(tail[-5:]).strip()[-400:]
@@ -503,6 +505,30 @@ def _table(runs: list[Run], frameworks: list[str]) -> list[str]:
     return lines
 
 
+def _cpu_by_process(runs: list[Run], frameworks: list[str]) -> list[str]:
+    """Each framework's whole-command CPU-s per round by process name (a process's reaped
+    children in its own), median over its repeats; names under 2 % of the total are "other"."""
+    lines = []
+    for framework in frameworks:
+        mine = [r for r in runs if r.framework == framework and not r.error and r.rounds_seen]
+        names = {name for run in mine for name in run.cpu_by_process}
+        per_round = {
+            name: _median([r.cpu_by_process.get(name, 0.0) / r.rounds_seen for r in mine])
+            for name in names
+        }
+        total = sum(per_round.values())
+        if not total:
+            continue
+        shown = sorted(
+            ((n, v) for n, v in per_round.items() if v >= 0.02 * total), key=lambda nv: -nv[1]
+        )
+        other = total - sum(v for _, v in shown)
+        cells = [f"`{name}` {value:.2f}" for name, value in shown]
+        cells += [f"other {other:.2f}"] if other >= 0.005 else []
+        lines.append(f"- {LABELS[framework]}: {', '.join(cells)}")
+    return lines
+
+
 def report(data: dict) -> str:
     """peers.md from peers.json's contents."""
     settings = data["settings"]
@@ -539,8 +565,10 @@ def report(data: dict) -> str:
     ]
     for eval_every in settings["eval_every"]:
         lines += [f"## Central evaluation every {eval_every} round(s)", ""]
-        lines += _table([r for r in runs if r.eval_every == eval_every], frameworks)
-        lines.append("")
+        cadence = [r for r in runs if r.eval_every == eval_every]
+        lines += _table(cadence, frameworks)
+        lines += ["", "CPU-s/round by process, whole command:", ""]
+        lines += [*_cpu_by_process(cadence, frameworks), ""]
     lines += ["## Settings", "", f"- device: {settings['device']}"]
     lines += [f"- {name}: {value}" for name, value in settings["versions"].items()]
     box = settings["machine"]

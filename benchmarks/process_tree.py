@@ -35,6 +35,7 @@ class _Seen:
 
     process: psutil.Process
     ppid: int
+    name: str = ""
     own_s: float = 0.0  # user + system
     reaped_s: float = 0.0  # its reaped children's user + system
 
@@ -51,14 +52,24 @@ class TreeMeter:
     root: int
     tag: tuple[str, str] | None = None
     peak_rss_mb: float = 0.0
-    departed_s: float = 0.0  # last-seen CPU of tracked processes no tracked parent reaped
     nice: dict[str, int] = field(default_factory=dict)  # process name -> highest niceness seen
     processes: int = 0  # how many processes were tracked
     _seen: dict[int, _Seen] = field(default_factory=dict)
     _ignored: set[int] = field(default_factory=set)
-    # parent pid -> (its reaped seconds before its tracked children vanished, their seconds)
-    _pending: dict[int, tuple[float, float]] = field(default_factory=dict)
+    # by process name: last-seen CPU of tracked processes that no tracked parent reaped
+    _departed: dict[str, float] = field(default_factory=dict)
+    # parent pid -> (its reaped seconds before tracked children vanished, theirs by name)
+    _pending: dict[int, tuple[float, dict[str, float]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def by_name(self) -> dict[str, float]:
+        """CPU seconds so far by process name (a process's reaped children count as its own),
+        as of the last sample."""
+        with self._lock:
+            found = dict(self._departed)
+            for seen in self._seen.values():
+                found[seen.name] = found.get(seen.name, 0.0) + seen.total_s
+            return found
 
     def sample(self) -> float:
         """Look at every process of the command once; returns its CPU seconds so far."""
@@ -72,8 +83,9 @@ class TreeMeter:
                         times = seen.process.cpu_times()
                         seen.ppid = seen.process.ppid()
                         rss += seen.process.memory_info().rss
-                        name = seen.process.name()  # Ray's workers rename themselves once started
-                        self.nice[name] = max(self.nice.get(name, -20), seen.process.nice())
+                        seen.name = seen.process.name()  # Ray's workers rename themselves
+                        nice = seen.process.nice()
+                        self.nice[seen.name] = max(self.nice.get(seen.name, -20), nice)
                 except GONE:
                     gone[pid] = seen
                     continue
@@ -84,12 +96,13 @@ class TreeMeter:
             self._settle(gone)
             for seen in gone.values():
                 if seen.ppid in self._seen:  # its parent reaped it: check that on the next sample
-                    base, held = self._pending.get(seen.ppid, (before[seen.ppid], 0.0))
-                    self._pending[seen.ppid] = (base, held + seen.total_s)
+                    held = self._pending.setdefault(seen.ppid, (before[seen.ppid], {}))[1]
+                    held[seen.name] = held.get(seen.name, 0.0) + seen.total_s
                 else:
-                    self.departed_s += seen.total_s
+                    self._depart({seen.name: seen.total_s})
             self.peak_rss_mb = max(self.peak_rss_mb, rss / MB)
-            return self.departed_s + sum(seen.total_s for seen in self._seen.values())
+            live = sum(seen.total_s for seen in self._seen.values())
+            return sum(self._departed.values()) + live
 
     def live(self) -> list[int]:
         """The tracked processes still there at the last sample."""
@@ -103,8 +116,13 @@ class TreeMeter:
         for ppid, (base, held) in self._pending.items():
             parent = self._seen.get(ppid) or gone.get(ppid)
             taken = parent.reaped_s - base if parent is not None else 0.0
-            self.departed_s += max(0.0, held - taken)
+            share = max(0.0, 1.0 - taken / sum(held.values())) if sum(held.values()) else 0.0
+            self._depart({name: seconds * share for name, seconds in held.items()})
         self._pending = {}
+
+    def _depart(self, seconds: dict[str, float]) -> None:
+        for name, value in seconds.items():
+            self._departed[name] = self._departed.get(name, 0.0) + value
 
     def _discover(self) -> None:
         for pid in psutil.pids():

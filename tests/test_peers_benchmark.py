@@ -151,6 +151,8 @@ def test_report_has_a_table_per_cadence_with_ratios_over_pfl() -> None:
     ]
     runs.append(_run("flower", 1, 2, 9.0, error="exit 1 (log: x)", round_s=[]))
     runs[0]["config"] = {"engine.clients_per_node": 13, "eval_every": 10}
+    for fedsparse in runs[0], runs[3]:  # every 10 rounds, repeats 1 and 2
+        fedsparse["cpu_by_process"] = {"ray::ClientAppActor": 9.0, "python": 2.7, "raylet": 0.3}
     text = peers.report(_data(30, runs))
     assert "Smoke run" not in text
     ten = text.split("## Central evaluation every 10 round(s)")[1].split("##")[0]
@@ -163,6 +165,7 @@ def test_report_has_a_table_per_cadence_with_ratios_over_pfl() -> None:
     assert text.count("python -m fedsparse") == 2  # its command, once per cadence
     assert "failed: exit 1" in text
     assert "(its first run): `engine.clients_per_node=13`, `eval_every=10`" in text
+    assert "- fedsparse: `ray::ClientAppActor` 3.00, `python` 0.90, `raylet` 0.10" in ten
 
 
 def test_report_of_few_rounds_says_smoke_run() -> None:
@@ -223,6 +226,7 @@ def test_tree_meter_counts_reaped_children_and_reparented_orphans(tmp_path: Path
         proc.wait()
     assert meter.processes >= 3
     assert 2.05 <= total <= 2.5
+    assert sum(meter.by_name().values()) == pytest.approx(total)
     assert meter.peak_rss_mb > 1
 
 
