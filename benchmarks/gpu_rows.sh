@@ -11,13 +11,14 @@
 # `bash benchmarks/gpu_deps.sh` (Flower, Ray, Hydra, constriction... at this venv's versions,
 # ~53 MB; .gpu-deps/pfl/: pfl-research for benchmarks/peers.py's pfl rows). They are unpacked
 # into folders outside the tree; nothing else is installed, and nothing is fetched. Where
-# .venv/bin/python exists (here) it runs everything instead.
+# .venv/bin/python exists (here) it runs everything instead; GPU_ROWS_PYTHON=PATH runs that
+# Python with .gpu-deps unpacked beside it, as the GPU machine does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -x .venv/bin/python ]; then
+if [ -z "${GPU_ROWS_PYTHON:-}" ] && [ -x .venv/bin/python ]; then
     PYTHON=.venv/bin/python
 else
-    PYTHON=python3
+    PYTHON=${GPU_ROWS_PYTHON:-python3}
     if [ ! -d .gpu-deps ]; then
         echo "no .gpu-deps/: build it with 'bash benchmarks/gpu_deps.sh' and carry it" >&2
         exit 2
