@@ -64,7 +64,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmarks.scale import work
-from benchmarks.scale.gpu_busy import SOURCE, BusySampler
+from benchmarks.scale.gpu_busy import SOURCE, BusySampler, nvidia_smi
 
 REPO = Path(__file__).resolve().parents[2]
 ROUND_LINE = re.compile(r"^\[(fedsparse|plain-flower|floor \w+)\] round (\d+)")
@@ -203,17 +203,7 @@ def _pythonpath() -> str:
 
 def _gpu_used_mb() -> float:
     """Memory in use on the GPUs (MiB, summed), or 0 without ``nvidia-smi``."""
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0.0
-    return sum(float(line) for line in out.split())
+    return sum(nvidia_smi("memory.used"))
 
 
 def measure(command: list[str], row: Row, log: Path) -> Row:

@@ -21,19 +21,24 @@ SOURCE = f"nvidia-smi utilization.gpu every {INTERVAL_S} s"
 Reader = Callable[[], float | None]
 
 
-def nvidia_smi_utilization() -> float | None:
-    """The GPUs' ``utilization.gpu`` in % (the mean over the GPUs), or None without a GPU."""
+def nvidia_smi(field: str) -> list[float]:
+    """``nvidia-smi``'s ``field`` of every GPU (empty without a GPU or nvidia-smi)."""
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+            ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=10,
             check=True,
         ).stdout
-        values = [float(line) for line in out.split()]
+        return [float(line) for line in out.split()]
     except (OSError, subprocess.SubprocessError, ValueError):
-        return None
+        return []
+
+
+def nvidia_smi_utilization() -> float | None:
+    """The GPUs' ``utilization.gpu`` in % (the mean over the GPUs), or None without a GPU."""
+    values = nvidia_smi("utilization.gpu")
     return sum(values) / len(values) if values else None
 
 
