@@ -27,7 +27,7 @@ import torch  # noqa: E402
 import strategies  # noqa: E402
 from server_app.experiment import run_experiment  # noqa: E402
 from server_app.inprocess import InProcessGrid  # noqa: E402
-from server_app.results import read_metrics  # noqa: E402
+from server_app.results import read_metrics, without_wall_clock  # noqa: E402
 from server_app.settings import compose_config, validate  # noqa: E402
 
 RUN = [
@@ -53,7 +53,6 @@ VARIANTS = {  # settings that take other code paths than a strategy's defaults
     "fedavg+weightcap": ["strategy=fedavg", "max_client_weight=5", "engine.reduce_cohorts=false"],
     "topk+momentum": ["strategy=topk", "strategy.server_momentum=0.9", "local_steps=2"],
 }
-WALL_CLOCK = ("round_s", "client_train_s", "fedpm_encode_s", "fedpm_decode_s")
 REFERENCE = REPO / "benchmarks" / "results" / "reference_metrics.json"
 
 
@@ -65,7 +64,7 @@ def numbers(overrides: list[str]) -> list[dict]:
         nodes = -(-cfg.num_clients // cfg.engine.clients_per_node)
         run_experiment(InProcessGrid(nodes), cfg, Path(folder) / "run")
         rows = read_metrics(Path(folder) / "run")
-    return [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in rows]
+    return [without_wall_clock(row) for row in rows]
 
 
 def differences(expected: object, found: object, path: str = "") -> list[str]:
