@@ -3,6 +3,7 @@
     python -m benchmarks.peers                          # 30 rounds × 3 repeats, eval every 10 and 1
     python -m benchmarks.peers --rounds 3 --repeats 1   # a smoke run: proves the harness only
     python -m benchmarks.peers --report-only            # peers.md again from peers.json
+    python -m benchmarks.peers --pfl-threads 1 --name peers_pfl_1thread   # pfl on one thread
 
 The job of pfl-research's framework comparison (its paper's Table 1; publications/pfl and
 benchmarks/image_classification in its repository): 1,000 clients of 50 images (IID), 50 a
@@ -37,6 +38,11 @@ pfl needs an environment of its own (Python < 3.13), outside the repository:
 
 (the torch fedsparse runs on); ``--pfl-python`` names another. Without it the pfl rows are
 skipped, with one line saying how to create it.
+
+pfl runs as its benchmark does, one process with torch's default threads (2 on a 2-core box).
+Where other work shares the cores those threads contend: in a 3-round smoke at load 6–8 pfl
+spent 45 CPU-s a round at 2 threads against 5.4 at ``--pfl-threads 1``. Measure on a quiet box,
+and see the load column of the report.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -59,6 +66,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import psutil
 
 from benchmarks.process_tree import TreeMeter, kill, wait_unreaped
 
@@ -112,6 +121,7 @@ class Run:
     rounds_seen: int = 0
     peak_rss_mb: float = 0.0
     load: list[float] = field(default_factory=list)  # 1, 5, 15 min load averages before
+    others_cores: float = float("nan")  # cores busy with anything else while it ran
     nice: dict[str, int] = field(default_factory=dict)
     processes: int = 0
     params: int = 0
@@ -256,6 +266,7 @@ def measure(run: Run, env: dict[str, str], log: Path, echo: Callable[[str], None
     """Run ``run.command``, timing its round lines and metering its whole process tree."""
     run.load = list(os.getloadavg())
     log.parent.mkdir(parents=True, exist_ok=True)
+    busy_before = _busy_s()
     started = time.perf_counter()
     proc = subprocess.Popen(
         run.command,
@@ -311,12 +322,21 @@ def measure(run: Run, env: dict[str, str], log: Path, echo: Callable[[str], None
     time.sleep(2 * SAMPLE_S)
     meter.sample()
     run.cpu_s = meter.sample()  # the second settles what vanished at the first
+    elapsed = time.perf_counter() - started
+    run.others_cores = max(0.0, _busy_s() - busy_before - run.cpu_s) / elapsed
     run.peak_rss_mb, run.nice, run.processes = meter.peak_rss_mb, meter.nice, meter.processes
     run.cpu_by_process = dict(sorted(meter.by_name().items(), key=lambda item: -item[1]))
     _rounds(run, stamps, own)
     if proc.returncode != 0 or run.rounds_seen < run.rounds:
         run.error = f"exit {proc.returncode} (log: {log}): " + "".join(tail[-5:]).strip()[-400:]
     return run
+
+
+def _busy_s() -> float:
+    """CPU seconds the machine's cores have run anything since boot (user, nice, system and
+    interrupts; guest time is inside user and nice already)."""
+    times = psutil.cpu_times()
+    return sum(getattr(times, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq"))
 
 
 def _rounds(run: Run, stamps: dict[int, tuple[float, float]], own: dict[int, float]) -> None:
@@ -396,7 +416,7 @@ def machine() -> dict[str, object]:
 
 
 def run_all(args: argparse.Namespace) -> None:
-    """Every run, interleaved; peers.json is rewritten after each one."""
+    """Every run, interleaved; <name>.json is rewritten after each one."""
     frameworks = args.frameworks
     if "pfl" in frameworks and not Path(args.pfl_python).exists():
         print(f"pfl rows skipped: no {args.pfl_python}; create it with: {PFL_RECIPE}")
@@ -431,6 +451,7 @@ def run_all(args: argparse.Namespace) -> None:
             run = Run(framework, eval_every, repeat, args.rounds, command)
             print(f"[peers] eval every {eval_every}, repeat {repeat + 1}: {LABELS[framework]}")
             log = run_dir / f"{framework}.log"
+            shutil.rmtree(run_dir / framework, ignore_errors=True)  # fedsparse refuses a used one
             measure(run, environment(framework, args.device, uuid.uuid4().hex), log, print)
             if framework == "fedsparse":
                 _read_fedsparse(run, run_dir / "fedsparse")
@@ -439,7 +460,7 @@ def run_all(args: argparse.Namespace) -> None:
             print(f"[peers]   {_run_line(run)}")
             runs.append(asdict(run))
             args.results.mkdir(parents=True, exist_ok=True)
-            (args.results / "peers.json").write_text(json.dumps(data, indent=1))
+            (args.results / f"{args.name}.json").write_text(json.dumps(data, indent=1))
 
 
 def _run_line(run: Run) -> str:
@@ -454,6 +475,10 @@ def _run_line(run: Run) -> str:
 def _median(values: list[float]) -> float:
     values = [v for v in values if v == v]  # NaN: not measured
     return statistics.median(values) if values else float("nan")
+
+
+def _number(value: float, digits: int) -> str:
+    return "–" if value != value else f"{value:.{digits}f}"  # NaN: not measured
 
 
 def _spread(values: list[float], digits: int) -> str:
@@ -592,19 +617,21 @@ def report(data: dict) -> str:
             else "first iteration only (fedsparse and plain Flower evaluate no client)"
         ),
         "",
-        "Every run, in the order run (load: the box's 1/5/15-minute load averages before it):",
+        "Every run, in the order run (load: the box's 1/5/15-minute load averages before it; "
+        "other work: the cores busy with anything else while it ran, this harness included):",
         "",
-        "| eval every | repeat | framework | load | s/round | CPU-s/round, rounds 2..N | whole "
-        "command s | peak RSS MB | processes | niceness seen | torch threads |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| eval every | repeat | framework | load | other work (cores) | s/round | CPU-s/round, "
+        "rounds 2..N | whole command s | peak RSS MB | processes | niceness seen | torch threads |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         nice = ", ".join(f"{name} {value}" for name, value in sorted(run.nice.items()))
         seconds = f"{run.median_s:.2f}" if not run.error else f"failed: {run.error[:60]}"
         lines.append(
             f"| {run.eval_every} | {run.repeat + 1} | {LABELS[run.framework]} | "
-            f"{' / '.join(f'{x:.2f}' for x in run.load)} | {seconds} | "
-            f"{run.cpu_per_later_round:.2f} | {run.wall_s:.1f} | {run.peak_rss_mb:.0f} | "
+            f"{' / '.join(f'{x:.2f}' for x in run.load)} | {_number(run.others_cores, 2)} | "
+            f"{seconds} | "
+            f"{_number(run.cpu_per_later_round, 2)} | {run.wall_s:.1f} | {run.peak_rss_mb:.0f} | "
             f"{run.processes} | {nice} | {run.threads or '–'} |"
         )
     lines += ["", "Commands (one run each; paths are the harness's):", ""]
@@ -655,6 +682,7 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=Path, default=REPO / "benchmarks/runs/peers")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks/results")
+    parser.add_argument("--name", default="peers", help="results file stem: <results>/<name>.md")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     unknown = set(args.frameworks) - set(FRAMEWORKS)
@@ -662,9 +690,9 @@ def main() -> None:
         parser.error(f"--frameworks: unknown {', '.join(sorted(unknown))}; choose of {FRAMEWORKS}")
     if not args.report_only:
         run_all(args)
-    data = json.loads((args.results / "peers.json").read_text())
+    data = json.loads((args.results / f"{args.name}.json").read_text())
     text = report(data)
-    (args.results / "peers.md").write_text(text)
+    (args.results / f"{args.name}.md").write_text(text)
     print(text)
 
 

@@ -251,5 +251,6 @@ def test_measure_times_round_lines_and_the_whole_command(tmp_path: Path) -> None
     assert (run.params, run.threads, run.rounds_seen, run.round_s) == (1234, 3, 3, [0.3, 0.3])
     assert run.cpu_rounds_s == pytest.approx(0.6, abs=0.15)
     assert run.cpu_s >= run.cpu_rounds_s and run.wall_s >= 0.9
+    assert 0 <= run.others_cores <= os.cpu_count()
     assert "[pfl] round 3" in (tmp_path / "pfl.log").read_text()
     json.dumps(peers.asdict(run))  # what peers.json holds
