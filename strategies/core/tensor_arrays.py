@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from strategies.core.validation import ReplyError, all_finite
+from strategies.core.validation import ReplyError, all_finite, check_finite, check_names
 from strategies.core.wire import Record
 from strategies.numeric.arrays import npy_header, to_array_record
 from strategies.numeric.slices import map_arrays
@@ -75,10 +75,7 @@ def checked_tensors(
     """The received arrays after the checks of ``arrays_like`` (the template's names, shapes and
     dtypes; finite values): numpy views on a host device, else the tensors themselves."""
     tensors = received.tensors
-    if list(tensors) != list(template.keys()):
-        missing = sorted(set(template.keys()) - set(tensors))
-        extra = sorted(set(tensors) - set(template.keys()))
-        raise ReplyError("names", f"array names differ (missing {missing}, unexpected {extra})")
+    check_names(list(tensors), template)
     for name, expected in template.items():
         tensor = tensors[name]
         if tuple(tensor.shape) != tuple(expected.shape):
@@ -95,7 +92,5 @@ def checked_tensors(
         finite = {
             n: bool(torch.isfinite(t).all()) for n, t in tensors.items() if t.is_floating_point()
         }
-    for name, ok in finite.items():
-        if not ok:
-            raise ReplyError("non-finite", f"{name} holds NaN or Inf")
+    check_finite(finite)
     return values if on_host else dict(tensors)

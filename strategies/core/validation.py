@@ -64,13 +64,25 @@ def all_finite(values: np.ndarray) -> bool:
     return bool(np.isfinite(values).all())
 
 
+def check_names(names: list[str], template: ArrayRecord) -> None:
+    """A ReplyError unless ``names`` are the template's, in its order."""
+    if names != list(template.keys()):
+        missing = sorted(set(template.keys()) - set(names))
+        extra = sorted(set(names) - set(template.keys()))
+        raise ReplyError("names", f"array names differ (missing {missing}, unexpected {extra})")
+
+
+def check_finite(finite: dict[str, bool]) -> None:
+    """A ReplyError naming the first array whose ``finite`` flag is False."""
+    for name, ok in finite.items():
+        if not ok:
+            raise ReplyError("non-finite", f"{name} holds NaN or Inf")
+
+
 def arrays_like(received: ArrayRecord, template: ArrayRecord) -> dict[str, np.ndarray]:
     """Decode ``received`` after checking it has exactly the template's names, shapes and dtypes
     and only finite values."""
-    if list(received.keys()) != list(template.keys()):
-        missing = sorted(set(template.keys()) - set(received.keys()))
-        extra = sorted(set(received.keys()) - set(template.keys()))
-        raise ReplyError("names", f"array names differ (missing {missing}, unexpected {extra})")
+    check_names(list(received.keys()), template)
     decoded: dict[str, np.ndarray] = {}
     for name, expected in template.items():
         array = received[name]
@@ -83,8 +95,5 @@ def arrays_like(received: ArrayRecord, template: ArrayRecord) -> dict[str, np.nd
             raise ReplyError("shape", f"{name}: payload shape {values.shape} != {expected.shape}")
         decoded[name] = values
     floats = {name: values.size for name, values in decoded.items() if values.dtype.kind == "f"}
-    finite = map_arrays(lambda name: all_finite(decoded[name]), floats)
-    for name, ok in finite.items():
-        if not ok:
-            raise ReplyError("non-finite", f"{name} holds NaN or Inf")
+    check_finite(map_arrays(lambda name: all_finite(decoded[name]), floats))
     return decoded
