@@ -10,10 +10,11 @@ A strategy is a server class (``FedAvg`` or ``FedSparseStrategy`` with ``aggrega
 from models.training import TensorData, TrainResult
 from strategies.core.client import ClientAlgorithm, ClientContext
 from strategies.core.params import Params, check_number
-from strategies.core.registry import Algorithm, register_algorithm
+from strategies.core.registry import Algorithm, parameter_shapes, register_algorithm
 from strategies.core.strategy import FedSparseStrategy
 from strategies.core.update import ARRAYS, ClientUpdate
 from strategies.core.validation import ReplyError
+from strategies.core.wire import ClientState, Record
 from strategies.fedavg import FedAvg
 from strategies.numeric.arrays import to_array_record, to_numpy_dict
 
@@ -22,14 +23,17 @@ __all__ = [
     "Algorithm",
     "ClientAlgorithm",
     "ClientContext",
+    "ClientState",
     "ClientUpdate",
     "FedAvg",
     "FedSparseStrategy",
     "Params",
+    "Record",
     "ReplyError",
     "TensorData",
     "TrainResult",
     "check_number",
+    "parameter_shapes",
     "register_algorithm",
     "to_array_record",
     "to_numpy_dict",
