@@ -1,18 +1,22 @@
-"""Small experiments the tests share: the override lists several files run, and one in-process
-run that returns its metric rows (no Ray, no subprocess: the fast tier)."""
+"""The override lists several test files share, and the shipped strategies; the in-process run
+that returns its metric rows is ``server_app.testing.run_and_read`` (re-exported here)."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
 from pathlib import Path
 
 import strategies
-from server_app.engine import AUTO
-from server_app.experiment import run_experiment
-from server_app.inprocess import InProcessGrid
-from server_app.results import read_metrics
-from server_app.settings import compose_config, validate
+from server_app.testing import run_and_read
+
+__all__ = [
+    "CONF",
+    "FEDPM_TOY_BASE",
+    "REDUCING_STRATEGIES",
+    "SHIPPED_STRATEGIES",
+    "SMALL_RUN",
+    "TOY_BASE",
+    "run_and_read",
+]
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SHIPPED_STRATEGIES = sorted(p.stem for p in (CONF / "strategy").glob("*.yaml"))
@@ -39,16 +43,3 @@ TOY_BASE = [
     "federated_eval=false",
 ]
 FEDPM_TOY_BASE = ["strategy=fedpm", *TOY_BASE, "plots=false"]
-
-
-def run_and_read(overrides: Iterable[str], run_dir: Path) -> list[dict]:
-    """Compose and validate ``overrides``, run the experiment in-process (an
-    :class:`InProcessGrid` of ceil(num_clients / clients_per_node) nodes, one per client when
-    ``engine.clients_per_node=auto``, as ``run_experiment`` resolves it) into ``run_dir``, and
-    return its ``metrics.jsonl`` rows."""
-    cfg = compose_config(list(overrides))
-    validate(cfg)
-    per_node = cfg.engine.clients_per_node
-    nodes = math.ceil(cfg.num_clients / (1 if per_node == AUTO else int(per_node)))
-    run_experiment(InProcessGrid(nodes), cfg, run_dir)
-    return read_metrics(run_dir)

@@ -7,20 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord
 
 import strategies
-from server_app.checkpoint import load_checkpoint
-from server_app.experiment import initial_arrays
-from server_app.inprocess import InProcessGrid
-from server_app.results import without_wall_clock
-from server_app.settings import ConfigError, build_strategy, compose_config, validate
-from strategies.api import ARRAYS, parameter_shapes
-from strategies.core.cohort import ClientDirectory
+from server_app.settings import ConfigError
+from server_app.testing import (
+    Federation,
+    build_server,
+    configured,
+    final_arrays,
+    load_checkpoint,
+    run_and_read,
+    without_wall_clock,
+)
+from strategies.api import ARRAYS, parameter_shapes, to_numpy_dict
 from strategies.core.update import METRICS
 from strategies.core.wire import unpack_clients
-from strategies.numeric.arrays import to_numpy_dict
-from tests.runs import run_and_read
 
 VARIANTS = ["fedadam", "fedyogi", "fedadagrad"]
 RUN = [
@@ -57,27 +58,19 @@ def _by_hand(variant: str, eta: float, tau: float, beta_1: float, beta_2: float)
 def test_two_rounds_take_the_papers_step_on_the_weighted_mean(variant: str) -> None:
     """Three clients, one per node (every reply travels): the new global parameters are the
     hand-computed step from Σ n_c θ_c / Σ n_c; buffers would take the mean."""
-    overrides = [f"strategy={variant}", "dataset=digits", "num_clients=3", "strategy.eta=0.05"]
-    cfg = compose_config(overrides)
-    validate(cfg)
-    grid, arrays = InProcessGrid(3), initial_arrays(cfg)
-    server = build_strategy(cfg, ClientDirectory(3, 1))
-    params = server.params
-    step = _by_hand(variant, params.eta, params.tau, params.beta_1, getattr(params, "beta_2", 0.0))
-    layers = parameter_shapes(server.job)
+    federation = Federation([f"strategy={variant}", "dataset=digits", "num_clients=3"])
+    params = federation.server.params
+    beta_2 = getattr(params, "beta_2", 0.0)
+    step = _by_hand(variant, params.eta, params.tau, params.beta_1, beta_2)
+    layers = parameter_shapes(federation.server.job)
     moments: dict[str, tuple] = {name: (None, None) for name in layers}
     for server_round in (1, 2):
-        replies = list(
-            grid.send_and_receive(
-                server.configure_train(server_round, arrays, ConfigRecord(), grid)
-            )
-        )
+        x = to_numpy_dict(federation.arrays)
+        replies = federation.send(server_round)
         clients = [r for reply in replies for r in unpack_clients(reply.content).values()]
         weights = [float(c[METRICS]["num-examples"]) for c in clients]
         trained = [to_numpy_dict(c[ARRAYS]) for c in clients]
-        x = to_numpy_dict(arrays)
-        arrays = server.aggregate_train(server_round, replies).arrays
-        found = to_numpy_dict(arrays)
+        found = to_numpy_dict(federation.aggregate(server_round, replies).arrays)
         for name in layers:
             mean = sum(
                 w * t[name].astype(np.float64) for w, t in zip(weights, trained, strict=True)
@@ -90,18 +83,17 @@ def test_two_rounds_take_the_papers_step_on_the_weighted_mean(variant: str) -> N
 
 def test_fedadagrad_has_no_beta_2_and_bad_values_are_refused_by_name() -> None:
     with pytest.raises(ConfigError, match=r"unknown parameters \['beta_2'\]"):
-        validate(compose_config(["strategy=fedadagrad", "+strategy.beta_2=0.9"]))
+        configured(["strategy=fedadagrad", "+strategy.beta_2=0.9"])
     with pytest.raises(ConfigError, match=r"strategy.eta=0: must be a number > 0"):
-        validate(compose_config(["strategy=fedadam", "strategy.eta=0"]))
+        configured(["strategy=fedadam", "strategy.eta=0"])
     with pytest.raises(ConfigError, match=r"strategy.beta_2=1: must be in \[0, 1\)"):
-        validate(compose_config(["strategy=fedyogi", "strategy.beta_2=1"]))
+        configured(["strategy=fedyogi", "strategy.beta_2=1"])
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_nodes_still_reduce_their_cohorts(variant: str) -> None:
     assert strategies.get_algorithm(variant).cohort_sum is not None
-    cfg = compose_config([f"strategy={variant}", *RUN])
-    assert build_strategy(cfg, ClientDirectory(6, 2)).job.reduce_cohorts
+    assert build_server([f"strategy={variant}", *RUN]).job.reduce_cohorts
 
 
 def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path: Path) -> None:
@@ -114,8 +106,5 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path: Path) -> None:
     assert [without_wall_clock(r) for r in resumed] == [without_wall_clock(r) for r in straight]
     state = load_checkpoint(tmp_path / "split" / "checkpoint").strategy_state
     assert {k.split("/")[0] for k in state} == {"m", "v"}
-    expected, found = (
-        to_numpy_dict(load_checkpoint(tmp_path / run_dir / "checkpoint").arrays)
-        for run_dir in ("straight", "split")
-    )
+    expected, found = final_arrays(tmp_path / "straight"), final_arrays(tmp_path / "split")
     assert all(expected[k].tobytes() == found[k].tobytes() for k in expected)
