@@ -35,13 +35,15 @@ class FedProxParams(Params):
         check_number("mu", self.mu, lambda v: v >= 0, "must be a number >= 0 (0 = FedAvg)")
 
 
-class FedProxClient(ClientAlgorithm):
+class FedProxClient(ClientAlgorithm[FedProxParams]):
     """FedAvg's client with the proximal term in its loss."""
 
-    def prepare(self, ctx: ClientContext, model: nn.Module, data: TensorData) -> None:
+    def prepare(
+        self, ctx: ClientContext[FedProxParams], model: nn.Module, data: TensorData
+    ) -> None:
         self.anchor = [p.detach().clone() for p in model.parameters()]
 
-    def loss_term(self, ctx: ClientContext, model: nn.Module) -> torch.Tensor | None:
+    def loss_term(self, ctx: ClientContext[FedProxParams], model: nn.Module) -> torch.Tensor | None:
         if ctx.params.mu == 0:
             return None
         pairs = zip(model.parameters(), self.anchor, strict=True)

@@ -116,7 +116,7 @@ class Scaffold(FedSparseStrategy):
         replied = {u.client_id for u in updates}
         self.unsynced |= (self._asked - replied) & set(self.client_controls)
         total = self.deltas.partial()
-        scale = 1.0 / self.job.num_clients
+        scale = 1.0 / self.num_clients
         self.control = {
             n: (c + scale * total[n]).astype(np.float32) for n, c in self.control.items()
         }

@@ -10,6 +10,7 @@ The defaults are FedAvg's client: load the global arrays, train, send the traine
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import torch
 from flwr.app import RecordDict
@@ -22,15 +23,19 @@ from strategies.core.tensor_arrays import ReplyRecord, TensorArrays
 from strategies.core.update import ARRAYS
 from strategies.core.wire import ClientState, Record, decoded_tensors
 
+P = TypeVar("P", bound=Params)
+"""An algorithm's parameter dataclass: ``ClientContext[FedProxParams]`` makes ``ctx.params.mu``
+a checked attribute."""
+
 
 @dataclass(frozen=True)
-class ClientContext:
+class ClientContext(Generic[P]):
     """One client in one round: who it is, its job and typed parameters, the state it keeps
     across rounds, where it trains, and the node message it arrived in."""
 
     client_id: int
     job: ClientJob
-    params: Params
+    params: P
     state: ClientState
     device: torch.device
     seed: int
@@ -42,36 +47,37 @@ class ClientContext:
     side)."""
 
 
-class ClientAlgorithm:
+class ClientAlgorithm(Generic[P]):
     """Client half of a protocol: read the payload into a model, train, encode the reply.
 
     One instance serves one client for one round, so it may keep what ``receive`` saw for
-    ``reply``; what must outlive the round goes to ``ctx.state``.
+    ``reply``; what must outlive the round goes to ``ctx.state``. Subclass it as
+    ``ClientAlgorithm[MyParams]`` and its hooks' ``ctx.params`` is a ``MyParams``.
     """
 
-    def receive(self, ctx: ClientContext, model: nn.Module) -> None:
+    def receive(self, ctx: ClientContext[P], model: nn.Module) -> None:
         """Load the downlink payload into ``model`` (default: the dense global arrays)."""
         load_weights(model, decoded_tensors(ctx.content[ARRAYS]))
 
-    def prepare(self, ctx: ClientContext, model: nn.Module, data: TensorData) -> None:
+    def prepare(self, ctx: ClientContext[P], model: nn.Module, data: TensorData) -> None:
         """Last change to the received model before local training (default: none)."""
 
-    def optimizer(self, ctx: ClientContext, model: nn.Module) -> torch.optim.Optimizer:
+    def optimizer(self, ctx: ClientContext[P], model: nn.Module) -> torch.optim.Optimizer:
         """The local optimizer, fresh every round (default: SGD with the job's settings)."""
         job = ctx.job
         return torch.optim.SGD(
             model.parameters(), lr=job.lr, momentum=job.momentum, weight_decay=job.weight_decay
         )
 
-    def loss_term(self, ctx: ClientContext, model: nn.Module) -> torch.Tensor | None:
+    def loss_term(self, ctx: ClientContext[P], model: nn.Module) -> torch.Tensor | None:
         """A term added to each mini-batch's loss before the backward pass (default: none)."""
         return None
 
-    def before_step(self, ctx: ClientContext, model: nn.Module) -> None:
+    def before_step(self, ctx: ClientContext[P], model: nn.Module) -> None:
         """Called after each backward pass, before the optimizer step: the place to change
         gradients (default: nothing)."""
 
-    def train(self, ctx: ClientContext, model: nn.Module, data: TensorData) -> TrainResult:
+    def train(self, ctx: ClientContext[P], model: nn.Module, data: TensorData) -> TrainResult:
         """Local training: the job's epochs (or ``local_steps``) of seeded mini-batches, with
         this algorithm's optimizer and hooks."""
         job = ctx.job
@@ -88,7 +94,7 @@ class ClientAlgorithm:
         )
 
     def reply(
-        self, ctx: ClientContext, model: nn.Module, trained: TrainResult
+        self, ctx: ClientContext[P], model: nn.Module, trained: TrainResult
     ) -> dict[str, ReplyRecord]:
         """The records this client sends up after training (default: the trained arrays, as
         :class:`TensorArrays`: a node that reduces its cohort checks and adds them where they

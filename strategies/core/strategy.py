@@ -134,6 +134,11 @@ class FedSparseStrategy(Strategy, LayerView):
         return self.engine.directory
 
     @property
+    def num_clients(self) -> int:
+        """Clients in the federation, sampled this round or not (the config's ``num_clients``)."""
+        return self.job.num_clients
+
+    @property
     def clients_per_round(self) -> int:
         return self.engine.clients_per_round
 
