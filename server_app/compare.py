@@ -184,8 +184,15 @@ def compare(root: Path) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("directory", type=Path, help="a multirun directory (or any folder of runs)")
+    parser = argparse.ArgumentParser(
+        prog="fedsparse-compare",
+        description="Tabulate and plot the runs under one folder (a --multirun folder, or any "
+        "folder of run folders): runs that differ only by seed are averaged. Writes "
+        "compare.md and compare.png into that folder.",
+    )
+    parser.add_argument(
+        "directory", type=Path, help="the folder holding the runs, e.g. multirun/<date>/<time>"
+    )
     args = parser.parse_args()
     print(compare(args.directory), end="")
     print(f"wrote {args.directory / 'compare.md'} and {args.directory / 'compare.png'}")

@@ -60,10 +60,11 @@ def help_text() -> str:
         lines.append(f"  {command}\n      {what}")
     lines += [
         "",
-        "Each round prints one line; results go to the run folder. `fedsparse-compare <folders>`",
-        "tabulates and plots runs side by side. Ctrl-C stops a run and prints the command that",
-        "continues it. Read on: README.md and docs/ (strategies, configuration, scale, deployment,",
-        "reliability, development). Hydra's own help: `fedsparse --hydra-help`.",
+        "Each round prints one line; results go to the run folder. `fedsparse-compare <folder>`",
+        "tabulates and plots the runs under one folder (a --multirun's) side by side. Ctrl-C",
+        "stops a run and prints the command that continues it. Read on: README.md and docs/",
+        "(strategies, configuration, scale, deployment, reliability, development). Hydra's own",
+        "help: `fedsparse --hydra-help`.",
     ]
     return "\n".join(lines)
 

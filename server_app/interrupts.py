@@ -8,8 +8,9 @@ reaches, and a terminal's Ctrl-C reaches Ray's daemons and actors too: they die,
 threads raise, and Ray's driver ends this process with status 1 as soon as it sees its raylet
 gone. So the handler does not unwind the stack or wait for an orderly ``ray.shutdown``: it
 says what to do next, silences the process's output (the dying threads' tracebacks), removes
-the scratch folders, kills every process this one started (Ray's daemons and actors, whether or
-not the signal reached them) and leaves at once with ``os._exit``. Nothing is lost: the
+the scratch folders (and the run folder, if the run had not started yet), kills every process
+this one started (Ray's daemons and actors, whether or not the signal reached them) and leaves
+at once with ``os._exit``. Nothing is lost: the
 checkpoint of the last finished round is written atomically, and the printed command continues
 the run from it. A second signal arriving meanwhile leaves at once too.
 """
@@ -26,6 +27,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server_app.run_folder import remove_unstarted
+
 
 @dataclass
 class RunInfo:
@@ -33,6 +36,8 @@ class RunInfo:
 
     run_dir: Path | None = None
     scratch: list[Path] = field(default_factory=list)
+    # the folders that existed before Hydra made the run folder (None: keep whatever it made)
+    existed: frozenset[Path] | None = None
 
 
 RUN = RunInfo()
@@ -88,6 +93,8 @@ def _handle(signum: int, _frame: object) -> None:
     _mute()
     for folder in RUN.scratch:
         shutil.rmtree(folder, ignore_errors=True)
+    if RUN.run_dir is not None and RUN.existed is not None:
+        remove_unstarted(RUN.run_dir, RUN.existed)  # nothing if the run had started
     for pid in _children():  # a private local Ray; an attached cluster only loses this driver
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)

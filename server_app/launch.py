@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 import torch
@@ -26,6 +27,7 @@ from server_app.engine import (
 )
 from server_app.experiment import initial_arrays, starting_point
 from server_app.resume import resumed_config
+from server_app.run_folder import remove_unstarted
 from server_app.settings import (
     ConfigError,
     check_data,
@@ -105,11 +107,18 @@ def hydra_main(cfg: DictConfig) -> None:
         check_data(cfg)
         checkpoint = starting_point(run_dir, cfg)
     except (ConfigError, CheckpointError, DataNotFoundError) as err:
-        raise SystemExit(f"fedsparse: {err}") from None
+        refuse(run_dir, err)
     if checkpoint is not None and checkpoint.round == cfg.num_rounds:
         print(f"[fedsparse] {run_dir} has finished all {cfg.num_rounds} rounds: nothing to resume")
         return
     try:
         run_simulation(cfg, run_dir, sweep)
     except ConnectionError as err:
-        raise SystemExit(f"fedsparse: {err}") from None
+        refuse(run_dir, err)
+
+
+def refuse(run_dir: Path, err: Exception) -> NoReturn:
+    """Exit with ``err`` in one line, removing the folder Hydra made if the run never started."""
+    if interrupts.RUN.existed is not None:  # a single run (a sweep's folders are the sweep's)
+        remove_unstarted(run_dir, interrupts.RUN.existed)
+    raise SystemExit(f"fedsparse: {err}") from None

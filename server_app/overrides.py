@@ -104,24 +104,52 @@ def check_command_line(args: list[str]) -> str | None:
         near = nearest(key, known)
         hint = f"did you mean {' or '.join(near)}? " if near else ""
         return f"unknown key {key}; {hint}`fedsparse --cfg job` prints every key"
+    multirun = "--multirun" in args or "-m" in args
     for override in parsed:
         key, value = override.key_or_group, _values(override)[0]
         if key in RUN_FOLDER_KEYS and not override.is_sweep_override() and "${" not in value:
             problem = unusable_folder(Path(value))
             if problem:
                 return f"{key}={value}: {problem}"
+    if not multirun and any(_resumes(o) for o in parsed):
+        return missing_run_to_resume(parsed)
+    return None
+
+
+def _resumes(override: Override) -> bool:
+    return override.key_or_group == "resume" and _values(override)[0].lower() == "true"
+
+
+def missing_run_to_resume(parsed: list[Override]) -> str | None:
+    """Why ``resume=true`` has no run to continue (no hydra.run.dir, or no such folder), or
+    None; checked before Hydra would make the folder."""
+    folders = [_values(o)[0] for o in parsed if o.key_or_group == "hydra.run.dir"]
+    if not folders:
+        return (
+            "resume=true continues the run in hydra.run.dir, but none is given; add "
+            "hydra.run.dir=<the run's folder> (outputs/<date>/<time>)"
+        )
+    folder = folders[-1]
+    if "${" not in folder and not Path(folder).expanduser().is_dir():
+        return (
+            f"resume=true hydra.run.dir={folder}: no such folder; pass the folder of the run to "
+            "continue (its path is in the run's last line), or drop resume=true"
+        )
     return None
 
 
 def unusable_folder(folder: Path) -> str | None:
-    """Why a run could not write into ``folder`` (created if missing), or None."""
-    probe = folder / f".fedsparse-probe-{uuid.uuid4().hex}"
+    """Why a run could not write into ``folder``, or None; checked in the folder or, when it is
+    missing, in its nearest existing parent, so that nothing is left behind."""
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        return f"cannot write there ({existing} is not a folder); choose a folder you can write to"
+    probe = existing / f".fedsparse-probe-{uuid.uuid4().hex}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe.mkdir()
+        probe.rmdir()
     except OSError as err:
         return f"cannot write there ({err.strerror or err}); choose a folder you can write to"
-    if not os.access(folder, os.W_OK):
+    if not os.access(existing, os.W_OK):
         return "cannot write there; choose a folder you can write to"
     return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -81,16 +82,37 @@ def test_the_client_app_needs_no_server_package(tmp_path: Path) -> None:
         assert "server packages loaded: []" in lines
 
 
-def test_the_command_says_the_server_side_is_missing(tmp_path: Path) -> None:
+SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+CALL_SCRIPT = (
+    "import importlib, sys; module, name = sys.argv[1].split(':'); "
+    "sys.argv[1:] = sys.argv[2:]; getattr(importlib.import_module(module), name)()"
+)
+
+
+@pytest.mark.parametrize(
+    ("command", "args"),
+    [
+        ("fedsparse", ["num_rounds=1"]),
+        ("fedsparse-deploy", ["--help"]),
+        ("fedsparse-deploy", ["local-tls", "num_rounds=1"]),
+        ("fedsparse-compare", ["multirun"]),
+    ],
+)
+def test_the_commands_say_the_server_side_is_missing(
+    tmp_path: Path, command: str, args: list[str]
+) -> None:
+    """Each installed command, called the way its console script calls it (pyproject's
+    entry point), answers a client-only install with one line."""
     env = client_only_env(dict(os.environ), tmp_path / "site")
     result = subprocess.run(
-        [sys.executable, "-m", "server_app.cli", "num_rounds=1"],
+        [sys.executable, "-c", CALL_SCRIPT, SCRIPTS[command], *args],
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "the server side is not installed here" in result.stderr
-    assert "fedsparse[server]" in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"{command}: the server side is not installed here (")
+    assert "fedsparse[server]" in line

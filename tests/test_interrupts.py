@@ -137,6 +137,9 @@ def _assert_clean_stop(run_dir: Path, code: int, output: str, signum: int, seen:
     assert "Traceback" not in output and "ActorDiedError" not in output, output[-3000:]
     assert f"{signal.Signals(signum).name}: stopped" in output.strip().splitlines()[-1]
     assert not (run_dir / "client-state").exists()
+    if "stopped before the run started" in output:  # no empty run folder left behind (or the
+        # ServerApp's thread wrote config.yaml in the instant between the message and the check)
+        assert not run_dir.exists() or (run_dir / "config.yaml").exists(), output[-3000:]
     deadline = time.monotonic() + 10
     while [p for p in seen if Path(f"/proc/{p}").exists()] and time.monotonic() < deadline:
         time.sleep(0.2)
