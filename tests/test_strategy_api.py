@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import inspect
 import re
 from pathlib import Path
 
@@ -128,18 +129,84 @@ def test_no_algorithm_needs_an_import_line_to_register() -> None:
 
 
 def _block(markdown: str, heading: str, language: str, index: int = 0) -> str:
-    section = markdown.split(heading, 1)[1].split("\n## ", 1)[0]
+    """The ``index``-th ``language`` code block under ``heading``, up to the next heading."""
+    section = re.split(r"\n#{2,3} ", markdown.split(heading, 1)[1], maxsplit=1)[0]
     return re.findall(rf"```{language}\n(.*?)```", section, re.S)[index]
+
+
+DEVELOPMENT = (REPO / "docs" / "development.md").read_text()
 
 
 def test_the_documented_recipe_is_the_shipped_fedprox() -> None:
     """docs/development.md's worked example is strategies/fedprox.py and its yaml, verbatim,
     so the recipe cannot drift from code that the tests run (tests/test_fedprox.py)."""
-    doc = (REPO / "docs" / "development.md").read_text()
-    heading = "## Adding a strategy"
-    assert _block(doc, heading, "python") == (REPO / "strategies" / "fedprox.py").read_text()
+    heading = "### Worked example: FedProx"
+    assert (
+        _block(DEVELOPMENT, heading, "python") == (REPO / "strategies" / "fedprox.py").read_text()
+    )
     yaml = (REPO / "conf" / "strategy" / "fedprox.yaml").read_text()
-    assert _block(doc, heading, "yaml") == yaml
+    assert _block(DEVELOPMENT, heading, "yaml") == yaml
+
+
+def _function_source(path: Path, name: str) -> str:
+    source = path.read_text()
+    (function,) = [node for node in ast.parse(source).body if getattr(node, "name", None) == name]
+    return ast.get_source_segment(source, function) + "\n"
+
+
+def test_the_server_side_example_is_the_shipped_fedadam() -> None:
+    """The second worked example is strategies/fedopt.py, its yaml and its resume test."""
+    heading = "### Worked example: FedAdam"
+    assert _block(DEVELOPMENT, heading, "python") == (REPO / "strategies" / "fedopt.py").read_text()
+    yaml = (REPO / "conf" / "strategy" / "fedadam.yaml").read_text()
+    assert _block(DEVELOPMENT, heading, "yaml") == yaml
+    test = _function_source(
+        REPO / "tests" / "test_fedopt.py", "test_a_resumed_run_equals_the_uninterrupted_one"
+    )
+    assert _block(DEVELOPMENT, heading, "python", 1) == test
+
+
+@pytest.mark.parametrize("module", ["fedprox.py", "fedopt.py"])
+def test_the_worked_examples_import_only_the_api(module: str) -> None:
+    imports, _, _ = _code_facts(REPO / "strategies" / module)
+    assert {m.rsplit(".", 1)[0] for m in imports if m.startswith("strategies")} == {
+        "strategies.api"
+    }
+
+
+def _documented_signatures(heading: str) -> dict[str, list[str]]:
+    """Hook name -> parameter names, from the first column of the table under ``heading``."""
+    section = re.split(r"\n#{2,3} ", DEVELOPMENT.split(heading, 1)[1], maxsplit=1)[0]
+    rows = re.findall(r"^\| `(\w+)\((.*?)\) ->", section, re.M)
+    return {name: re.findall(r"(\w+):", params) for name, params in rows}
+
+
+SERVER_HOOKS = [
+    "round_params",
+    "downlink",
+    "client_records",
+    "begin_aggregation",
+    "decode",
+    "fold",
+    "aggregate",
+    "round_metrics",
+    "progress",
+    "state_dict",
+    "load_state_dict",
+    "finish",
+]
+CLIENT_HOOKS = ["receive", "prepare", "train", "optimizer", "loss_term", "before_step", "reply"]
+
+
+def test_every_hook_is_documented_with_its_signature() -> None:
+    """The contracts' tables name each hook with the parameters the code declares."""
+    documented = _documented_signatures("### The hooks' contracts")
+    hooks = [(FedSparseStrategy, SERVER_HOOKS), (strategies.api.ClientAlgorithm, CLIENT_HOOKS)]
+    for base, names in hooks:
+        for name in names:
+            declared = list(inspect.signature(getattr(base, name)).parameters)[1:]
+            assert documented[name] == declared, name
+    assert set(documented) == set(SERVER_HOOKS) | set(CLIENT_HOOKS)
 
 
 class UniformMean(FedSparseStrategy):
