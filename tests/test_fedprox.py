@@ -5,20 +5,20 @@ from __future__ import annotations
 from itertools import pairwise
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from flwr.app import RecordDict
 
 import models
-from client_app.app import client_context
 from models.training import TensorData
-from server_app.checkpoint import load_checkpoint
-from server_app.results import without_wall_clock
-from server_app.settings import ConfigError, client_job, compose_config, validate
+from server_app.settings import ConfigError
+from server_app.testing import (
+    client_context,
+    configured,
+    final_arrays,
+    run_and_read,
+    without_wall_clock,
+)
 from strategies.fedprox import FedProxClient
-from strategies.numeric.arrays import to_numpy_dict
-from tests.runs import run_and_read
 
 RUN = [
     "dataset=digits",
@@ -30,10 +30,6 @@ RUN = [
     "plots=false",
 ]
 JOB_BYTES = ("downlink_bytes", "downlink_bpp", "total_bpp")
-
-
-def _final_arrays(run_dir: Path) -> dict[str, np.ndarray]:
-    return to_numpy_dict(load_checkpoint(run_dir / "checkpoint").arrays)
 
 
 def test_mu_zero_equals_fedavg_bit_for_bit(tmp_path: Path) -> None:
@@ -48,20 +44,18 @@ def test_mu_zero_equals_fedavg_bit_for_bit(tmp_path: Path) -> None:
     assert all(
         b["downlink_bytes"] > a["downlink_bytes"] for a, b in zip(fedavg, fedprox, strict=True)
     )
-    expected, found = _final_arrays(tmp_path / "fedavg"), _final_arrays(tmp_path / "fedprox")
+    expected, found = final_arrays(tmp_path / "fedavg"), final_arrays(tmp_path / "fedprox")
     assert all(expected[k].tobytes() == found[k].tobytes() for k in expected)
 
 
 def _distance_after_training(mu: float) -> float:
     """‖w − w_start‖ of one client's weights after 3 epochs of local training with ``mu``."""
-    cfg = compose_config(["strategy=fedprox", f"strategy.mu={mu}", "dataset=digits", "lr=0.1"])
-    job = client_job(cfg).for_round(1, [0])
+    ctx = client_context(["strategy=fedprox", f"strategy.mu={mu}", "dataset=digits", "lr=0.1"])
     torch.manual_seed(0)
     model = models.build_model("cnn", (1, 8, 8), 10)
     start = [p.detach().clone() for p in model.parameters()]
     generator = torch.Generator().manual_seed(1)
     data = TensorData(torch.randn(64, 1, 8, 8, generator=generator), torch.arange(64) % 10)
-    ctx = client_context(RecordDict(), job, 0, None)
     client = FedProxClient()
     client.prepare(ctx, model, data)
     client.train(ctx, model, data)
@@ -78,4 +72,4 @@ def test_the_proximal_term_shrinks_the_distance_to_the_global_model() -> None:
 
 def test_a_negative_mu_is_refused_with_the_key_and_the_rule() -> None:
     with pytest.raises(ConfigError, match=r"strategy.mu=-0.1: must be a number >= 0"):
-        validate(compose_config(["strategy=fedprox", "strategy.mu=-0.1"]))
+        configured(["strategy=fedprox", "strategy.mu=-0.1"])
