@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -13,7 +14,7 @@ from strategies.core.strategy import ARRAYS
 from strategies.core.wire import pack_clients
 from strategies.fedpm.client import received_theta
 from strategies.fedpm.mask_codec import CodedMasks
-from strategies.fedpm.shared import CODE, STREAM
+from strategies.fedpm.shared import CODE, STREAM, seed_theta
 
 # (job, client id, the θ it received as uint16, the client's generator) -> its coded masks
 Encoder = Callable[[ClientJob, int, dict[str, np.ndarray], np.random.Generator], CodedMasks]
@@ -28,7 +29,7 @@ def coded_replies(
 
     def handler(msg: Message) -> Message:
         job = ClientJob.from_record(msg.content["config"])
-        priors, _ = received_theta(msg.content[ARRAYS])
+        priors, _ = received_theta(msg.content[ARRAYS], initial=functools.partial(seed_theta, job))
         per_client = {}
         for c in job.client_ids:
             if c in absent:

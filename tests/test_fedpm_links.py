@@ -3,12 +3,13 @@ to a self-contained stream, and the KLMS uplink works through runs, cohorts and 
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType
 
 from server_app.experiment import initial_arrays
 from server_app.inprocess import InProcessGrid
@@ -17,9 +18,10 @@ from server_app.settings import build_strategy, compose_config
 from strategies.core.cohort import ClientDirectory
 from strategies.core.job import ClientJob
 from strategies.fedpm import theta_codec
+from strategies.fedpm.client import received_theta
 from strategies.fedpm.klms_codec import encode_masks_klms
 from strategies.fedpm.mask_codec import quantize_prior
-from strategies.fedpm.shared import EXPORT_FILE, FedPMParams, klms_keys
+from strategies.fedpm.shared import EXPORT_FILE, FedPMParams, klms_keys, seed_theta
 from tests.fedpm_replies import coded_replies
 from tests.runs import FEDPM_TOY_BASE, run_and_read
 
@@ -108,6 +110,56 @@ def test_a_damaged_theta_is_a_downlink_error(damage: str) -> None:
         theta_codec.decode(coded)
 
 
+def _first_round(*overrides: str):
+    """A toy FedPM server and its round-1 train downlink."""
+    cfg = compose_config([*TOY_RUN, *overrides])
+    strategy = build_strategy(cfg, ClientDirectory(cfg.num_clients, 1))
+    arrays = initial_arrays(cfg)
+    return strategy, arrays, strategy.downlink(1, arrays, MessageType.TRAIN)
+
+
+def test_round_one_sends_the_seed_and_both_ends_hold_the_same_theta() -> None:
+    strategy, arrays, record = _first_round()
+    assert theta_codec.SEED in record and theta_codec.LEVELS not in record
+    assert 8 * record.count_bytes() <= strategy.num_params  # ≤ 1 bit per parameter
+    initial = functools.partial(seed_theta, strategy.job)
+    received, _ = received_theta(record, None, initial)
+    server = strategy.prior(arrays)
+    assert list(received) == list(server)
+    for name, q in server.items():
+        np.testing.assert_array_equal(received[name], q)
+    # a model that is not the seed's goes in full (here as uint16: too many distinct values)
+    scores = {k: a.numpy().copy() for k, a in arrays.items()}
+    first = next(iter(scores))
+    scores[first].flat[0] += 1.0
+    moved = strategy.downlink(2, ArrayRecord({k: Array(v) for k, v in scores.items()}), "train")
+    assert theta_codec.SEED not in moved and moved[first].numpy().dtype == np.uint16
+
+
+@pytest.mark.parametrize(
+    "damage", ["other seed", "no initial", "seed shape", "shape", "crc", "cut"]
+)
+def test_a_damaged_seed_theta_is_a_downlink_error(damage: str) -> None:
+    strategy, _, record = _first_round()
+    coded = {k: a.numpy().copy() for k, a in record.items()}
+    initial = functools.partial(seed_theta, strategy.job)
+    if damage == "other seed":
+        coded[theta_codec.SEED] = coded[theta_codec.SEED] + 1
+    elif damage == "no initial":
+        initial = None
+    elif damage == "seed shape":
+        coded[theta_codec.SEED] = np.zeros(2, np.int64)
+    elif damage == "shape":
+        key = next(k for k in coded if k.startswith(theta_codec.SHAPE_PREFIX))
+        coded[key] = coded[key] + 1
+    elif damage == "crc":
+        coded[theta_codec.CRC] = coded[theta_codec.CRC] ^ np.uint32(1)
+    else:
+        del coded[theta_codec.SEED]
+    with pytest.raises(theta_codec.DownlinkError):
+        theta_codec.decode(coded, None, initial)
+
+
 # ------------------------------------------------------------------------------- runs
 def test_coded_downlink_gives_the_uint16_run_bit_for_bit_in_fewer_bytes(tmp_path) -> None:
     coded = _run(tmp_path, "coded", "num_rounds=4")
@@ -116,9 +168,22 @@ def test_coded_downlink_gives_the_uint16_run_bit_for_bit_in_fewer_bytes(tmp_path
     assert (tmp_path / "coded" / EXPORT_FILE).read_bytes() == (
         tmp_path / "plain" / EXPORT_FILE
     ).read_bytes()
+    assert coded[0]["downlink_bpp"] <= 1 < 16 <= plain[0]["downlink_bpp"]  # the seed alone
     for a, b in zip(coded[1:], plain[1:], strict=True):
         assert a["downlink_bytes"] < b["downlink_bytes"] / 3
         assert a["downlink_bpp"] < 5 < 16 <= b["downlink_bpp"]
+
+
+def test_a_resumed_run_decodes_every_theta_and_gives_the_same_model(tmp_path) -> None:
+    """Resumed after round 2, no client holds a kept θ (self-contained streams, no failure):
+    the same numbers as the run without a stop, round 1 the seed alone."""
+    klms = "strategy.uplink_coding=klms"
+    straight = _run(tmp_path, "straight", "num_rounds=4", klms)
+    _run(tmp_path, "split", "num_rounds=2", klms)
+    resumed = _run(tmp_path, "split", "num_rounds=4", klms, "resume=true")
+    assert [r["failures"] for r in resumed] == [0] * 4
+    assert [[r[k] for k in SAME] for r in resumed] == [[r[k] for k in SAME] for r in straight]
+    assert resumed[0]["downlink_bpp"] <= 1
 
 
 def test_klms_runs_reduce_in_cohorts_to_the_same_numbers(tmp_path) -> None:

@@ -3,7 +3,9 @@ sampled mask coded against θ."""
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import numpy as np
@@ -54,6 +56,7 @@ from strategies.fedpm.shared import (
     job_weight_seed,
     klms_keys,
     logit,
+    seed_theta,
     sigmoid,
 )
 from strategies.numeric.arrays import to_array_record, to_numpy_dict
@@ -91,7 +94,8 @@ class FedPMClient(ClientAlgorithm):
             )
         self.coded_downlink = theta_codec.CRC in ctx.content[ARRAYS]
         base = stored_base(ctx.state) if self.coded_downlink else None
-        self.priors, scores = received_theta(ctx.content[ARRAYS], base)
+        initial = functools.partial(seed_theta, job)
+        self.priors, scores = received_theta(ctx.content[ARRAYS], base, initial)
         load_weights(model, scores)
         self.keep = ctx.records.get(KEEP) is not None
         set_estimator(model, ctx.params.estimator)
@@ -183,18 +187,21 @@ class _LastTheta:
 
 
 def received_theta(
-    record: ArrayRecord, base: tuple[int, dict[str, np.ndarray]] | None = None
+    record: ArrayRecord,
+    base: tuple[int, dict[str, np.ndarray]] | None = None,
+    initial: Callable[[int], Mapping[str, np.ndarray]] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
     """The downlink as (uint16 priors, float32 scores to train from): a coded or uint16 θ gives
-    both (scores = logit(q / 2¹⁶)); float scores give no prior. A coded θ is rebuilt from the
-    self-contained stream or against ``base``, the θ the client kept (every client that can
-    rebuild it gets the same θ bit for bit); decoded once per record and base, so a client
-    that could not decode it alone fails here as it would on its own device."""
+    both (scores = logit(q / 2¹⁶)); float scores give no prior. A coded θ is regenerated from
+    the run seed by ``initial`` (the first round's), or rebuilt from the self-contained stream
+    or against ``base``, the θ the client kept (every client that can rebuild it gets the same
+    θ bit for bit); decoded once per record and base, so a client that could not decode it
+    alone fails here as it would on its own device."""
     base_round = None if base is None else base[0]
     if _LastTheta.record is not record or _LastTheta.base_round != base_round:
         arrays = to_numpy_dict(record)
         if theta_codec.is_coded(arrays):
-            arrays = theta_codec.decode(arrays, base)
+            arrays = theta_codec.decode(arrays, base, initial)
         if all(a.dtype == np.uint16 for a in arrays.values()):
             scores = {
                 k: torch.from_numpy(logit(prior_probabilities(q)).astype(np.float32)).view(q.shape)

@@ -3,6 +3,7 @@ posterior they update."""
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -42,6 +43,7 @@ from strategies.fedpm.shared import (
     STREAM,
     FedPMParams,
     klms_keys,
+    seed_theta,
     sigmoid,
 )
 from strategies.numeric.arrays import dot, to_numpy, to_numpy_dict
@@ -111,7 +113,7 @@ class MaskCounts(CohortSum):
     def __init__(self, job: ClientJob, downlink: ArrayRecord) -> None:
         arrays = to_numpy_dict(downlink)
         if theta_codec.is_coded(arrays):
-            arrays = theta_codec.decode(arrays)
+            arrays = theta_codec.decode(arrays, initial=functools.partial(seed_theta, job))
         if all(a.dtype == np.uint16 for a in arrays.values()):
             self.priors = arrays
             self.theta = {k: prior_probabilities(q).reshape(q.shape) for k, q in arrays.items()}

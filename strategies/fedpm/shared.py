@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import nn
 
 from models.masked import (
@@ -19,6 +20,7 @@ from strategies.fedpm.klms_codec import (
     KlmsSettings,
     layer_key,
 )
+from strategies.fedpm.mask_codec import quantize_prior
 
 MASKED_FORMS = {name: f"masked_{name}" for name in ("cnn", "conv4", "conv6", "conv10")}
 DOWNLINK_DTYPES = {"uint16": np.uint16, "float32": np.float32, "float16": np.float16}
@@ -79,6 +81,29 @@ def build_fedpm_model(
     return build_masked(
         masked_model_name(job.model), input_shape, num_classes, job_weight_seed(job)
     )
+
+
+_SEED_THETA: dict[tuple, dict[str, np.ndarray]] = {}  # one run's initial θ per process
+
+
+def seed_theta(job: ClientJob, seed: int) -> dict[str, np.ndarray]:
+    """The uint16 θ of the initial scores of ``job``'s network drawn from ``seed`` the way
+    ``server_app.experiment.initial_arrays`` draws them (``torch.manual_seed(seed)``, then the
+    masked network): the round-1 downlink names the run seed instead of sending θ. Built once
+    per process and run; the global torch generator is left as it was."""
+    info = job.data_info()
+    shape = tuple(int(d) for d in info.input_shape)
+    key = (seed, job.model, job_weight_seed(job), shape, int(info.num_classes))
+    if key not in _SEED_THETA:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_fedpm_model(job, shape, int(info.num_classes))
+        _SEED_THETA.clear()
+        _SEED_THETA[key] = {
+            name: quantize_prior(sigmoid(score.detach().numpy()))
+            for name, score in model.state_dict().items()
+        }
+    return _SEED_THETA[key]
 
 
 # ---------------------------------------------------------------------------- bpp measures

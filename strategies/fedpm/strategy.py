@@ -58,6 +58,7 @@ from strategies.fedpm.shared import (
     job_weight_seed,
     logit,
     masked_model_name,
+    seed_theta,
     sigmoid,
 )
 from strategies.numeric.arrays import to_array_record, to_numpy
@@ -210,15 +211,20 @@ class FedPM(MaskScores, FedSparseStrategy):
         return total
 
     def downlink(self, server_round: int, arrays: ArrayRecord, message_type: str) -> ArrayRecord:
-        """Only θ travels: coded (``strategies.theta_codec``: indices of its few values,
-        self-contained and, for train messages, against the previous round's θ), as uint16
+        """Only θ travels: coded (``strategies.theta_codec``: the run seed alone while θ is the
+        seed's initial θ, else indices of its few values, self-contained and, for train
+        messages, against the previous round's θ), as uint16
         fixed point (the coder's prior) or as scores in ``downlink_dtype``; the weights come
         from the seed. Encoded once per global model, however many node messages carry it."""
         train = message_type == MessageType.TRAIN
         delta = train and self._base is not None and bool(self._holders)
         cached, cached_delta = self._downlink[0] or (None, False)
         if cached is not arrays or cached_delta != delta:
-            if self.downlink_coded and theta_codec.codable(self.prior(arrays)):
+            if self.downlink_coded and self.is_seed_theta(self.prior(arrays)):
+                encoded = to_array_record(
+                    theta_codec.encode_seed(self.prior(arrays), self.job.seed)
+                )
+            elif self.downlink_coded and theta_codec.codable(self.prior(arrays)):
                 coded = theta_codec.encode(self.prior(arrays))
                 if delta:
                     coded |= theta_codec.encode_delta(self.prior(arrays), self._base, coded) or {}
@@ -231,6 +237,15 @@ class FedPM(MaskScores, FedSparseStrategy):
                 )
             self._downlink = ((arrays, delta), encoded)
         return self._downlink[1]
+
+    def is_seed_theta(self, priors: Mapping[str, np.ndarray]) -> bool:
+        """Whether ``priors`` is the θ every client regenerates from the run seed (the initial
+        model's, also after a resume that starts from it): compared entry by entry, so a
+        model drawn any other way is sent in full."""
+        initial = seed_theta(self.job, self.job.seed)
+        return list(initial) == list(priors) and all(
+            np.array_equal(initial[name], q) for name, q in priors.items()
+        )
 
     def prior(self, arrays: ArrayRecord) -> dict[str, np.ndarray]:
         """The uint16 θ of the global ``arrays``: the downlink, and the coder's model on both
