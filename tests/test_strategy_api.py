@@ -11,19 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord
 
 import strategies
 import strategies.api
-from server_app.experiment import initial_arrays
-from server_app.inprocess import InProcessGrid
-from server_app.settings import (
-    ConfigError,
-    build_strategy,
-    compose_config,
-    strategy_params,
-    validate,
-)
+from server_app.settings import ConfigError, compose_config, strategy_params, validate
+from server_app.testing import Federation
 from strategies.api import (
     ARRAYS,
     Algorithm,
@@ -34,7 +27,6 @@ from strategies.api import (
     to_array_record,
     to_numpy_dict,
 )
-from strategies.core.cohort import ClientDirectory
 from strategies.core.wire import unpack_clients
 from tests.runs import SHIPPED_STRATEGIES
 
@@ -233,7 +225,7 @@ register_algorithm(Algorithm(UniformMean.name, UniformMean))
 
 
 def test_a_strategy_without_a_cohort_sum_runs_on_cohorts() -> None:
-    cfg = compose_config(
+    federation = Federation(
         [
             f"strategy.name={UniformMean.name}",
             "dataset=digits",
@@ -242,17 +234,14 @@ def test_a_strategy_without_a_cohort_sum_runs_on_cohorts() -> None:
             "engine.clients_per_node=2",
         ]
     )
-    grid, arrays = InProcessGrid(3), initial_arrays(cfg)
-    server = build_strategy(cfg, ClientDirectory(6, 2))
-    assert not server.job.reduce_cohorts  # nothing to reduce with: every reply travels
-    messages = list(server.configure_train(1, arrays, ConfigRecord(), grid))
-    replies = list(grid.send_and_receive(messages))
+    assert not federation.server.job.reduce_cohorts  # nothing to reduce with: every reply travels
+    replies = federation.send(1)
     trained = [
         to_numpy_dict(records[ARRAYS])
         for reply in replies
         for _, records in sorted(unpack_clients(reply.content).items())
     ]
-    result = server.aggregate_train(1, replies)
+    result = federation.aggregate(1, replies)
     assert result.stats.clients == 4 and len(trained) == 4
     for name, values in to_numpy_dict(result.arrays).items():
         expected = np.mean([t[name] for t in trained], axis=0).astype(values.dtype)
