@@ -362,7 +362,8 @@ def client_job(cfg: DictConfig) -> ClientJob:
         min_size=int(partition.get("min_size", 10)),
         classes_per_client=int(partition.get("classes_per_client", 2)),
         samples_per_client=int(partition.get("samples_per_client", 100)),
-        local_test_fraction=float(cfg.local_test_fraction),
+        # without federated evaluation nothing reads a local test split: train on all the data
+        local_test_fraction=float(cfg.local_test_fraction) if cfg.federated_eval else 0.0,
         local_test=str(partition.local_test),
         local_test_size=int(partition.local_test_size),
         dataset_root=cfg.dataset.root or "",

@@ -18,7 +18,7 @@ from torch import nn
 
 import strategies
 from client_app.app import client_context
-from data.federated import central_test, dataset_info
+from data.federated import central_test, client_data, client_indices, dataset_info
 from models.masked import (
     MaskedConv2d,
     MaskedLinear,
@@ -34,7 +34,7 @@ from models.masked import (
 from models.training import TensorData, TrainResult, evaluate, train_epochs
 from server_app.monitor import LayerMonitor
 from server_app.plots import BPP_PLOT, PLOTS
-from server_app.settings import ConfigError, build_strategy, compose_config
+from server_app.settings import ConfigError, build_strategy, client_job, compose_config
 from strategies.core.cohort import ClientDirectory
 from strategies.core.job import ClientJob
 from strategies.core.registry import Algorithm, register_algorithm
@@ -82,6 +82,19 @@ def _job(model: str = "cnn", **params) -> ClientJob:
 
 # ------------------------------------------------------------------------- weights and layers
 @pytest.mark.slow
+@pytest.mark.parametrize("federated_eval", [True, False])
+def test_clients_hold_data_back_only_for_a_federated_evaluation(federated_eval: bool) -> None:
+    """The low-data regime's clients trained on 80 % of their images while nothing evaluated the
+    rest: without federated evaluation every sample is trained on."""
+    cfg = compose_config([*TOY_RUN, f"federated_eval={str(federated_eval).lower()}"])
+    spec = client_job(cfg).data_spec()
+    train, test = client_data(spec, 0)
+    held = sum(len(part) for part in client_indices(spec, 0))
+    kept_back = int(held * cfg.local_test_fraction) if federated_eval else 0
+    assert (len(train), len(test)) == (held - kept_back, kept_back)
+    assert kept_back > 0 or not federated_eval
+
+
 def test_weights_rebuilt_in_another_process_match_bit_for_bit() -> None:
     script = (
         "import numpy as np, torch; from models.masked import build_masked, masked_layers, "
