@@ -23,6 +23,7 @@ from torch import nn
 import strategies
 from client_app.allocator import keep_freed_memory
 from client_app.batchnorm import keep_local_batchnorm, restore_local_batchnorm
+from client_app.census import CENSUS, node_census
 from client_app.faults import InjectedFault, corrupt_reply, plan_faults
 from client_app.state_files import client_state
 from data.device import device_data
@@ -223,8 +224,11 @@ def _train_one(
 
 @app.query()
 def directory(msg: Message, context: Context) -> Message:
-    """Tell the server which clients this node hosts."""
+    """Tell the server which clients this node hosts, or, asked for ``num-clients=0`` (a
+    deployed run still sizing itself), the node's own partition id and declared size."""
     query = msg.content[QUERY_CONFIG]
+    if int(query["num-clients"]) == CENSUS:
+        return Message(RecordDict({QUERY_CONFIG: node_census(context.node_config)}), reply_to=msg)
     client_ids = hosted_clients(
         context.node_config, int(query["num-clients"]), int(query["clients-per-node"])
     )

@@ -256,9 +256,17 @@ def _round(
     return result.arrays
 
 
-def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path, sweep: Path | None = None) -> dict:
+def run_experiment(
+    grid: Grid,
+    cfg: DictConfig,
+    run_dir: Path,
+    sweep: Path | None = None,
+    wait_for_all: bool = True,
+) -> dict:
     """Run (or resume) the configured experiment on ``grid``; returns the summary. ``sweep`` is
-    the folder of the ``--multirun`` this run is a job of (its tracking experiment)."""
+    the folder of the ``--multirun`` this run is a job of (its tracking experiment). Without
+    ``wait_for_all`` (a deployed ``num_clients=auto`` run) the first round takes the clients
+    whose nodes are connected, the others join when their nodes do."""
     started = time.perf_counter()
     keep_freed_memory()  # every round decodes and frees model-sized arrays per client
     cfg = with_clients_per_node(cfg, actors=None)  # auto without an actor pool: 1 per node
@@ -276,7 +284,10 @@ def run_experiment(grid: Grid, cfg: DictConfig, run_dir: Path, sweep: Path | Non
         cfg, run_dir, metrics, tracker, lambda: wall_before + time.perf_counter() - started
     )
     num_params = sum(math.prod(a.shape) for a in arrays.values())
-    directory.wait_for_nodes(grid)
+    if wait_for_all:
+        directory.wait_for_nodes(grid)
+    else:
+        directory.refresh(grid)
     print(
         f"[fedsparse] {cfg.strategy.name} on {cfg.dataset.name} ({cfg.partition.name}), "
         f"{cfg.num_clients} clients, {cfg.clients_per_round} per round, rounds "

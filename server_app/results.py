@@ -13,7 +13,7 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 # top-level settings that never change a run's numbers: they may change on resume, and runs that
 # differ only in them are the same experiment
-NUMBER_NEUTRAL_KEYS = ("engine", "tracking", "tracking_dir", "central_eval_overlap")
+NUMBER_NEUTRAL_KEYS = ("engine", "tracking", "tracking_dir", "central_eval_overlap", "deployment")
 
 
 def is_wall_clock(key: str) -> bool:

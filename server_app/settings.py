@@ -74,7 +74,13 @@ def _check_training(cfg: DictConfig) -> None:
     """The run-level numbers: rounds, clients, local training, the weight cap."""
     _check(cfg, "seed", lambda v: _is_int(v) and v >= 0, "must be an integer >= 0")
     _check(cfg, "num_rounds", lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
-    _check(cfg, "num_clients", lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
+    _check(
+        cfg,
+        "num_clients",
+        lambda v: _is_int(v) and v >= 1,
+        "must be an integer >= 1 (num_clients=auto, the connected SuperNodes, is for "
+        "fedsparse-deploy: a simulation starts that many nodes itself)",
+    )
     _check(
         cfg,
         "clients_per_round",
@@ -154,6 +160,13 @@ def _check_faults_and_outputs(cfg: DictConfig) -> None:
             )
     for key in ("resume", "federated_eval", "central_eval_overlap", "plots", "dataset.download"):
         _check(cfg, key, lambda v: isinstance(v, bool), "must be true or false")
+    _check(
+        cfg,
+        "deployment.node_grace_s",
+        lambda v: _is_number(v) and v >= 0,
+        "must be seconds >= 0",
+    )
+    _check(cfg, "deployment.node_wait_s", lambda v: _is_number(v) and v > 0, "must be seconds > 0")
 
 
 def _check_choices(cfg: DictConfig) -> None:
