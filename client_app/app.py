@@ -26,6 +26,7 @@ from client_app.batchnorm import keep_local_batchnorm, restore_local_batchnorm
 from client_app.census import CENSUS, node_census
 from client_app.faults import InjectedFault, corrupt_reply, plan_faults
 from client_app.state_files import client_state
+from data.datasets import ArrayDataset, DataNotFoundError
 from data.device import device_data
 from data.federated import DataSpec, client_data
 from models.training import TensorData, evaluate, resolve_device, round_seed, seed_torch
@@ -38,6 +39,7 @@ from strategies.core.update import ARRAYS, CONFIG, METRICS
 from strategies.core.wire import CLIENT_IDS_KEY, ClientState, Record, pack_clients, unpack_clients
 
 DATA_ROOT = "data-root"
+PIP_NAMES = {"sklearn": "scikit-learn"}  # import names pip installs under another name
 TEMPLATES_KEPT = 4
 TEMPLATE_SEED = 0
 CPU = torch.device("cpu")
@@ -68,11 +70,38 @@ def _client_tensors(
     if data_root:
         train, test = device_data(data_root, info, spec.local_test_fraction, spec.seed, client_id)
     else:
-        train, test = client_data(spec, client_id)
+        train, test = _shipped_partition(spec, client_id)
     return (
         TensorData.from_arrays(train, info.mean, info.std, torch.device(device)),
         TensorData.from_arrays(test, info.mean, info.std, torch.device(device)),
     )
+
+
+class ShippedDataError(RuntimeError):
+    """This node cannot load its partition of the configured data set; says what it lacks."""
+
+
+def _shipped_partition(spec: DataSpec, client_id: int) -> tuple[ArrayDataset, ArrayDataset]:
+    """Client ``client_id``'s partition of the configured data set, or one line naming what
+    this node lacks for it: a package (a client-only install) or the data set's files."""
+    own_data = (
+        "or train on the node's own data: --node-config 'partition-id=<id> "
+        f'{DATA_ROOT}="/path/to/images"\' (docs/deployment.md, Device data)'
+    )
+    try:
+        return client_data(spec, client_id)
+    except ModuleNotFoundError as err:
+        package = PIP_NAMES.get(err.name or "", err.name)
+        raise ShippedDataError(
+            f"this node cannot load client {client_id}'s partition of dataset={spec.dataset}: "
+            f"its Python lacks the package {package!r} ({err}); install the server side here "
+            f"(pip install -e '.[server]'), {own_data}"
+        ) from err
+    except DataNotFoundError as err:
+        raise ShippedDataError(
+            f"this node cannot load client {client_id}'s partition of dataset={spec.dataset}: "
+            f"{err}; {own_data}"
+        ) from err
 
 
 def _data_root(context: Context) -> str:

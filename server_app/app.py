@@ -6,7 +6,8 @@ into its ``run-dir`` (a path on the SuperLink host; ``fedsparse-deploy`` sets bo
 ``flwr run . <connection> --run-config 'overrides="strategy=fedavg num_rounds=5" run-dir="/abs"'``.
 A deployed run sizes itself from the connected SuperNodes unless ``num_clients`` is given
 (``server_app.federation``), and ``resume=true`` continues the run in ``run-dir`` with its own
-settings, as ``fedsparse resume=true`` does.
+settings, as ``fedsparse resume=true`` does. A failure fedsparse can name ends the run in one
+line (``server_app.failures``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from server_app.engine import with_clients_per_node
 from server_app.experiment import run_experiment
+from server_app.failures import one_line_failures
 from server_app.federation import await_nodes, count_clients, sized_by_nodes, without_auto
 from server_app.resume import CONFIG_FILE, resumed_config
 from server_app.settings import compose_config, validate
@@ -77,10 +79,11 @@ def make_server_app(
             run_experiment(grid, cfg, target, sweep)
             return
         overrides = str(context.run_config.get("overrides", ""))
-        config, wait_for_all = deployed_config(grid, overrides, target)
-        # devices may hold their own data: the job tells them the set's shape and statistics
-        OmegaConf.update(config, "engine.describe_data", True)
-        run_experiment(grid, config, target, sweep, wait_for_all)
+        with one_line_failures(target):
+            config, wait_for_all = deployed_config(grid, overrides, target)
+            # devices may hold their own data: the job tells them the set's shape and statistics
+            OmegaConf.update(config, "engine.describe_data", True)
+            run_experiment(grid, config, target, sweep, wait_for_all)
 
     return server_app
 

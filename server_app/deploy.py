@@ -30,12 +30,14 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from data.datasets import DataNotFoundError
+from server_app.failures import reason_of
 from server_app.federation import sized_by_nodes, without_auto
 from server_app.settings import ConfigError, compose_config, validate
 
 RUN_DIR_OVERRIDE = "hydra.run.dir="
 STARTED = re.compile(r"Successfully started run (\d+)")
 COMPLETED = "finished:completed"
+FAILED = "finished:failed"
 # the ServerApp's start line (server_app.experiment.run_experiment), printed once the run
 # folder holds the run's config: from then on resume=true continues it
 RUN_STARTED = re.compile(r"\[fedsparse\] \S+ on \S+ .*rounds \d+\.\.\d+")
@@ -262,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         return stop_run(run, args.connection, stop.signum, resume_command(args, run_dir))
     finally:
         _end_child(run)
+    if status == FAILED:
+        print(f"fedsparse-deploy: run {run.run_id} failed: {reason_of(details)}", file=sys.stderr)
+        return 1
     if status != COMPLETED:
         print(f"fedsparse-deploy: run {run.run_id} ended {status}: {details}", file=sys.stderr)
         return 1

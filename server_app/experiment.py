@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,6 +33,7 @@ from server_app.checkpoint import (
 )
 from server_app.engine import with_clients_per_node
 from server_app.evaluation import is_evaluated
+from server_app.federation import node_error_text
 from server_app.monitor import LayerMonitor
 from server_app.phases import PHASES, PhaseClock
 from server_app.recorder import FinishedRound, RoundRecorder, frozen_arrays, snapshot
@@ -57,6 +60,10 @@ from strategies.numeric.arrays import to_array_record
 log = logging.getLogger(__name__)
 
 RESUMABLE_KEYS = ("num_rounds", "resume", *NUMBER_NEUTRAL_KEYS)
+
+
+class TooFewReplies(RuntimeError):
+    """A round ended with fewer valid train replies than ``min_replies``: the run stops."""
 
 
 def initial_arrays(cfg: DictConfig) -> ArrayRecord:
@@ -176,20 +183,35 @@ def _train(
     with clock.measure("send"):
         messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
     started = time.perf_counter()
-    result = strategy.aggregate_train(
-        server_round, stream_replies(grid, messages, timeout=cfg.round_timeout_s)
-    )
+    node_errors: Counter[str] = Counter()
+    replies = stream_replies(grid, messages, timeout=cfg.round_timeout_s)
+    result = strategy.aggregate_train(server_round, _noting_errors(replies, node_errors))
     stats = result.stats
     clock.add("wait", stats.reply_wait_s)
     clock.add("aggregate", time.perf_counter() - started - stats.reply_wait_s)
     clock.add_clients(stats.client_seconds)
     if result.arrays is None:
-        raise RuntimeError(
+        raise TooFewReplies(
             f"round {server_round}: only {stats.clients} valid replies, fewer than "
             f"min_replies={cfg.min_replies} (failures {stats.failures}, rejected "
-            f"{dict(stats.rejected)}); {resume_hint(run_dir / CHECKPOINT_DIR)}"
+            f"{dict(stats.rejected)}){_said(node_errors)}; "
+            f"{resume_hint(run_dir / CHECKPOINT_DIR)}"
         )
     return result
+
+
+def _noting_errors(replies: Iterable[Message], errors: Counter[str]) -> Iterator[Message]:
+    """``replies`` as they come, counting the nodes' error reasons."""
+    for reply in replies:
+        if reply.has_error():
+            errors[node_error_text(reply.error.reason)] += 1
+        yield reply
+
+
+def _said(errors: Counter[str]) -> str:
+    """What the failed nodes said, most frequent first (empty when none failed)."""
+    said = [f"{reason} ({n} node{'s' if n > 1 else ''})" for reason, n in errors.most_common(3)]
+    return f"; the nodes said: {'; '.join(said)}" if said else ""
 
 
 def _federated_evaluation(
