@@ -40,27 +40,28 @@ def _theta(seed: int, levels: int = 5, shape=(30, 40)) -> dict[str, np.ndarray]:
     return {"w": values[rng.integers(0, levels, shape)], "b": values[rng.integers(0, levels, 7)]}
 
 
-def _mostly_the_same(theta: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+def _next_round(
+    base: dict[str, np.ndarray], seed: int, clients: int = 10
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """θ of a round whose ``clients`` masks were drawn from the kept ``base``, and its counts."""
     rng = np.random.default_rng(seed)
-    changed = _theta(seed + 100)
-    return {k: np.where(rng.random(v.shape) < 0.8, v, changed[k]) for k, v in theta.items()}
+    counts = {k: rng.binomial(clients, v / 65536.0) for k, v in base.items()}
+    theta = {k: quantize_prior(0.01 + 0.98 * c / clients) for k, c in counts.items()}
+    return theta, counts
 
 
-def test_self_contained_theta_round_trips_bit_for_bit() -> None:
-    theta = _theta(0)
-    decoded = theta_codec.decode(theta_codec.encode(theta))
-    assert list(decoded) == list(theta)
-    for name in theta:
-        assert decoded[name].dtype == np.uint16
-        np.testing.assert_array_equal(decoded[name], theta[name])
-
-
-def test_delta_theta_round_trips_from_the_kept_base_and_is_smaller() -> None:
-    base = _theta(1)
-    theta = _mostly_the_same(base, 2)
+def _delta_message(clients: int = 10):
+    base, _ = _next_round(_theta(1), 1, clients)
+    theta, counts = _next_round(base, 2, clients)
     own = theta_codec.encode(theta)
-    delta = theta_codec.encode_delta(theta, (4, base), own)
+    delta = theta_codec.encode_delta(theta, (4, base), own, (clients, counts))
     assert delta is not None
+    return base, theta, own, delta
+
+
+@pytest.mark.parametrize("clients", [3, 10, 100, 500])
+def test_delta_theta_round_trips_from_the_kept_base_and_is_smaller(clients: int) -> None:
+    base, theta, own, delta = _delta_message(clients)
     message = own | delta
     for name, value in theta_codec.decode(message, (4, base)).items():
         np.testing.assert_array_equal(value, theta[name])
@@ -73,11 +74,8 @@ def test_delta_theta_round_trips_from_the_kept_base_and_is_smaller() -> None:
 
 
 def test_delta_alone_needs_the_right_base() -> None:
-    base = _theta(1)
-    theta = _mostly_the_same(base, 2)
-    own = theta_codec.encode(theta)
-    delta_only = {k: v for k, v in own.items() if k not in theta_codec.SELF_CONTAINED}
-    delta_only |= theta_codec.encode_delta(theta, (4, base), own)
+    base, _, own, delta = _delta_message()
+    delta_only = {k: v for k, v in own.items() if k not in theta_codec.SELF_CONTAINED} | delta
     for held in (None, (3, base)):
         with pytest.raises(theta_codec.DownlinkError, match="round 4"):
             theta_codec.decode(delta_only, held)
@@ -86,11 +84,36 @@ def test_delta_alone_needs_the_right_base() -> None:
         theta_codec.decode(delta_only, (4, other))
 
 
-def test_a_delta_that_would_not_pay_is_not_sent() -> None:
-    theta = _theta(0)
-    rng = np.random.default_rng(0)
-    many_values = {k: rng.integers(1, 65535, v.shape).astype(np.uint16) for k, v in theta.items()}
-    assert theta_codec.encode_delta(theta, (1, many_values), theta_codec.encode(theta)) is None
+def test_no_delta_without_counts_that_name_the_levels() -> None:
+    base, _ = _next_round(_theta(1), 1)
+    theta, counts = _next_round(base, 2)
+    own = theta_codec.encode(theta)
+    shuffled = {k: np.random.default_rng(0).permutation(c) for k, c in counts.items()}
+    assert theta_codec.encode_delta(theta, (1, base), own, (10, shuffled)) is None
+    assert theta_codec.encode_delta(theta, (1, base), own, (1 << 16, counts)) is None
+    assert theta_codec.encode_delta(theta, (1, base), own, (10, counts)) is not None
+
+
+@pytest.mark.parametrize(
+    "damage", ["words", "trials", "spread", "level counts", "level shape", "scalar shape"]
+)
+def test_a_damaged_delta_theta_is_a_downlink_error(damage: str) -> None:
+    base, _, own, delta = _delta_message()
+    coded = {k: v for k, v in own.items() if k not in theta_codec.SELF_CONTAINED} | delta
+    if damage == "words":
+        coded[theta_codec.DELTA_WORDS] = coded[theta_codec.DELTA_WORDS][:-3]
+    elif damage == "trials":
+        coded[theta_codec.TRIALS] = np.array([0], np.int64)
+    elif damage == "spread":
+        coded[theta_codec.SPREAD] = np.array([7], np.int64)
+    elif damage == "level counts":
+        coded[theta_codec.LEVEL_COUNTS] = coded[theta_codec.LEVEL_COUNTS][::-1].copy()
+    elif damage == "level shape":
+        coded[theta_codec.LEVEL_COUNTS] = coded[theta_codec.LEVEL_COUNTS][:-1]
+    else:
+        coded[theta_codec.TRIALS] = np.array([10, 10], np.int64)
+    with pytest.raises(theta_codec.DownlinkError):
+        theta_codec.decode(coded, (4, base))
 
 
 @pytest.mark.parametrize("damage", ["words", "counts", "crc", "levels", "shape"])

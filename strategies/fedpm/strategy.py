@@ -132,6 +132,7 @@ class FedPM(MaskScores, FedSparseStrategy):
         self._holders: set[int] = set()
         self._prior: tuple[ArrayRecord | None, dict[str, np.ndarray]] = (None, {})
         self._mean_delta: dict[str, np.ndarray] | None = None
+        self._counts: tuple[int, dict[str, np.ndarray]] | None = None  # behind the last θ
         workers = self.decode_workers(params.decode_workers)
         ranged = params.uplink_coding == "range"  # the pool range-decodes; KLMS decodes in place
         self.pool = DecodePool(workers, self.shapes) if workers and ranged else None
@@ -226,8 +227,9 @@ class FedPM(MaskScores, FedSparseStrategy):
                 )
             elif self.downlink_coded and theta_codec.codable(self.prior(arrays)):
                 coded = theta_codec.encode(self.prior(arrays))
-                if delta:
-                    coded |= theta_codec.encode_delta(self.prior(arrays), self._base, coded) or {}
+                if delta and self._counts is not None:
+                    priors = self.prior(arrays)
+                    coded |= theta_codec.encode_delta(priors, self._base, coded, self._counts) or {}
                 encoded = to_array_record(coded)
             elif self.downlink_dtype is np.uint16:
                 encoded = to_array_record(self.prior(arrays))
@@ -282,6 +284,8 @@ class FedPM(MaskScores, FedSparseStrategy):
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
         counts: MaskCounts = self.running
         theta = self.posterior.update(server_round, *counts.result())
+        per_entry, clients = counts.result()
+        self._counts = (clients, dict(per_entry))  # θ's count model (theta_codec's delta)
         self._mean_delta = {k: v - counts.theta[k] for k, v in self.posterior.mean_clipped.items()}
         self._scores = {k: logit(v).astype(np.float32) for k, v in theta.items()}
         return to_array_record(self._scores)

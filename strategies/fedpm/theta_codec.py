@@ -3,17 +3,18 @@
 The server's θ is the Beta posterior's mode, a function of each entry's count of ones: with
 ``reset_period=1`` and n clients it takes at most n + 1 distinct uint16 values. So θ travels as
 those values (``levels``) and one index per entry, range-coded (``constriction``'s categorical
-model, probabilities from integer counts that travel with the stream, so both ends build the
-same model on any machine):
+model, its probabilities built from integers that travel with the stream, so both ends build
+the same model on any machine):
 
 * **self-contained**: indices coded with the histogram of this round's levels
   (≈ H(level) bits per entry);
 * **seed**: θ is the run's initial θ, which both ends regenerate from the run seed
   (:func:`strategies.fedpm.shared.seed_theta`): the stream is the seed, the shapes and the CRC
   (the first round's downlink);
-* **delta**: indices coded per context, the context being the entry's level in the θ of round
-  ``base`` that the client kept (≈ H(level_t | level_base) bits per entry); the table of
-  context × level counts travels with it.
+* **delta**: indices coded against the θ of round ``base`` that the client kept, each entry
+  under :mod:`strategies.fedpm.count_model`'s prediction of its count from its base value (a
+  binomial or beta-binomial over the round's n masks; ≈ the round's sampling noise in bits
+  per entry, whatever n): n, each level's count and the spread travel with it, no table.
 
 Every stream carries the CRC32 of θ, so a wrong base or a damaged stream never gives a wrong θ
 silently. A client's decoded θ is the server's uint16 θ bit for bit. ``DownlinkError`` says
@@ -28,12 +29,15 @@ from collections.abc import Callable, Mapping
 import constriction
 import numpy as np
 
+from strategies.fedpm import count_model
+
 LEVELS, COUNTS, WORDS, CRC = "theta.levels", "theta.counts", "theta.words", "theta.crc"
-BASE, TABLE, DELTA_WORDS = "theta.base", "theta.delta.counts", "theta.delta.words"
+BASE, DELTA_WORDS = "theta.base", "theta.delta.words"
+TRIALS, LEVEL_COUNTS, SPREAD = "theta.trials", "theta.level-counts", "theta.spread"
 SEED = "theta.seed"
 SHAPE_PREFIX = "theta.shape."
 SELF_CONTAINED = (COUNTS, WORDS)  # beside the shapes, CRC and levels every stream needs
-DELTA = (BASE, TABLE, DELTA_WORDS)
+DELTA = (BASE, TRIALS, LEVEL_COUNTS, SPREAD, DELTA_WORDS)
 MAX_LEVELS = 4096  # more distinct values than this: plain uint16 is as small
 Categorical = constriction.stream.model.Categorical
 RangeEncoder, RangeDecoder = (
@@ -83,34 +87,16 @@ def codable(priors: Mapping[str, np.ndarray]) -> bool:
     return np.unique(_flat(priors)).size <= MAX_LEVELS
 
 
-def encode(
-    priors: Mapping[str, np.ndarray],
-    base: tuple[int, Mapping[str, np.ndarray]] | None = None,
-) -> dict[str, np.ndarray]:
-    """The coded θ: shapes, CRC and the self-contained stream; with ``base`` = (round, θ kept
-    by the clients) the delta stream instead of the self-contained one."""
-    flat = _flat(priors)
-    levels, index = np.unique(flat, return_inverse=True)
+def encode(priors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The coded θ: shapes, CRC, levels and the self-contained stream (indices coded with the
+    histogram of the levels)."""
+    levels, index = np.unique(_flat(priors), return_inverse=True)
     arrays = _header(priors)
     arrays[LEVELS] = levels
-    index = index.astype(np.int32)
-    if base is None:
-        counts = np.bincount(index, minlength=levels.size).astype(np.uint32)
-        encoder = RangeEncoder()
-        encoder.encode(index, _model(counts))
-        arrays[COUNTS], arrays[WORDS] = counts, encoder.get_compressed()
-        return arrays
-    base_round, base_priors = base
-    context, contexts = _contexts(_flat(base_priors))
-    table = np.zeros((contexts, levels.size), np.uint32)
-    np.add.at(table, (context, index), 1)
+    counts = np.bincount(index, minlength=levels.size).astype(np.uint32)
     encoder = RangeEncoder()
-    for c in range(contexts):
-        symbols = index[context == c]
-        if symbols.size:
-            encoder.encode(symbols, _model(table[c]))
-    arrays[BASE] = np.array([base_round], np.int64)
-    arrays[TABLE], arrays[DELTA_WORDS] = table, encoder.get_compressed()
+    encoder.encode(index.astype(np.int32), _model(counts))
+    arrays[COUNTS], arrays[WORDS] = counts, encoder.get_compressed()
     return arrays
 
 
@@ -118,26 +104,50 @@ def encode_delta(
     priors: Mapping[str, np.ndarray],
     base: tuple[int, Mapping[str, np.ndarray]],
     own: Mapping[str, np.ndarray],
+    counts: tuple[int, Mapping[str, np.ndarray]],
 ) -> dict[str, np.ndarray] | None:
-    """The delta stream's arrays, or None when it would not be smaller than ``own``, the
-    self-contained encoding of ``priors`` (e.g. a base with many distinct values makes a
-    large table)."""
-    if not codable(base[1]):
+    """The delta stream's arrays for clients holding ``base`` = (round, θ they kept), given
+    ``counts`` = (n masks, each entry's count of ones) behind ``priors``; None when the counts
+    do not name θ's levels one to one (a posterior kept over rounds), are too many, or the
+    delta would not be smaller than ``own``, the self-contained encoding."""
+    trials, per_entry = counts
+    flat, count_flat = _flat(priors), np.concatenate([np.ravel(per_entry[k]) for k in priors])
+    levels, index = np.unique(flat, return_inverse=True)
+    level_counts = np.zeros(levels.size, np.int64)
+    level_counts[index] = count_flat
+    base_flat = _flat(base[1])
+    if (
+        not 1 <= trials <= count_model.MAX_TRIALS
+        or base_flat.size != flat.size
+        or not np.array_equal(level_counts[index], count_flat)
+        or level_counts.min() < 0
+        or level_counts.max() > trials
+    ):
         return None
-    delta = encode(priors, base)
+    context, u = count_model.contexts(base_flat)
+    joint = np.bincount(context * levels.size + index, minlength=u.size * levels.size)
+    spread, _ = count_model.best_spread(u, trials, level_counts, joint.reshape(u.size, levels.size))
+    weights = count_model.level_probabilities(u, trials, spread, level_counts)
+    order = np.argsort(context, kind="stable")  # entries grouped by context, in entry order
+    grouped = np.split(index[order].astype(np.int32), np.cumsum(np.bincount(context))[:-1])
+    encoder = RangeEncoder()
+    for c, symbols in enumerate(grouped):
+        if symbols.size:
+            encoder.encode(symbols, _model(weights[c]))
+    delta = {
+        BASE: np.array([base[0]], np.int64),
+        TRIALS: np.array([trials], np.int64),
+        LEVEL_COUNTS: level_counts.astype(np.uint16),
+        SPREAD: np.array([spread], np.int64),
+        DELTA_WORDS: encoder.get_compressed(),
+    }
     if _bytes(delta, DELTA) >= _bytes(own, SELF_CONTAINED):
         return None
-    return {k: delta[k] for k in DELTA}
+    return delta
 
 
 def _bytes(arrays: Mapping[str, np.ndarray], keys: tuple[str, ...]) -> int:
     return sum(arrays[k].nbytes for k in keys)
-
-
-def _contexts(base_flat: np.ndarray) -> tuple[np.ndarray, int]:
-    """Each entry's context: the index of its base value among the base's distinct values."""
-    values, context = np.unique(base_flat, return_inverse=True)
-    return context, values.size
 
 
 def decode(
@@ -219,19 +229,35 @@ def _decode_delta(
 ) -> np.ndarray:
     if base_flat.size != total:
         raise DownlinkError(f"base θ has {base_flat.size} entries, the stream {total}")
-    context, contexts = _contexts(base_flat)
-    table = np.asarray(arrays[TABLE])
-    if table.shape != (contexts, levels):
-        raise DownlinkError(f"delta table {table.shape}, expected {(contexts, levels)}")
-    sizes = np.bincount(context, minlength=contexts)
-    used = [c for c in range(contexts) if sizes[c]]
+    trials, spread = _scalar(arrays, TRIALS), _scalar(arrays, SPREAD)
+    level_counts = np.asarray(arrays[LEVEL_COUNTS]).astype(np.int64)
+    if not 1 <= trials <= count_model.MAX_TRIALS or spread not in count_model.SPREADS:
+        raise DownlinkError(
+            f"delta model: {trials} trials (1..{count_model.MAX_TRIALS}), spread {spread} "
+            f"(one of {count_model.SPREADS})"
+        )
+    if level_counts.shape != (levels,) or level_counts.max(initial=0) > trials:
+        raise DownlinkError(
+            f"delta model: level counts {level_counts.shape}, need ({levels},) within 0..{trials}"
+        )
+    context, u = count_model.contexts(base_flat)
+    weights = count_model.level_probabilities(u, trials, spread, level_counts)
+    sizes = np.bincount(context, minlength=u.size)
+    used = [c for c in range(u.size) if sizes[c]]
     symbols = _decode_symbols(
-        arrays[DELTA_WORDS], [table[c] for c in used], [int(sizes[c]) for c in used], levels
+        arrays[DELTA_WORDS], [weights[c] for c in used], [int(sizes[c]) for c in used], levels
     )
     index = np.empty(total, np.int64)
     order = np.argsort(context, kind="stable")  # entries grouped by context, in entry order
     index[order] = symbols
     return index
+
+
+def _scalar(arrays: Mapping[str, np.ndarray], key: str) -> int:
+    value = np.asarray(arrays[key])
+    if value.shape != (1,):
+        raise DownlinkError(f"{key} of shape {value.shape}, need (1,)")
+    return int(value[0])
 
 
 def _decode_symbols(
