@@ -3,6 +3,7 @@
     python benchmarks/fedpm_links.py                  # seed 0, IID and Dirichlet, 30 rounds
     python benchmarks/fedpm_links.py --seeds 0,1,2 --rounds 30
     python benchmarks/fedpm_links.py --theta-cohorts 10,100,500   # the θ downlink vs cohort size
+    python benchmarks/fedpm_links.py --cohort-runs 100 --rounds 10  # and in a real run
 
 The fedpm_vs_dense setting (mnist5k cnn, 10 clients all every round, 3 local epochs at batch
 128, Adam 0.1 on the scores), in process (no Ray), one folder per run under ``--runs``;
@@ -17,6 +18,8 @@ clients' q = σ(logit θ_{t−1} + g + ξ_k) (g a per-entry drift kept over the 
 ξ_k each client's own), one mask each, the FedPM posterior (reset every round) and the uint16 θ
 the server sends, exactly as the strategy computes it; every option measured on those θ.
 Stored in ``results/fedpm_links_theta.json`` and shown in ``fedpm_links.md``.
+``--cohort-runs K,...``: real runs with K clients, all K every round (IID, so every client has
+data), range-coded uplink, and their measured downlink per round.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from strategies.fedpm.shared import logit, seed_theta, sigmoid  # noqa: E402
 CODINGS = ("range", "klms")
 FEDAVG_BPP = 64.0  # float32 both ways
 THETA_FILE = "fedpm_links_theta.json"
+SECTION_START = "<!-- clients-per-round sections: fedpm_links.py --theta-cohorts, --cohort-runs -->"
+SECTION_END = "<!-- end of the clients-per-round sections -->"
 
 
 def planned(args: argparse.Namespace) -> list[tuple[Path, list[str]]]:
@@ -85,6 +90,76 @@ def row(run: Path) -> dict:
         "train": statistics.fmean(r["client_train_s"] / r["clients"] for r in rows),
         "decode": statistics.fmean(r["fedpm_decode_s"] / r["clients"] for r in rows),
     }
+
+
+def cohort_runs(args: argparse.Namespace) -> list[tuple[Path, list[str]]]:
+    """Real runs with every one of K clients sampled every round (so all hold last round's θ)."""
+    common = [s for s in SETTING if not s.startswith(("engine.", "num_clients", "clients_per"))]
+    return [
+        (
+            args.runs / f"fedpm-range_cohort{k}_seed0",
+            [
+                "strategy=fedpm",
+                "strategy.uplink_coding=range",
+                "partition=iid",
+                f"num_clients={k}",
+                f"clients_per_round={k}",
+                "seed=0",
+                "model=cnn",
+                *common,
+            ],
+        )
+        for k in (args.cohort_runs or "").split(",")
+        if k
+    ]
+
+
+def cohort_report(args: argparse.Namespace) -> list[str]:
+    """Measured downlink bpp per round of the cohort runs found."""
+    lines = []
+    for run in sorted(args.runs.glob("fedpm-range_cohort*_seed0")):
+        if not (run / "summary.json").exists():
+            continue
+        rows = read_metrics(run)
+        later = [r["downlink_bpp"] for r in rows[1:]]
+        lines.append(
+            f"| {rows[0]['clients']} | {len(rows)} | {rows[0]['downlink_bpp']:.3f} | "
+            f"{statistics.fmean(later):.3f} | {max(later):.3f} | "
+            f"{statistics.fmean(r['fedpm_bpp_wire'] for r in rows):.3f} | "
+            f"{rows[-1]['accuracy']:.4f} |"
+        )
+    if not lines:
+        return []
+    return [
+        "",
+        "## Real runs, every client every round (measured bytes)",
+        "",
+        "`python benchmarks/fedpm_links.py --cohort-runs K --rounds R`: mnist5k cnn, IID, K "
+        "clients all sampled every round, 3 local epochs at batch 128, range-coded uplink, "
+        "`federated_eval=false` (clients train on all their images), seed 0.",
+        "",
+        "| clients a round | rounds | downlink bpp round 1 | rounds 2+ mean | rounds 2+ max | "
+        "uplink bpp | final acc |",
+        "|---|---|---|---|---|---|---|",
+        *lines,
+    ]
+
+
+def cohort_sections(args: argparse.Namespace) -> list[str]:
+    """The clients-per-round sections: the simulated θ table and the real cohort runs."""
+    return [*theta_report(args.results / THETA_FILE), *cohort_report(args)]
+
+
+def update_cohort_sections(args: argparse.Namespace) -> str:
+    """``fedpm_links.md`` with only its clients-per-round sections rewritten (the rest of the
+    page, runs no longer on disk included, kept as it is)."""
+    path = args.results / "fedpm_links.md"
+    text = path.read_text() if path.exists() else ""
+    section = "\n".join([SECTION_START, *cohort_sections(args), SECTION_END])
+    if SECTION_START in text and SECTION_END in text:
+        head, rest = text.split(SECTION_START, 1)
+        return head + section + rest.split(SECTION_END, 1)[1]
+    return text.rstrip("\n") + "\n\n" + section + "\n"
 
 
 def report(args: argparse.Namespace) -> str:
@@ -146,7 +221,7 @@ def report(args: argparse.Namespace) -> str:
             lines.append(
                 f"| {partition} | {coding} | {len(runs)} | {' | '.join(cells)} | {versus} |"
             )
-    lines += theta_report(args.results / THETA_FILE)
+    lines += [SECTION_START, *cohort_sections(args), SECTION_END]
     return "\n".join(lines) + "\n"
 
 
@@ -277,6 +352,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--theta-cohorts", help="clients a round, e.g. 10,100,500")
+    parser.add_argument("--cohort-runs", help="real runs with K clients a round, e.g. 100")
     parser.add_argument("--theta-rounds", type=int, default=10)
     parser.add_argument("--theta-drift", type=float, default=0.1)
     args = parser.parse_args()
@@ -300,9 +376,14 @@ def main() -> None:
         }
         args.results.mkdir(parents=True, exist_ok=True)
         (args.results / THETA_FILE).write_text(json.dumps(sweep, indent=1))
-    elif not args.report_only:
-        run_missing_in_process(planned(args), args.rounds)
-    text = report(args)
+    if args.cohort_runs:
+        run_missing_in_process(cohort_runs(args), args.rounds)
+    if args.theta_cohorts or args.cohort_runs:
+        text = update_cohort_sections(args)
+    else:
+        if not args.report_only:
+            run_missing_in_process(planned(args), args.rounds)
+        text = report(args)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "fedpm_links.md").write_text(text)
     print(text, end="")
