@@ -8,10 +8,13 @@ v − (1 − β₂)·Δ²·sign(v − Δ²); Adagrad: v + Δ²), then x ← x + 
 This is the paper's Algorithm 2 as written, without Adam's bias correction: m starts at 0 and
 v at τ² (the paper asks v₋₁ ≥ τ²). Why: the paper's tuned η and τ are for this form, and the
 three variants then differ in v's update alone. (Flower's FedAdam divides by bias-correction
-terms, so its numbers differ from these.) Only the parameters step; buffers (BatchNorm
-statistics) take the mean. The moments are float64, 16 bytes a parameter on the server,
-checkpointed by ``state_dict``, so a resumed run equals the uninterrupted one. Nodes still
-reduce their cohorts: the step starts from FedAvg's weighted mean.
+terms, so its numbers differ from these.) A first step moves every parameter by about η, so
+η = 0.01 by default: on digits (6 clients, 10 rounds) Flower's η = 0.1 kept FedAdam at chance
+for 2 rounds and FedAdagrad for 5 (η = 0.01: 0.85 and 0.87 after 10 rounds, FedAvg 0.89).
+Only the parameters step; buffers (BatchNorm statistics) take the mean. The moments are
+float64, 16 bytes a parameter on the server, checkpointed by ``state_dict``, so a resumed run
+equals the uninterrupted one. Nodes still reduce their cohorts: the step starts from FedAvg's
+weighted mean.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from strategies.api import (
 class FedOptParams(Params):
     """The server's learning rate η, momentum β₁ and adaptivity τ (FedAdagrad's)."""
 
-    eta: float = 0.1
+    eta: float = 0.01
     beta_1: float = 0.0
     tau: float = 1e-3
 
@@ -56,7 +59,6 @@ class FedOptParams(Params):
 class FedAdamParams(FedOptParams):
     """FedAdagrad's, with momentum on and v's decay β₂ (FedAdam's and FedYogi's)."""
 
-    eta: float = 0.01
     beta_1: float = 0.9
     beta_2: float = 0.99
 
