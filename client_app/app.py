@@ -25,12 +25,13 @@ from client_app.allocator import keep_freed_memory
 from client_app.batchnorm import keep_local_batchnorm, restore_local_batchnorm
 from client_app.census import CENSUS, node_census
 from client_app.faults import InjectedFault, corrupt_reply, plan_faults
-from client_app.state_files import client_state
+from client_app.state_files import client_states, lost_version
 from data.datasets import ArrayDataset, DataNotFoundError
 from data.device import device_data
 from data.federated import DataSpec, client_data
 from models.training import TensorData, evaluate, resolve_device, round_seed, seed_torch
 from strategies.core.client import ClientAlgorithm, ClientContext
+from strategies.core.client_state import LOST_METRIC
 from strategies.core.cohort import QUERY_CONFIG, hosted_clients
 from strategies.core.job import ClientJob, DataInfo
 from strategies.core.reduction import CohortReducer
@@ -241,6 +242,9 @@ def _train_one(
     metrics = MetricRecord(
         {"num-examples": len(train), "train-loss": trained.loss, "train-s": trained_at - started}
     )
+    lost = lost_version(ctx.state)
+    if lost is not None:  # the server names it in one line
+        metrics[LOST_METRIC] = lost
     extra = records.pop(METRICS, None)
     if isinstance(extra, MetricRecord):
         metrics.update(extra)
@@ -281,9 +285,7 @@ def train(msg: Message, context: Context) -> Message:
     Under cohort reduction each client's reply is checked and added as soon as it is made, so
     the node holds one partial sum, not one update per client."""
     job, device = _prepare(msg, context)
-    states = {
-        c: client_state(context.state, c, job.state_dir, context.run_id) for c in job.client_ids
-    }
+    states = client_states(context.state, job, context.run_id, training=True)
     reducer = _reducer(job, msg)
     per_client: dict[int, dict[str, Record]] = {}
     contexts = client_contexts(msg.content, job, states, device)
@@ -305,9 +307,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     job, device = _prepare(msg, context)
     algorithm = strategies.get_algorithm(job.algorithm).client()
     per_client: dict[int, dict[str, Record]] = {}
-    states = {
-        c: client_state(context.state, c, job.state_dir, context.run_id) for c in job.client_ids
-    }
+    states = client_states(context.state, job, context.run_id, training=False)
     for client_id, ctx in client_contexts(msg.content, job, states, device).items():
         model = _receive(algorithm, ctx)
         _, test = _client_tensors(

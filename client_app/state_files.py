@@ -16,19 +16,38 @@ state refers to, and that one goes only once the whole message has succeeded
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
 import uuid
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import quote, unquote
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common.constant import SType
 
+from strategies.core.client_state import (
+    ContextStore,
+    KeptState,
+    RecordStore,
+    Versions,
+    decode_versions,
+    encode_versions,
+    kept_state,
+)
+from strategies.core.job import ClientJob
 from strategies.core.wire import ClientState, Record
-from strategies.numeric.arrays import npy_parts, npy_values, to_numpy
+from strategies.numeric.arrays import (
+    npy_parts,
+    npy_values,
+    to_array_record,
+    to_numpy,
+    to_numpy_dict,
+)
 
 FILE_KEY = "state-file"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -173,13 +192,15 @@ def _array(
     return Array(dtype=dtype, shape=shape, stype=stype, data=data[offset : offset + size])
 
 
-def _create(path: Path) -> BinaryIO:
-    """``path`` opened for writing, its folder made on the first write (not a mkdir per write)."""
+def _create(path: Path, overwrite: bool = False) -> BinaryIO:
+    """``path`` opened for writing (a new file unless ``overwrite``), its folder made on the
+    first write (not a mkdir per write)."""
+    mode = "wb" if overwrite else "xb"
     try:
-        return path.open("xb")
+        return path.open(mode)
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return path.open("xb")
+        return path.open(mode)
 
 
 def _file_of(record: Record | None) -> str | None:
@@ -195,3 +216,128 @@ def client_state(
     if directory:
         return FileClientState(node_state, client_id, directory, run_id)
     return ClientState(node_state, client_id)
+
+
+ARRAYS_SUFFIX, RECORD_SUFFIX, INDEX_FILE = ".arrays", ".record", "index.json"
+_HEADER_LENGTH = 8  # bytes of the little-endian length of a kept arrays file's JSON header
+
+
+class FolderStore:
+    """A client's versioned records (:class:`~strategies.core.client_state.KeptState`) in its own
+    folder on the node, which outlives the run's process: each record one file, never read
+    while written (a version's records are written in its round and only read later), and an
+    index of the versions replaced atomically when a round's version is committed."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _path(self, key: str, suffix: str) -> Path:
+        return self.folder / (quote(key, safe="") + suffix)
+
+    def read_index(self) -> Versions:
+        try:
+            return decode_versions((self.folder / INDEX_FILE).read_text())
+        except FileNotFoundError:
+            return {}
+
+    def write_index(self, versions: Versions) -> None:
+        path = self.folder / INDEX_FILE
+        temporary = path.with_name(f"{INDEX_FILE}.{uuid.uuid4().hex}.tmp")
+        with _create(temporary) as file:
+            file.write(encode_versions(versions).encode())
+        os.replace(temporary, path)
+
+    def get(self, key: str) -> Record | None:
+        arrays = self.get_arrays(key)
+        if arrays is not None:
+            return to_array_record(arrays)
+        try:
+            stored = json.loads(self._path(key, RECORD_SUFFIX).read_text())
+        except FileNotFoundError:
+            return None
+        kind = ConfigRecord if stored["kind"] == "config" else MetricRecord
+        return kind(stored["values"])
+
+    def get_arrays(self, key: str) -> dict[str, np.ndarray] | None:
+        try:
+            data = self._path(key, ARRAYS_SUFFIX).read_bytes()
+        except FileNotFoundError:
+            return None
+        length = int.from_bytes(data[:_HEADER_LENGTH], "little")
+        header = json.loads(data[_HEADER_LENGTH : _HEADER_LENGTH + length])
+        offset, arrays = _HEADER_LENGTH + length, {}
+        for name, dtype, shape, size in zip(
+            header["names"], header["dtypes"], header["shapes"], header["sizes"], strict=True
+        ):
+            arrays[name] = npy_values(data, dtype, tuple(shape), offset, size)
+            offset += size
+        return arrays
+
+    def put(self, key: str, record: Record) -> None:
+        if isinstance(record, ArrayRecord):
+            self.put_arrays(key, to_numpy_dict(record))
+            return
+        kind = "config" if isinstance(record, ConfigRecord) else "metrics"
+        values = dict(record.items())
+        if any(isinstance(v, bytes) for v in values.values()):
+            raise TypeError(f"client state {key!r}: bytes values cannot be kept; use arrays")
+        with _create(self._path(key, RECORD_SUFFIX), overwrite=True) as file:
+            file.write(json.dumps({"kind": kind, "values": values}).encode())
+
+    def put_arrays(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:
+        parts = []
+        for name, values in arrays.items():
+            if values.dtype.hasobject:
+                raise ValueError(f"client state {key!r}: {name!r} is an object array")
+            parts.append((name, *npy_parts(values)))
+        header = json.dumps(
+            {
+                "names": [name for name, *_ in parts],
+                "dtypes": [values.dtype.str for *_, values in parts],
+                "shapes": [list(values.shape) for *_, values in parts],
+                "sizes": [len(head) + values.nbytes for _, head, values in parts],
+            }
+        ).encode()
+        with _create(self._path(key, ARRAYS_SUFFIX), overwrite=True) as file:
+            file.write(len(header).to_bytes(_HEADER_LENGTH, "little"))
+            file.write(header)
+            for _, head, values in parts:
+                file.write(head)
+                file.write(values)
+
+    def remove(self, key: str) -> None:
+        for suffix in (ARRAYS_SUFFIX, RECORD_SUFFIX):
+            self._path(key, suffix).unlink(missing_ok=True)
+
+    def held(self) -> set[str]:
+        if not self.folder.is_dir():
+            return set()
+        return {
+            unquote(path.name.removesuffix(suffix))
+            for suffix in (ARRAYS_SUFFIX, RECORD_SUFFIX)
+            for path in self.folder.glob("*" + suffix)
+        }
+
+
+def client_states(
+    node_state: RecordDict, job: ClientJob, run_id: int, training: bool
+) -> dict[int, ClientState]:
+    """Each client's state for one message of ``job``: versioned (:class:`KeptState`, in its
+    folder under ``job.state_dir`` or in Flower's context) when the job names the versions its
+    clients keep, else :func:`client_state`. Only training writes."""
+    if not job.state_rounds:
+        return {c: client_state(node_state, c, job.state_dir, run_id) for c in job.client_ids}
+    states: dict[int, ClientState] = {}
+    for position, client_id in enumerate(job.client_ids):
+        store: RecordStore = (
+            FolderStore(Path(job.state_dir) / f"client-{client_id}")
+            if job.state_dir
+            else ContextStore(node_state, client_id)
+        )
+        states[client_id] = kept_state(job, position, store, writable=training)
+    return states
+
+
+def lost_version(state: ClientState) -> int | None:
+    """The round of the kept version a client no longer had (None: it had it, or keeps none)."""
+    return state.lost if isinstance(state, KeptState) else None

@@ -137,9 +137,10 @@ def client_state_folder(cfg: DictConfig, run_dir: Path) -> Iterator[DictConfig]:
     """``cfg`` with ``engine.client_state_dir=auto`` resolved for a Ray simulation.
 
     On a private local Ray every actor shares this machine's disk: ``<run_dir>/client-state``,
-    emptied at the start (a resumed run starts its clients afresh) and removed when the run
-    ends. On a Ray cluster workers on other machines would not see it, so client state stays in
-    Flower's context (null). Any other value is used as given.
+    emptied when a run starts afresh and kept afterwards, like the checkpoint: a resumed run's
+    clients continue from the state it names (``strategies.core.client_state``). On a Ray
+    cluster workers on other machines would not see it, so client state stays in Flower's
+    context (null). Any other value is used as given.
     """
     if cfg.engine.get("client_state_dir") != AUTO:
         yield cfg
@@ -148,12 +149,8 @@ def client_state_folder(cfg: DictConfig, run_dir: Path) -> Iterator[DictConfig]:
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     resolved.engine.client_state_dir = None if folder is None else str(folder)
     log.info("engine.client_state_dir=auto: client state in %s", folder or "Flower's context")
-    if folder is None:
-        yield resolved
-        return
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    try:
-        yield resolved
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    if folder is not None:
+        if not cfg.resume:
+            shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+    yield resolved

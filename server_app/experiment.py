@@ -163,7 +163,7 @@ def _restore(
     if checkpoint is None:
         return initial_arrays(cfg), 1, 0.0, ""
     note = rounds_note(run_dir, cfg.num_rounds)
-    strategy.load_state_dict(checkpoint.strategy_state)
+    strategy.restore_checkpoint_state(checkpoint.strategy_state)
     monitor.load_state_dict(checkpoint.monitor_state)
     log.info("resuming %s after round %d", run_dir, checkpoint.round)
     return checkpoint.arrays, checkpoint.round + 1, checkpoint.wall_s, note
@@ -270,7 +270,7 @@ def _round(
     with clock.measure("record_wait"):
         clock.add("write", recorder.wait())
     with clock.measure("snapshot"):
-        state = snapshot(server_round, frozen, strategy.state_dict(), monitor.state_dict())
+        state = snapshot(server_round, frozen, strategy.checkpoint_state(), monitor.state_dict())
     note = strategy.progress(row) if row["clients"] else ""
     row["round_s"] = time.perf_counter() - start
     row[PHASES] = clock.seconds

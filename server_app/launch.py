@@ -19,7 +19,6 @@ from server_app import interrupts
 from server_app.checkpoint import CheckpointError
 from server_app.engine import (
     actor_pool_size,
-    auto_state_folder,
     client_state_folder,
     server_threads,
     start_ray,
@@ -70,9 +69,6 @@ def run_simulation(cfg: DictConfig, run_dir: Path, sweep: Path | None = None) ->
             cfg.engine.clients_per_node,
             cohorts_unreduced_because(cfg),
         )
-    scratch = auto_state_folder(cfg, run_dir)
-    if scratch is not None:
-        interrupts.RUN.scratch.append(scratch)
     # after ray.init, which sets its own SIGTERM handler (a sys.exit that Flower's threads outlive)
     interrupts.install()
     with client_state_folder(cfg, run_dir) as cfg:

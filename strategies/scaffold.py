@@ -1,29 +1,29 @@
 """SCAFFOLD (Karimireddy et al., ICML 2020): control variates correct each client's drift.
 
-The server keeps a control variate c, each client i its own cᵢ (in its client state). A
-client starts from the global model x, adds c − cᵢ to every gradient before each step, and
-after K steps of learning rate η sets cᵢ⁺ = cᵢ − c + (x − yᵢ)/(K·η) (the paper's option II);
-it sends its trained weights yᵢ and Δcᵢ = cᵢ⁺ − cᵢ. The server averages the weights as FedAvg
-does (global step 1) and sets c ← c + (1/N)·Σᵢ Δcᵢ over the replies, N being every client.
+The server keeps a control variate c, each client i its own cᵢ (in its kept state). A client
+starts from the global model x, adds c − cᵢ to every gradient before each step, and after K
+steps of learning rate η sets cᵢ⁺ = cᵢ − c + (x − yᵢ)/(K·η) (the paper's option II); it sends
+its trained weights yᵢ and Δcᵢ = cᵢ⁺ − cᵢ. The server averages the weights as FedAvg does
+(global step 1) and sets c ← c + (1/N)·Σᵢ Δcᵢ over the replies, N being every client.
 
-The server mirrors each client's cᵢ (as cᵢ + Δcᵢ, the same float32 sum the client keeps) so
-that a checkpoint holds them: a resumed run, whose clients start with empty state, sends each
-client its cᵢ once, as it does after a reply of that client was lost. Every other round a
-client gets only the round its cᵢ is from, and trains with the one it kept.
+Both are sums over clients, so nodes hosting several clients add their replies up before they
+travel. cᵢ lives only on the client: the engine keeps it consistent with c (a dropped reply
+or a resume rolls it back to the round the server's c last added, see
+``strategies.core.client_state``), and the server holds nothing per client.
 """
 
 from __future__ import annotations
 
-from functools import cached_property
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MessageType, RecordDict
+from flwr.app import ArrayRecord, MessageType, RecordDict
 from torch import nn
 
 from strategies.api import (
-    ARRAYS,
     Algorithm,
     ClientAlgorithm,
     ClientContext,
@@ -35,35 +35,88 @@ from strategies.api import (
     to_array_record,
     to_numpy_dict,
 )
+from strategies.core.job import ClientJob
 from strategies.core.registry import parameter_shapes
 from strategies.core.validation import arrays_like, require_record
 from strategies.core.wire import Record
-from strategies.numeric.arrays import l2_norm
+from strategies.fedavg import Decoded, WeightedArrays
 from strategies.numeric.weighted_sum import WeightedSum, cast_like
 
 CONTROL = "scaffold-c"  # downlink, shared: the server's c
-CLIENT_CONTROL = "scaffold-ci"  # downlink to one client when it must resync; its client state
-CONTROL_ROUND = "scaffold-ci-round"  # downlink per client and client state: cᵢ's round (-1: 0)
+CLIENT_CONTROL = "scaffold-ci"  # kept state: the client's cᵢ
 CONTROL_DELTA = "scaffold-dc"  # uplink: Δcᵢ
+WEIGHTS, DELTAS = "y:", "dc:"  # the two sums of a reduced cohort's partial
+
+
+@dataclass
+class Controlled:
+    """One client's reply decoded: its trained arrays and its Δcᵢ."""
+
+    arrays: Decoded
+    delta: dict[str, np.ndarray]
+
+
+class ControlledSums(WeightedArrays):
+    """FedAvg's Σ n_c·y_c, and Σ Δc_c (each client once), each Δc_c checked to hold one finite
+    float32 array per parameter, shaped like it."""
+
+    def __init__(self, job: ClientJob, downlink: ArrayRecord) -> None:
+        super().__init__(job, downlink)
+        self.shapes = parameter_shapes(job)
+        self.control_template = to_array_record(
+            {name: np.zeros(shape, np.float32) for name, shape in self.shapes.items()}
+        )
+        self.deltas = WeightedSum()
+
+    def decode(self, update: ClientUpdate) -> Controlled:
+        received = require_record(update.records, CONTROL_DELTA, ArrayRecord)
+        return Controlled(super().decode(update), arrays_like(received, self.control_template))
+
+    def delta_norms(self, payload: Controlled) -> dict[str, float]:
+        return super().delta_norms(payload.arrays)
+
+    def add(self, update: ClientUpdate) -> None:
+        payload: Controlled = update.payload
+        self.deltas.add(payload.delta, 1)
+        update.payload = payload.arrays
+        super().add(update)
+
+    def partial(self) -> dict[str, np.ndarray]:
+        return {
+            **{WEIGHTS + n: v for n, v in super().partial().items()},
+            **{DELTAS + n: v for n, v in self.deltas.partial().items()},
+        }
+
+    def layout(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        float64 = np.dtype(np.float64)
+        return {
+            **{WEIGHTS + n: layout for n, layout in super().layout().items()},
+            **{DELTAS + n: (shape, float64) for n, shape in self.shapes.items()},
+        }
+
+    def merge(self, partial: Mapping[str, np.ndarray], weight: int) -> None:
+        super().merge(_part(partial, WEIGHTS), weight)
+        self.deltas.merge(_part(partial, DELTAS), 0)  # a sum over clients: no weight to divide
+
+    def result(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The weighted mean of the trained arrays and the sum of the Δcᵢ, in float64."""
+        return super().result(), self.deltas.partial()
+
+
+def _part(partial: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix) :]: v for k, v in partial.items() if k.startswith(prefix)}
 
 
 class Scaffold(FedSparseStrategy):
     """FedAvg's weighted mean of the trained weights, plus the server's control variate."""
 
     name = "scaffold"
-    unreduced_reason = "the server keeps every client's control variate from its own reply"
+    cohort_sum_type = ControlledSums
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.control = {n: np.zeros(s, np.float32) for n, s in self.shapes.items()}
-        self.client_controls: dict[int, tuple[int, dict[str, np.ndarray]]] = {}
-        self.unsynced: set[int] = set()  # clients whose cᵢ the server must send
-        self._asked: set[int] = set()
+        self.control = {n: np.zeros(s, np.float32) for n, s in parameter_shapes(self.job).items()}
         self._mean_delta: dict[str, np.ndarray] | None = None
-
-    @cached_property
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return parameter_shapes(self.job)
 
     def node_content(
         self, server_round: int, arrays: ArrayRecord, cohort: list[int], message_type: str
@@ -75,52 +128,15 @@ class Scaffold(FedSparseStrategy):
 
     def configure_train(self, server_round, arrays, config, grid):
         self._control_record = to_array_record(self.control)
-        self._base, self._asked = to_numpy_dict(arrays), set()
         return super().configure_train(server_round, arrays, config, grid)
 
-    def client_records(self, server_round: int, client_id: int) -> dict[str, Record]:
-        self._asked.add(client_id)
-        held_round, held = self.client_controls.get(client_id, (-1, None))
-        records: dict[str, Record] = {CONTROL_ROUND: ConfigRecord({"round": held_round})}
-        if held is not None and client_id in self.unsynced:
-            records[CLIENT_CONTROL] = to_array_record(held)
-        return records
-
-    def decode(self, update: ClientUpdate) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        arrays = arrays_like(
-            require_record(update.records, ARRAYS, ArrayRecord), self.global_arrays
-        )
-        delta = require_record(update.records, CONTROL_DELTA, ArrayRecord)
-        return arrays, arrays_like(delta, self._control_record)
-
-    def delta_norms(self, payload: tuple[dict[str, np.ndarray], Any]) -> dict[str, float]:
-        """‖yᵢ − x‖ per float array, for the layer monitor."""
-        base = self._base
-        return {n: l2_norm(y - base[n]) for n, y in payload[0].items() if y.dtype.kind == "f"}
-
-    def begin_aggregation(self, server_round: int) -> None:
-        self.server_round = server_round
-        self.weights, self.deltas = WeightedSum(), WeightedSum()
-
-    def fold(self, update: ClientUpdate) -> None:
-        arrays, delta = update.payload
-        self.weights.add(arrays, update.num_examples)
-        self.deltas.add(delta, 1)
-        _, held = self.client_controls.get(update.client_id, (-1, None))
-        kept = delta if held is None else {n: held[n] + delta[n] for n in delta}
-        self.client_controls[update.client_id] = (self.server_round, kept)
-        self.unsynced.discard(update.client_id)
-        update.release()
-
     def aggregate(self, server_round: int, updates: list[ClientUpdate]) -> ArrayRecord:
-        replied = {u.client_id for u in updates}
-        self.unsynced |= (self._asked - replied) & set(self.client_controls)
-        total = self.deltas.partial()
+        means, total = self.running.result()
         scale = 1.0 / self.num_clients
         self.control = {
             n: (c + scale * total[n]).astype(np.float32) for n, c in self.control.items()
         }
-        means, base = self.weights.mean(), self._base
+        base = to_numpy_dict(self.global_arrays)
         self._mean_delta = {n: m - base[n] for n, m in means.items() if base[n].dtype.kind == "f"}
         return to_array_record(cast_like(means, base))
 
@@ -128,30 +144,22 @@ class Scaffold(FedSparseStrategy):
         return self._mean_delta
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        state = {f"c/{n}": v for n, v in self.control.items()}
-        for client_id, (held_round, held) in self.client_controls.items():
-            state[f"ci-round/{client_id}"] = np.array(held_round)
-            state.update({f"ci/{client_id}/{n}": v for n, v in held.items()})
-        return state
+        return {f"c/{n}": v for n, v in self.control.items()}
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        self.control = {n: np.asarray(state[f"c/{n}"]) for n in self.shapes}
-        rounds = {
-            int(k.split("/")[1]): int(v) for k, v in state.items() if k.startswith("ci-round/")
-        }
-        self.client_controls = {
-            c: (r, {n: np.asarray(state[f"ci/{c}/{n}"]) for n in self.shapes})
-            for c, r in rounds.items()
-        }
-        self.unsynced = set(self.client_controls)  # their nodes lost the state a resume drops
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        self.control = {n: np.asarray(state[f"c/{n}"]) for n in self.control}
 
 
 class ScaffoldClient(ClientAlgorithm):
     """Trains with every gradient corrected by c − cᵢ, then sends yᵢ and Δcᵢ."""
 
+    keeps_state = True  # cᵢ
+
     def prepare(self, ctx: ClientContext, model: nn.Module, data: TensorData) -> None:
         self.control = to_numpy_dict(ctx.content[CONTROL])
-        self.own = held_control(ctx, self.control)
+        kept = ctx.state.get_arrays(CLIENT_CONTROL)  # None until a reply of it was accepted
+        zeros = {n: np.zeros_like(v) for n, v in self.control.items()}
+        self.own = zeros if kept is None else kept
         self.start = {n: p.detach().cpu().numpy().copy() for n, p in model.named_parameters()}
         self.correction = {
             n: torch.from_numpy(self.control[n] - self.own[n]).to(ctx.device) for n in self.control
@@ -172,28 +180,9 @@ class ScaffoldClient(ClientAlgorithm):
             for n, y in trained_params.items()
         }
         ctx.state.set_arrays(CLIENT_CONTROL, {n: self.own[n] + delta[n] for n in delta})
-        ctx.state.set(CONTROL_ROUND, ConfigRecord({"round": ctx.job.server_round}))
         records = super().reply(ctx, model, trained)
         records[CONTROL_DELTA] = to_array_record(delta)
         return records
-
-
-def held_control(ctx: ClientContext, control: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """This client's cᵢ: the one the server sent, the one it kept (when the server holds the
-    same round's), or zeros before its first accepted reply."""
-    sent = ctx.records.get(CLIENT_CONTROL)
-    if isinstance(sent, ArrayRecord):
-        return to_numpy_dict(sent)
-    expected = int(require_record(ctx.records, CONTROL_ROUND, ConfigRecord)["round"])
-    if expected < 0:
-        return {n: np.zeros_like(v) for n, v in control.items()}
-    kept = ctx.state.get(CONTROL_ROUND)
-    if not isinstance(kept, ConfigRecord) or int(kept["round"]) != expected:
-        raise RuntimeError(
-            f"client {ctx.client_id}: the server holds its control variate of round {expected}, "
-            f"the client {'none' if kept is None else 'that of round ' + str(kept['round'])}"
-        )
-    return ctx.state.get_arrays(CLIENT_CONTROL)
 
 
 register_algorithm(Algorithm("scaffold", Scaffold, ScaffoldClient))

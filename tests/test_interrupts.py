@@ -1,5 +1,6 @@
-"""Ctrl-C and SIGTERM at any moment of a run: one line, exit 128 + n, no traceback, Ray and the
-clients' scratch state gone, the last checkpoint intact, a second Ctrl-C leaves at once."""
+"""Ctrl-C and SIGTERM at any moment of a run: one line, exit 128 + n, no traceback, Ray gone,
+the last checkpoint intact (and the clients' state a resume continues from), a second Ctrl-C
+leaves at once."""
 
 from __future__ import annotations
 
@@ -136,7 +137,6 @@ def _assert_clean_stop(run_dir: Path, code: int, output: str, signum: int, seen:
     assert code == 128 + signum, output[-3000:]
     assert "Traceback" not in output and "ActorDiedError" not in output, output[-3000:]
     assert f"{signal.Signals(signum).name}: stopped" in output.strip().splitlines()[-1]
-    assert not (run_dir / "client-state").exists()
     if "stopped before the run started" in output:  # no empty run folder left behind (or the
         # ServerApp's thread wrote config.yaml in the instant between the message and the check)
         assert not run_dir.exists() or (run_dir / "config.yaml").exists(), output[-3000:]

@@ -37,6 +37,8 @@ def _job(**changes) -> ClientJob:
         state_dir="/srv/fedsparse/state",
         server_round=5,
         client_ids=(3, 4, 5),
+        state_rounds=(4, -1, 2),
+        state_floors=(1, -1, 2),
         params={"beta": 0.25, "rank": 4, "enabled": True, "mode": "topk"},
     )
     values.update(changes)
@@ -68,9 +70,12 @@ def test_every_field_but_params_is_on_the_wire() -> None:
 
 
 def test_empty_strings_are_not_sent_and_come_back_empty() -> None:
-    job = _job(dataset_root="", state_dir="", params={}, client_ids=())
+    job = _job(
+        dataset_root="", state_dir="", params={}, client_ids=(), state_rounds=(), state_floors=()
+    )
     record = job.to_record()
     assert "dataset_root" not in record and "state_dir" not in record
+    assert "state_rounds" not in record and "state_floors" not in record  # clients keep no state
     assert record["client_ids"] == []
     assert not any(k.startswith(STRATEGY_PREFIX) for k in record)
     # Countable once addressed: Flower cannot count the bytes of an empty string.

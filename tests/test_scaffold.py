@@ -1,5 +1,5 @@
-"""SCAFFOLD: its first round is FedAvg's, c stays the mean of the cᵢ, client drift shrinks, and
-a run resumed, or one that lost replies, keeps the clients' control variates exact."""
+"""SCAFFOLD: its first round is FedAvg's, c stays the mean of the cᵢ the clients keep (also when
+replies are dropped), and client drift shrinks. Its resume: tests/test_resume.py."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 
+from client_app.state_files import FolderStore
 from server_app.checkpoint import load_checkpoint
 from server_app.experiment import initial_arrays
 from server_app.inprocess import InProcessGrid
 from server_app.settings import build_strategy, compose_config, validate
+from strategies.core.client_state import NONE, ROUNDS_KEY, RUN_KEY, STATE_PREFIX, KeptState
 from strategies.core.cohort import ClientDirectory
 from strategies.core.update import ARRAYS
 from strategies.core.wire import unpack_clients
 from strategies.numeric.arrays import to_numpy_dict
+from strategies.scaffold import CLIENT_CONTROL
 from tests.runs import run_and_read
 
 RUN = [
@@ -47,15 +50,45 @@ def test_first_round_with_one_local_step_is_fedavg_bit_for_bit(tmp_path: Path) -
     assert scaffold[0]["uplink_bytes"] > fedavg[0]["uplink_bytes"]  # Δcᵢ beside the weights
 
 
-def test_with_every_client_c_is_the_mean_of_the_client_controls(tmp_path: Path) -> None:
-    run_and_read(["strategy=scaffold", *RUN, "clients_per_round=6", "num_rounds=3"], tmp_path)
-    state = _checkpoint(tmp_path).strategy_state
-    names = [k.removeprefix("c/") for k in state if k.startswith("c/")]
-    assert {int(state[f"ci-round/{c}"]) for c in range(6)} == {3}
-    for name in names:
-        mean = np.mean([state[f"ci/{c}/{name}"].astype(np.float64) for c in range(6)], axis=0)
+def _client_controls(run_dir: Path, state_dir: Path) -> list[dict[str, np.ndarray]]:
+    """Each client's cᵢ as the last checkpoint names it (zeros: none accepted yet), read from
+    its kept state on disk."""
+    state = _checkpoint(run_dir).strategy_state
+    rounds = state[STATE_PREFIX + ROUNDS_KEY][0]
+    folder = state_dir / f"run-{bytes(state[STATE_PREFIX + RUN_KEY]).decode()}"
+    zeros = {k.removeprefix("c/"): np.zeros_like(v) for k, v in state.items() if k[:2] == "c/"}
+    controls = []
+    for client_id, named in enumerate(rounds):
+        kept = KeptState(FolderStore(folder / f"client-{client_id}"), int(named), NONE, 0, False)
+        controls.append(kept.get_arrays(CLIENT_CONTROL) if named != NONE else zeros)
+    return controls
+
+
+def _c_is_the_mean_of_the_client_controls(run_dir: Path, state_dir: Path) -> None:
+    state = _checkpoint(run_dir).strategy_state
+    controls = _client_controls(run_dir, state_dir)
+    for name in controls[0]:
+        mean = np.mean([c[name].astype(np.float64) for c in controls], axis=0)
         np.testing.assert_allclose(state[f"c/{name}"], mean, rtol=1e-5, atol=1e-6)
         assert np.abs(state[f"c/{name}"]).max() > 0
+
+
+def test_with_every_client_c_is_the_mean_of_the_client_controls(tmp_path: Path) -> None:
+    """cᵢ lives on the clients only (nodes reduce their cohorts): c is still their mean."""
+    state_dir = tmp_path / "state"
+    rows = run_and_read(
+        [
+            "strategy=scaffold",
+            *(o for o in RUN if o != "engine.reduce_cohorts=false"),
+            "clients_per_round=6",
+            "num_rounds=3",
+            f"engine.client_state_dir={state_dir}",
+        ],
+        tmp_path / "run",
+    )
+    assert [r["clients"] for r in rows] == [6, 6, 6]
+    assert set(_checkpoint(tmp_path / "run").strategy_state[STATE_PREFIX + ROUNDS_KEY][0]) == {3}
+    _c_is_the_mean_of_the_client_controls(tmp_path / "run", state_dir)
 
 
 def _client_spread(strategy: str, rounds: int) -> list[float]:
@@ -98,22 +131,12 @@ def test_control_variates_reduce_client_drift_on_a_pathological_split() -> None:
     assert all(s < 0.85 * f for s, f in zip(scaffold[1:], fedavg[1:], strict=True))
 
 
-@pytest.mark.parametrize("strategy", ["scaffold", "fedprox"])
-def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path: Path, strategy: str) -> None:
-    """4 of 6 clients a round in cohorts of 2; the resumed leg's nodes start with empty state,
-    so SCAFFOLD sends each client its cᵢ once (more downlink bytes, the same numbers)."""
-    run = [f"strategy={strategy}", *RUN, "clients_per_round=4"]
-    straight = run_and_read([*run, "num_rounds=4"], tmp_path / "straight")
-    run_and_read([*run, "num_rounds=2"], tmp_path / "split")
-    resumed = run_and_read([*run, "num_rounds=4", "resume=true"], tmp_path / "split")
-    for key in ("accuracy", "loss", "train_loss", "uplink_bytes", "fed_accuracy", "failures"):
-        assert [r[key] for r in resumed] == [r[key] for r in straight], key
-    assert resumed[2]["downlink_bytes"] >= straight[2]["downlink_bytes"]
-
-
-def test_a_client_whose_reply_was_dropped_is_sent_its_control_variate(tmp_path: Path) -> None:
-    """A dropped reply leaves the client's kept cᵢ a round ahead of the server's copy: the
-    server sends its copy next time, so no client fails on a mismatch."""
+def test_a_client_whose_reply_was_dropped_rolls_its_control_variate_back(
+    tmp_path: Path,
+) -> None:
+    """A dropped reply leaves the client's newer cᵢ out of c: the client starts its next round
+    from the cᵢ the server's c added, so c stays the mean of the clients' cᵢ."""
+    state_dir = tmp_path / "state"
     rows = run_and_read(
         [
             "strategy=scaffold",
@@ -122,9 +145,11 @@ def test_a_client_whose_reply_was_dropped_is_sent_its_control_variate(tmp_path: 
             "num_rounds=4",
             "faults.corrupt_rate=0.3",
             "faults.corrupt_kind=non-finite",
+            f"engine.client_state_dir={state_dir}",
         ],
-        tmp_path,
+        tmp_path / "run",
     )
     assert sum(r["failures"] for r in rows) > 0
     assert all(r["failures"] == sum(r["rejected"].values()) for r in rows)  # no node failed
     assert [r["clients"] + r["failures"] for r in rows] == [6] * 4
+    _c_is_the_mean_of_the_client_controls(tmp_path / "run", state_dir)

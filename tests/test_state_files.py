@@ -183,13 +183,16 @@ def test_auto_is_in_the_run_dir_on_local_ray_and_the_context_on_a_cluster(tmp_pa
     cfg = compose_config(["engine.client_state_dir=auto"])
     validate(cfg)
     assert client_job(cfg).state_dir == ""  # in-process and deployment: the context
-    stale = tmp_path / "client-state" / "run-1" / "client-0"
-    stale.mkdir(parents=True)  # left by an interrupted run: a resumed run starts afresh
-    with client_state_folder(cfg, tmp_path) as local:
+    kept = tmp_path / "client-state" / "run-1" / "client-0"
+    kept.mkdir(parents=True)  # left by a stopped run: a resumed run continues from it
+    resumed = compose_config(["engine.client_state_dir=auto", "resume=true"])
+    with client_state_folder(resumed, tmp_path) as local:
         folder = Path(local.engine.client_state_dir)
         assert folder == tmp_path / "client-state" and client_job(local).state_dir == str(folder)
-        assert folder.is_dir() and not stale.exists()
-    assert not folder.exists()
+        assert kept.is_dir()
+    with client_state_folder(cfg, tmp_path):  # a fresh run starts its clients afresh
+        assert folder.is_dir() and not kept.exists()
+    assert folder.exists()  # kept, like the checkpoint, for a resume
     cluster = compose_config(["engine.client_state_dir=auto", "engine.ray_address=10.0.0.1:6379"])
     with client_state_folder(cluster, tmp_path) as resolved:
         assert resolved.engine.client_state_dir is None

@@ -158,6 +158,12 @@ def test_the_server_side_example_is_the_shipped_fedadam() -> None:
     assert _block(DEVELOPMENT, heading, "python", 1) == test
 
 
+def test_the_client_state_example_is_the_shipped_scaffold_client() -> None:
+    """The per-client-state example is SCAFFOLD's client half, verbatim."""
+    client = _function_source(REPO / "strategies" / "scaffold.py", "ScaffoldClient")
+    assert _block(DEVELOPMENT, "### Per-client state", "python") == client
+
+
 @pytest.mark.parametrize("module", ["fedprox.py", "fedopt.py"])
 def test_the_worked_examples_import_only_the_api(module: str) -> None:
     imports, _, _ = _code_facts(REPO / "strategies" / module)

@@ -10,7 +10,7 @@ The defaults are FedAvg's client: load the global arrays, train, send the traine
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 import torch
 from flwr.app import RecordDict
@@ -54,6 +54,12 @@ class ClientAlgorithm(Generic[P]):
     ``reply``; what must outlive the round goes to ``ctx.state``. Subclass it as
     ``ClientAlgorithm[MyParams]`` and its hooks' ``ctx.params`` is a ``MyParams``.
     """
+
+    keeps_state: ClassVar[bool] = False
+    """Whether the numbers depend on what this client keeps in ``ctx.state`` across rounds.
+    True: the engine versions it by round (``strategies.core.client_state``), so a dropped
+    reply or a resume rolls it back to what the server's aggregate saw. False: ``ctx.state``
+    is a cache the engine may lose at any restart (FedPM keeps its last θ there)."""
 
     def receive(self, ctx: ClientContext[P], model: nn.Module) -> None:
         """Load the downlink payload into ``model`` (default: the dense global arrays)."""

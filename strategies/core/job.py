@@ -67,6 +67,10 @@ class ClientJob:
     fault_slow_s: float = 0.0
     server_round: int = 0
     client_ids: tuple[int, ...] = ()
+    # per client of client_ids, the round of the state version it starts from and the oldest
+    # version it keeps (strategies.core.client_state; empty: its clients keep no state)
+    state_rounds: tuple[int, ...] = ()
+    state_floors: tuple[int, ...] = ()
     # the configured data set's description (empty: the client loads the data set to learn it)
     input_shape: tuple[int, ...] = ()
     num_classes: int = 0
@@ -129,6 +133,9 @@ class ClientJob:
                 flat.update({STRATEGY_PREFIX + k: v for k, v in value.items()})
             elif key == "client_ids":
                 flat[key] = list(value)
+            elif key in ("state_rounds", "state_floors"):
+                if value:  # Flower cannot count the bytes of an empty list
+                    flat[key] = list(value)
             elif key in DATA_INFO_KEYS:
                 if self.input_shape:  # an undescribed job sends none of them
                     flat[key] = list(value) if isinstance(value, tuple) else value

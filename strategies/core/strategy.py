@@ -25,6 +25,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from strategies.core.client_state import StateRounds, keeps_state, split_state
 from strategies.core.cohort import ClientDirectory
 from strategies.core.engine import (
     RoundEngine,
@@ -119,6 +120,12 @@ class FedSparseStrategy(Strategy, LayerView):
         reduces = reduces_cohorts(job, max_client_weight, self.node_sum())
         self.job = replace(job, reduce_cohorts=reduces)
         self.engine = RoundEngine(job.seed, directory, clients_per_round, max_client_weight)
+        self.client_state = (
+            StateRounds(job.num_clients, in_context=not job.state_dir)
+            if keeps_state(_client_keeps_state(job.algorithm), job)
+            else None
+        )
+        """Which version of its kept state each client starts from (None: clients keep none)."""
         self.running: CohortSum | None = None
         self.last_updates: list[ClientUpdate] = []
         self._global: ArrayRecord | None = None
@@ -189,6 +196,8 @@ class FedSparseStrategy(Strategy, LayerView):
             for update in updates:
                 self.fold(update)
         self.last_updates = updates
+        if self.client_state is not None:
+            self.client_state.accepted(server_round, updates)
         stats.add_training(updates)
         if len(updates) < self.min_replies:
             log.error(
@@ -271,6 +280,8 @@ class FedSparseStrategy(Strategy, LayerView):
             job = self.train_job(server_round, cohort)
         else:
             job = self.job.for_round(server_round, cohort)
+        if self.client_state is not None:
+            job = self.client_state.job_for(job)
         content[CONFIG] = job.to_record()
         return content
 
@@ -368,6 +379,21 @@ class FedSparseStrategy(Strategy, LayerView):
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore what :meth:`state_dict` saved."""
 
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """What a checkpoint keeps of the server: :meth:`state_dict`, and which version of its
+        kept state each client is at."""
+        state = self.state_dict()
+        if self.client_state is not None:
+            state = {**state, **self.client_state.state_dict()}
+        return state
+
+    def restore_checkpoint_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore what :meth:`checkpoint_state` saved."""
+        algorithm, clients = split_state(state)
+        self.load_state_dict(algorithm)
+        if self.client_state is not None:
+            self.client_state.load_state_dict(clients)
+
     # ----------------------------------------------------------------------- reporting
     def finish(self, run_dir: Path) -> dict[str, Any]:
         """End-of-run hook: write the algorithm's artefacts; returns extra summary fields."""
@@ -381,6 +407,13 @@ class FedSparseStrategy(Strategy, LayerView):
         """A short note on this round's metrics ``row`` for the round's progress line, e.g. the
         bits per parameter a compressing strategy sent (default: none)."""
         return ""
+
+
+def _client_keeps_state(algorithm: str) -> bool:
+    """Whether ``algorithm``'s client half declares ``keeps_state``."""
+    from strategies.core.registry import get_algorithm  # the registry imports this module
+
+    return get_algorithm(algorithm).client.keeps_state
 
 
 def _checked_evaluation(update: ClientUpdate) -> ClientUpdate:

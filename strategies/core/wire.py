@@ -21,7 +21,8 @@ Record = ArrayRecord | ConfigRecord | MetricRecord
 SEPARATOR = "/"
 CLIENT_IDS_KEY = "client_ids"
 STATE_DIR_KEY = "state_dir"
-PLUMBING_KEYS = (CLIENT_IDS_KEY, STATE_DIR_KEY)  # engine routing, not payload: not counted
+STATE_ROUND_KEYS = ("state_rounds", "state_floors")  # which version of its state each client uses
+PLUMBING_KEYS = (CLIENT_IDS_KEY, STATE_DIR_KEY, *STATE_ROUND_KEYS)  # the engine's, not counted
 
 
 def client_key(client_id: int, name: str) -> str:

@@ -25,6 +25,8 @@ RESIDUAL = "compress-residual"  # client state: error-feedback residual per laye
 class PseudoGradientClient(ClientAlgorithm):
     """Trains like FedAvg, then sends the (compressed, LBGM-reduced) pseudo-gradient."""
 
+    keeps_state = True  # the error-feedback residual and LBGM's look-back gradients
+
     def __init__(self) -> None:
         self.start: dict[str, np.ndarray] = {}
         self.server_versions: list[int] | None = None

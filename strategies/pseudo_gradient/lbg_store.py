@@ -4,8 +4,9 @@ LBGM's server must rebuild ρ·LBG for every client that reuses, so it keeps one
 (client, unit) with the version (round) it was sent in. With many clients that is
 O(clients × parameters), hence two backends: ``memory`` (a dict) and ``disk`` (one numpy
 memmap file per client, preallocated for all units, opened only while read or written), both
-optionally in float16. Versions are small and stay in memory. The store is not checkpointed:
-an empty store only makes clients send in full once (see the version protocol in lbgm.py).
+optionally in float16. Versions are small and stay in memory. The store is checkpointed whole
+(:meth:`LBGStore.state_dict`, its ``nbytes`` per checkpoint), so a resumed run decodes the
+clients' ρ against the look-back gradients their kept state still refers to.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 STORES = ("memory", "disk")
 STORE_DTYPES = ("float32", "float16")
+VECTOR, VERSION = "lbg/", "lbg-version/"  # checkpoint keys: <client>/<unit>
 
 
 class LBGStore(ABC):
@@ -62,6 +64,26 @@ class LBGStore(ABC):
             for units in self._versions.values()
             for unit in units
         )
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Every held LBG (in the store's dtype) and its version, keyed by client and unit."""
+        state = {}
+        for client_id, units in self._versions.items():
+            for unit, version in units.items():
+                state[f"{VECTOR}{client_id}/{unit}"] = self._read(client_id, unit)
+                state[f"{VERSION}{client_id}/{unit}"] = np.array(version, dtype=np.int64)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Hold exactly the LBGs :meth:`state_dict` saved (other keys are ignored)."""
+        for client_id, units in list(self._versions.items()):
+            for unit in list(units):
+                self.evict(client_id, unit)
+        for key, version in state.items():
+            if key.startswith(VERSION):
+                client, unit = key.removeprefix(VERSION).split("/", 1)
+                vector = np.asarray(state[f"{VECTOR}{client}/{unit}"], dtype=self.dtype)
+                self.put(int(client), unit, int(version), vector)
 
     @abstractmethod
     def _write(self, client_id: int, unit: str, vector: np.ndarray) -> None: ...

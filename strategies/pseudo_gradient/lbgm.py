@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -164,6 +165,15 @@ class Lbgm(PseudoGradient):
             for unit, names in self.units.items()
         }
         return make_store(params.store, sizes, params.store_dtype, params.store_dir)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The server step's state and every client's look-back gradients with their versions
+        (the store's bytes, ``lbgm_store_bytes``, go into each checkpoint)."""
+        return {**super().state_dict(), **self.store.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        super().load_state_dict(state)
+        self.store.load_state_dict(state)
 
     def client_records(self, server_round: int, client_id: int) -> dict[str, Record]:
         versions = []
