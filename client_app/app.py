@@ -31,12 +31,11 @@ from data.device import device_data
 from data.federated import DataSpec, client_data
 from models.training import TensorData, evaluate, resolve_device, round_seed, seed_torch
 from strategies.core.client import ClientAlgorithm, ClientContext
-from strategies.core.client_state import LOST_METRIC
 from strategies.core.cohort import QUERY_CONFIG, hosted_clients
 from strategies.core.job import ClientJob, DataInfo
 from strategies.core.reduction import CohortReducer
 from strategies.core.tensor_arrays import ReplyRecord, wire_records
-from strategies.core.update import ARRAYS, CONFIG, METRICS
+from strategies.core.update import ARRAYS, CONFIG, METRICS, STATE_LOST
 from strategies.core.wire import CLIENT_IDS_KEY, ClientState, Record, pack_clients, unpack_clients
 
 DATA_ROOT = "data-root"
@@ -244,7 +243,7 @@ def _train_one(
     )
     lost = lost_version(ctx.state)
     if lost is not None:  # the server names it in one line
-        metrics[LOST_METRIC] = lost
+        metrics[STATE_LOST] = lost
     extra = records.pop(METRICS, None)
     if isinstance(extra, MetricRecord):
         metrics.update(extra)

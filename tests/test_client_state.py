@@ -9,19 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, RecordDict
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from client_app.state_files import FolderStore
 from strategies.core.client_state import (
-    LOST_METRIC,
     NONE,
     ContextStore,
     KeptState,
     StateRounds,
 )
 from strategies.core.job import ClientJob
-from strategies.core.update import ClientUpdate
-from strategies.core.wire import shared_payload_bytes
+from strategies.core.update import STATE_LOST, ClientUpdate, reply_bytes
+from strategies.core.wire import record_bytes, shared_payload_bytes
 
 
 def _stores(tmp_path: Path) -> dict[str, object]:
@@ -100,7 +99,7 @@ def test_evaluation_reads_and_never_writes(tmp_path: Path) -> None:
 
 
 def _update(client_id: int, lost: bool = False) -> ClientUpdate:
-    metrics = {"num-examples": 1, **({LOST_METRIC: 2} if lost else {})}
+    metrics = {"num-examples": 1, **({STATE_LOST: 2} if lost else {})}
     return ClientUpdate(client_id, 1, metrics, {})
 
 
@@ -139,3 +138,9 @@ def test_resuming_with_state_in_the_context_says_so_once(
         resumed.load_state_dict(rounds.state_dict())
         resumed.accepted(2, [_update(0, lost=True)])
     assert len(caplog.records) == 1 and "Flower's context" in caplog.text
+
+
+def test_a_lost_state_report_is_not_counted_as_the_replys_bytes() -> None:
+    plain = {"metrics": MetricRecord({"num-examples": 5, "train-loss": 0.5})}
+    reported = {"metrics": MetricRecord({"num-examples": 5, "train-loss": 0.5, STATE_LOST: 7})}
+    assert reply_bytes(reported) == reply_bytes(plain) == record_bytes(plain.values())

@@ -59,7 +59,7 @@ class ClientAlgorithm(Generic[P]):
     """Whether the numbers depend on what this client keeps in ``ctx.state`` across rounds.
     True: the engine versions it by round (``strategies.core.client_state``), so a dropped
     reply or a resume rolls it back to what the server's aggregate saw. False: ``ctx.state``
-    is a cache the engine may lose at any restart (FedPM keeps its last θ there)."""
+    is a cache the engine may lose at any restart, for what no number depends on."""
 
     def receive(self, ctx: ClientContext[P], model: nn.Module) -> None:
         """Load the downlink payload into ``model`` (default: the dense global arrays)."""

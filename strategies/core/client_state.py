@@ -12,8 +12,8 @@ run), so:
 - a run resumed from the round-t checkpoint names each client's version as of round t, so a
   client that trained past the checkpoint before the interrupt rolls back;
 - a client whose named version is gone (state in Flower's context after a restart, a node that
-  lost its disk) starts from empty state and says so in its reply (``state-lost``); the server
-  logs one line and the run goes on.
+  lost its disk) starts from empty state and says so in its reply (``state-lost``, engine
+  plumbing not counted as the reply's bytes); the server logs one line and the run goes on.
 
 Versions share unchanged records (a version maps each name to the round that wrote it), and a
 client keeps only the versions a checkpoint may still name: from the one named three rounds ago
@@ -37,7 +37,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from strategies.core.job import ClientJob
-from strategies.core.update import ClientUpdate
+from strategies.core.update import STATE_LOST, ClientUpdate
 from strategies.core.wire import ClientState, Record, client_key
 from strategies.numeric.arrays import to_array_record, to_numpy_dict
 
@@ -47,7 +47,6 @@ HISTORY = 3
 """Rounds of named versions a client keeps: the checkpoint being written while the next round
 trains, the one before it, and the one a damaged checkpoint falls back to."""
 NONE = -1  # the named round of a client with no accepted reply: empty state
-LOST_METRIC = "state-lost"  # reply metric: the round of the version the client no longer had
 STATE_PREFIX = "client-state/"  # checkpoint keys of the server's bookkeeping
 ROUNDS_KEY, RUN_KEY = "rounds", "run-key"
 
@@ -234,7 +233,7 @@ class StateRounds:
         updates = list(updates)
         self.rounds[1:] = self.rounds[:-1].copy()
         self.rounds[0, [u.client_id for u in updates]] = server_round
-        lost = [u.client_id for u in updates if LOST_METRIC in u.metrics]
+        lost = [u.client_id for u in updates if STATE_LOST in u.metrics]
         if lost and not self.restart_announced:
             log.warning(
                 "round %d: clients %s no longer had the state the server names (a node that "

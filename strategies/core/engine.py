@@ -30,7 +30,7 @@ from strategies.core.reduction import (
     reported_size,
     reported_update,
 )
-from strategies.core.update import ClientUpdate, checked_update
+from strategies.core.update import ClientUpdate, checked_update, reply_bytes
 from strategies.core.validation import ReplyError
 from strategies.core.wire import Record, record_bytes, shared_payload_bytes, unpack_clients
 
@@ -278,7 +278,7 @@ class RoundEngine:
         updates = []
         for client_id in cohort:
             records = per_client.get(client_id, {})
-            size = record_bytes(records.values())
+            size = reply_bytes(records)
             stats.uplink_bytes += size
             try:
                 updates.append(

@@ -28,9 +28,15 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from strategies.core.tensor_arrays import ReplyRecord
-from strategies.core.update import METRICS, ClientUpdate, checked_update, decode_train
+from strategies.core.update import (
+    METRICS,
+    ClientUpdate,
+    checked_update,
+    decode_train,
+    reply_bytes,
+)
 from strategies.core.validation import ReplyError, check_num_examples, require_record
-from strategies.core.wire import Record, pack_clients, record_bytes
+from strategies.core.wire import Record, pack_clients
 from strategies.numeric.arrays import to_array_record, to_numpy_dict
 
 VERDICT = "verdict"  # per client: the bytes its reply had; why it was dropped, if it was
@@ -110,7 +116,7 @@ class CohortReducer:
         ``reduce-s``: this check, decode and add) once its size is measured: they inform the
         round's phase times and are not part of the client's reply bytes."""
         started = time.perf_counter()
-        size = record_bytes(records.values())
+        size = reply_bytes(records)
         try:
             update = checked_update(client_id, records, size, self.limit, 1)
             decode_train(update, self.running)

@@ -7,6 +7,7 @@ exactly the replies the server would have dropped, under the same reasons.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,11 +19,15 @@ from strategies.core.validation import (
     check_num_examples,
     require_record,
 )
-from strategies.core.wire import Record
+from strategies.core.wire import Measured, Record, record_bytes
 
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
+STATE_LOST = "state-lost"
+"""A reply metric the engine adds (``strategies.core.client_state``): the round of the kept
+state a client no longer had. Engine plumbing, like the state rounds the job names: not counted
+in the reply's bytes."""
 REPLY_SLACK_BYTES = 1 << 16  # room for a reply's keys and metrics beside its arrays
 
 
@@ -53,6 +58,16 @@ class TrainDecoder(Protocol):
     def delta_norms(self, payload: Any) -> dict[str, float]: ...
 
     def client_stats(self, update: ClientUpdate) -> dict[str, float]: ...
+
+
+def reply_bytes(records: Mapping[str, Measured]) -> int:
+    """Bytes of one client's reply as its algorithm sent them (without the engine's
+    :data:`STATE_LOST` report)."""
+    size = record_bytes(records.values())
+    metrics = records.get(METRICS)
+    if isinstance(metrics, MetricRecord) and STATE_LOST in metrics:
+        size -= MetricRecord({STATE_LOST: metrics[STATE_LOST]}).count_bytes()
+    return size
 
 
 def checked_update(

@@ -71,6 +71,8 @@ class FedPMClient(ClientAlgorithm):
     """Trains mask scores from logit(θ_global), then sends one sampled mask, range-coded
     against θ_global or bit-packed."""
 
+    keeps_state = True  # the θ the next coded downlink's delta is taken against
+
     local_hashes: ClassVar[dict[tuple[str, int], str]] = {}
     """Hash of the frozen weights per (model, weight seed), computed once per process: the same
     seed rebuilds the same weights, so every later client of the process would hash the same."""

@@ -63,6 +63,10 @@ from strategies.fedpm.shared import (
 )
 from strategies.numeric.arrays import to_array_record, to_numpy
 
+# checkpoint keys of the coded downlink's base: its round, θ, holders; the counts behind θ
+BASE_ROUND, BASE_THETA, HOLDERS = "theta-base-round", "theta-base/", "theta-holders"
+COUNTED, COUNTS = "theta-counted", "theta-counts/"
+
 
 # ---------------------------------------------------------------------------------- server
 class MaskScores(LayerView):
@@ -150,11 +154,11 @@ class FedPM(MaskScores, FedSparseStrategy):
 
     def configure_train(self, server_round, arrays, config, grid):
         """Roll the coded downlink's base: the θ of the previous round, held by the clients
-        that were asked to keep it and replied."""
+        that were asked to keep it and replied (``aggregate`` narrowed them)."""
         sent = self._sent_theta
         if sent is not None and sent[0] == server_round - 1:
             self._base = (sent[0], sent[1])
-            self._holders = {u.client_id for u in self.last_updates} & sent[2]
+            self._holders = set(sent[2])
         else:
             self._base, self._holders = None, set()
         self._variants = {}
@@ -286,6 +290,9 @@ class FedPM(MaskScores, FedSparseStrategy):
         theta = self.posterior.update(server_round, *counts.result())
         per_entry, clients = counts.result()
         self._counts = (clients, dict(per_entry))  # θ's count model (theta_codec's delta)
+        sent = self._sent_theta
+        if sent is not None and sent[0] == server_round:  # who holds this round's θ now
+            self._sent_theta = (sent[0], sent[1], sent[2] & {u.client_id for u in updates})
         self._mean_delta = {k: v - counts.theta[k] for k, v in self.posterior.mean_clipped.items()}
         self._scores = {k: logit(v).astype(np.float32) for k, v in theta.items()}
         return to_array_record(self._scores)
@@ -377,14 +384,31 @@ class FedPM(MaskScores, FedSparseStrategy):
         }
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {
+        """The posterior and scores, and what the next coded downlink is coded against: the θ
+        sent this round, the clients that keep it, and the counts behind the new θ."""
+        state = {
             **self.posterior.state_dict(),
             **{f"scores/{k}": v for k, v in self._scores.items()},
         }
+        if self._sent_theta is not None:
+            sent_round, priors, holders = self._sent_theta
+            state[BASE_ROUND] = np.array(sent_round, dtype=np.int64)
+            state[HOLDERS] = np.array(sorted(holders), dtype=np.int64)
+            state.update({f"{BASE_THETA}{k}": v for k, v in priors.items()})
+        if self._counts is not None:
+            state[COUNTED] = np.array(self._counts[0], dtype=np.int64)
+            state.update({f"{COUNTS}{k}": v for k, v in self._counts[1].items()})
+        return state
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         self.posterior.load_state_dict(state)
         self._scores = _prefixed(state, "scores/")
+        if BASE_ROUND in state:  # clients hold the base only where their state outlived a restart
+            kept = self.client_state is not None and not self.client_state.in_context
+            holders = {int(c) for c in state[HOLDERS]} if kept else set()
+            self._sent_theta = (int(state[BASE_ROUND]), _prefixed(state, BASE_THETA), holders)
+        if COUNTED in state:
+            self._counts = (int(state[COUNTED]), _prefixed(state, COUNTS))
 
 
 class MaskEvaluator:
