@@ -24,7 +24,13 @@ from omegaconf import DictConfig, OmegaConf
 from server_app.engine import with_clients_per_node
 from server_app.experiment import run_experiment
 from server_app.failures import one_line_failures
-from server_app.federation import await_nodes, count_clients, sized_by_nodes, without_auto
+from server_app.federation import (
+    await_nodes,
+    count_clients,
+    seated_clients,
+    sized_by_nodes,
+    without_auto,
+)
 from server_app.resume import CONFIG_FILE, resumed_config
 from server_app.settings import compose_config, validate
 from strategies.core.cohort import expected_nodes
@@ -39,13 +45,16 @@ def deployed_run_dir(run_config: Mapping[str, object], run_id: int) -> Path:
     return Path(run_dir).expanduser() if run_dir else DEPLOY_RUNS / str(run_id)
 
 
-def deployed_config(grid: Grid, overrides: str, run_dir: Path) -> tuple[DictConfig, bool]:
-    """The deployed run's checked config, once its SuperNodes are there, and whether its first
-    round waits for every client (not under ``num_clients=auto``: the missing ones join later).
+def deployed_config(
+    grid: Grid, overrides: str, run_dir: Path
+) -> tuple[DictConfig, dict[int, list[int]] | None]:
+    """The deployed run's checked config, once its SuperNodes are there, and the clients of the
+    nodes counted so far (``run_experiment``'s ``seated``; None: the first round waits for
+    every client).
 
     ``num_clients`` given: wait for that many nodes. Not given (or ``auto``): count the nodes
-    (``federation.count_clients``); a resumed run keeps its own count and starts once its
-    nodes, or after the grace period any of them, are there.
+    (``federation.count_clients``; the missing ones join later); a resumed run keeps its own
+    count and starts once its nodes, or after the grace period any of them, are there.
     """
     items = shlex.split(overrides)
     by_nodes = sized_by_nodes(items)
@@ -55,14 +64,18 @@ def deployed_config(grid: Grid, overrides: str, run_dir: Path) -> tuple[DictConf
         config = resumed_config(config, run_dir, without_auto(items))
     wait_s, grace_s = config.deployment.node_wait_s, config.deployment.node_grace_s
     if by_nodes and not resumed:
-        OmegaConf.update(config, "num_clients", count_clients(grid, grace_s, wait_s, say))
+        size, seats = count_clients(grid, grace_s, wait_s, say)
+        OmegaConf.update(config, "num_clients", size)
         validate(config)
-        return config, False
+        return config, seated_clients(seats, size, _clients_per_node(config))
     validate(config)
-    per_node = with_clients_per_node(config, actors=None).engine.clients_per_node
-    needed = expected_nodes(config.num_clients, per_node)
+    needed = expected_nodes(config.num_clients, _clients_per_node(config))
     await_nodes(grid, needed, wait_s, grace_s if by_nodes else None, say)
-    return config, not by_nodes
+    return config, {} if by_nodes else None
+
+
+def _clients_per_node(config: DictConfig) -> int:
+    return with_clients_per_node(config, actors=None).engine.clients_per_node
 
 
 def make_server_app(
@@ -80,10 +93,10 @@ def make_server_app(
             return
         overrides = str(context.run_config.get("overrides", ""))
         with one_line_failures(target):
-            config, wait_for_all = deployed_config(grid, overrides, target)
+            config, seated = deployed_config(grid, overrides, target)
             # devices may hold their own data: the job tells them the set's shape and statistics
             OmegaConf.update(config, "engine.describe_data", True)
-            run_experiment(grid, config, target, sweep, wait_for_all)
+            run_experiment(grid, config, target, sweep, seated)
 
     return server_app
 

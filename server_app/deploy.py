@@ -229,8 +229,24 @@ def run_status(connection: str, run_id: str) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Validate, run with ``flwr run``, then report how the run ended (0 = completed)."""
+    """Validate, run with ``flwr run``, then report how the run ended (0 = completed); SIGINT
+    or SIGTERM stops the run on the SuperLink too (:func:`stop_run`)."""
     args = parse_args(argv)
+    run_dir = resolve_run_dir(args.overrides, args.run_dir)
+    run = FlwrRun()
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return deploy(args, run_dir, run)
+    except Stopped as stop:
+        return stop_run(run, args.connection, stop.signum, resume_command(args, run_dir))
+    finally:
+        _end_child(run)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def deploy(args: argparse.Namespace, run_dir: Path, run: FlwrRun) -> int:
+    """Check the overrides here, stream the run, and say how it ended."""
     if not (args.app / "pyproject.toml").is_file():
         raise SystemExit(
             f"fedsparse-deploy: --app {args.app} holds no pyproject.toml; pass the fedsparse "
@@ -246,24 +262,15 @@ def main(argv: list[str] | None = None) -> int:
             "strategy=fedpm builds its model from the data set's classes: it must be readable "
             "here too)"
         ) from None
-    run_dir = resolve_run_dir(args.overrides, args.run_dir)
-    run = FlwrRun()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _raise_stopped)
-    try:
-        with tempfile.TemporaryDirectory(prefix="fedsparse-deploy-") as tmp:
-            config_file = Path(tmp) / "run-config.toml"
-            config_file.write_text(run_config_toml(args.overrides, run_dir))
-            print(f"[fedsparse-deploy] results on the SuperLink host in {run_dir}", flush=True)
-            code = stream_run(args.app.resolve(), args.connection, config_file, run)
-        if code != 0 or run.run_id is None:
-            print(f"fedsparse-deploy: `flwr run` failed (exit status {code})", file=sys.stderr)
-            return code or 1
-        status, details = run_status(args.connection, run.run_id)
-    except Stopped as stop:
-        return stop_run(run, args.connection, stop.signum, resume_command(args, run_dir))
-    finally:
-        _end_child(run)
+    with tempfile.TemporaryDirectory(prefix="fedsparse-deploy-") as tmp:
+        config_file = Path(tmp) / "run-config.toml"
+        config_file.write_text(run_config_toml(args.overrides, run_dir))
+        print(f"[fedsparse-deploy] results on the SuperLink host in {run_dir}", flush=True)
+        code = stream_run(args.app.resolve(), args.connection, config_file, run)
+    if code != 0 or run.run_id is None:
+        print(f"fedsparse-deploy: `flwr run` failed (exit status {code})", file=sys.stderr)
+        return code or 1
+    status, details = run_status(args.connection, run.run_id)
     if status == FAILED:
         print(f"fedsparse-deploy: run {run.run_id} failed: {reason_of(details)}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -283,12 +283,13 @@ def run_experiment(
     cfg: DictConfig,
     run_dir: Path,
     sweep: Path | None = None,
-    wait_for_all: bool = True,
+    seated: Mapping[int, list[int]] | None = None,
 ) -> dict:
     """Run (or resume) the configured experiment on ``grid``; returns the summary. ``sweep`` is
-    the folder of the ``--multirun`` this run is a job of (its tracking experiment). Without
-    ``wait_for_all`` (a deployed ``num_clients=auto`` run) the first round takes the clients
-    whose nodes are connected, the others join when their nodes do."""
+    the folder of the ``--multirun`` this run is a job of (its tracking experiment). With
+    ``seated`` (a deployed run sized by its nodes: the clients of the nodes it knows) the first
+    round takes the clients whose nodes are connected, the others join when their nodes do;
+    without, the run waits until every client's node has answered."""
     started = time.perf_counter()
     keep_freed_memory()  # every round decodes and frees model-sized arrays per client
     cfg = with_clients_per_node(cfg, actors=None)  # auto without an actor pool: 1 per node
@@ -306,9 +307,11 @@ def run_experiment(
         cfg, run_dir, metrics, tracker, lambda: wall_before + time.perf_counter() - started
     )
     num_params = sum(math.prod(a.shape) for a in arrays.values())
-    if wait_for_all:
+    if seated is None:
         directory.wait_for_nodes(grid)
     else:
+        for node_id, client_ids in seated.items():
+            directory.seat(node_id, client_ids)
         directory.refresh(grid)
     print(
         f"[fedsparse] {cfg.strategy.name} on {cfg.dataset.name} ({cfg.partition.name}), "

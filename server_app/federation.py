@@ -13,7 +13,7 @@ nodes it has and how many it waits for, and gives up with one line after
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
@@ -21,7 +21,7 @@ from flwr.serverapp import Grid
 
 from client_app.census import CENSUS, NUM_PARTITIONS, PARTITION_ID, UNDECLARED
 from server_app.resume import given_keys
-from strategies.core.cohort import QUERY_CONFIG
+from strategies.core.cohort import QUERY_CONFIG, hosted_clients
 
 AUTO = "auto"
 POLL_S = 0.5
@@ -114,10 +114,10 @@ class NodeWait:
 
 def count_clients(
     grid: Grid, grace_s: float, wait_s: float, say: Callable[[str], None] = print
-) -> int:
+) -> tuple[int, dict[int, NodeSeat]]:
     """``num_clients=auto``: the clients of the nodes connected within ``grace_s`` (sooner
-    once every node the connected ones declare is there); waits up to ``wait_s`` for a first
-    node."""
+    once every node the connected ones declare is there), and the seat of each node asked;
+    waits up to ``wait_s`` for a first node."""
     say(
         f"[fedsparse] num_clients=auto: counting the SuperNodes that connect within "
         f"{grace_s:g} s (deployment.node_grace_s)"
@@ -136,7 +136,7 @@ def count_clients(
             declared = all(s.declared != UNDECLARED for s in present)
             if (declared and len(seated) == size) or wait.elapsed >= grace_s:
                 say(_counted(present, size, seated))
-                return size
+                return size, seats
         elif wait.expired():
             raise FederationError(
                 f"no SuperNode connected within {wait_s:g} s (deployment.node_wait_s); start "
@@ -178,6 +178,16 @@ def await_nodes(
                 f"num_clients=auto (the connected nodes)"
             )
         wait.tick(f"waiting for SuperNodes: {count} of {needed} connected")
+
+
+def seated_clients(
+    seats: Mapping[int, NodeSeat], num_clients: int, clients_per_node: int
+) -> dict[int, list[int]]:
+    """The clients each counted node hosts, as its answer to a directory query would say."""
+    return {
+        node: hosted_clients({PARTITION_ID: seat.partition_id}, num_clients, clients_per_node)
+        for node, seat in seats.items()
+    }
 
 
 def without_auto(overrides: Iterable[str]) -> list[str]:

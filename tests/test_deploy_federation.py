@@ -92,8 +92,12 @@ def test_node_errors_lose_flowers_wrapping() -> None:
 def test_auto_starts_as_soon_as_every_declared_node_is_there() -> None:
     said = Said()
     started = time.monotonic()
-    size = count_clients(Nodes({7: _seat(0), 9: _seat(1)}), grace_s=30, wait_s=60, say=said)
-    assert size == 2 and time.monotonic() - started < 5
+    size, seats = count_clients(Nodes({7: _seat(0), 9: _seat(1)}), grace_s=30, wait_s=60, say=said)
+    assert (
+        size == 2
+        and seats == {7: NodeSeat(0, 2), 9: NodeSeat(1, 2)}
+        and time.monotonic() - started < 5
+    )
     assert "within 30 s" in said[0] and said[-1].endswith("2 SuperNodes connected -> 2 clients")
 
 
@@ -101,7 +105,7 @@ def test_auto_waits_the_grace_period_for_missing_nodes_then_starts_without_them(
     said = Said()
     nodes = Nodes({7: _seat(0, declared=3), 9: _seat(2, declared=3)})
     started = time.monotonic()
-    assert count_clients(nodes, grace_s=0.3, wait_s=60, say=said) == 3
+    assert count_clients(nodes, grace_s=0.3, wait_s=60, say=said)[0] == 3
     assert time.monotonic() - started >= 0.3
     assert said[-1].endswith(
         "2 SuperNodes connected -> 3 clients (clients [1] join when their nodes connect)"
@@ -111,7 +115,7 @@ def test_auto_waits_the_grace_period_for_missing_nodes_then_starts_without_them(
 
 def test_auto_counts_undeclared_nodes_that_connect_within_the_grace_period() -> None:
     nodes = Nodes({7: {"partition-id": 0}, 9: {"partition-id": 1}}, joins_after={9: 0.1})
-    assert count_clients(nodes, grace_s=0.4, wait_s=60, say=Said()) == 2
+    assert count_clients(nodes, grace_s=0.4, wait_s=60, say=Said())[0] == 2
 
 
 def test_auto_without_any_node_says_so_and_gives_up_after_the_wait() -> None:
@@ -160,13 +164,14 @@ def test_local_check_stands_in_a_count_the_other_settings_allow() -> None:
 
 def test_deployed_config_counts_waits_or_resumes(tmp_path: Path) -> None:
     nodes = Nodes({7: _seat(0), 9: _seat(1)})
-    config, wait_for_all = deployed_config(nodes, "dataset=digits num_rounds=1", tmp_path / "a")
-    assert (config.num_clients, config.clients_per_round, wait_for_all) == (2, 2, False)
-    config, wait_for_all = deployed_config(nodes, "dataset=digits num_clients=2", tmp_path / "b")
-    assert (config.num_clients, wait_for_all) == (2, True)
+    config, seated = deployed_config(nodes, "dataset=digits num_rounds=1", tmp_path / "a")
+    assert (config.num_clients, config.clients_per_round, seated) == (2, 2, {7: [0], 9: [1]})
+    assert sorted(nodes.queried) == [7, 9]  # the census only: it seats the clients too
+    config, seated = deployed_config(nodes, "dataset=digits num_clients=2", tmp_path / "b")
+    assert (config.num_clients, seated) == (2, None)
     stored = compose_config(["dataset=digits", "num_clients=3"])
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "config.yaml").write_text(OmegaConf.to_yaml(stored, resolve=True))
     fast = "deployment.node_grace_s=0 deployment.node_wait_s=5"
-    config, wait_for_all = deployed_config(nodes, f"resume=true {fast}", tmp_path / "c")
-    assert (config.num_clients, config.dataset.name, wait_for_all) == (3, "digits", False)
+    config, seated = deployed_config(nodes, f"resume=true {fast}", tmp_path / "c")
+    assert (config.num_clients, config.dataset.name, seated) == (3, "digits", {})

@@ -124,6 +124,11 @@ class ClientDirectory:
             client_ids = reply.content[QUERY_CONFIG][CLIENT_IDS_KEY]
             self._assign(reply.metadata.src_node_id, [int(c) for c in client_ids])
 
+    def seat(self, node_id: int, client_ids: list[int]) -> None:
+        """Record that ``node_id`` hosts ``client_ids``, learned without a directory query (a
+        deployed run's census of its nodes)."""
+        self._assign(node_id, client_ids)
+
     def available_clients(self) -> list[int]:
         """Sorted ids of the clients currently reachable."""
         return sorted(self._node_of)
