@@ -221,24 +221,33 @@ def _training_steps(tmp_path, overrides: list[str]) -> list[int]:
     return stepped
 
 
+def _training_sizes() -> list[int]:
+    """Each client's training samples in ``_training_steps``'s runs: with ``federated_eval=false``
+    nothing is held back for a local test."""
+    cfg = compose_config(
+        ["dataset=digits", "num_clients=2", "partition=iid", "federated_eval=false"]
+    )
+    return [len(client_data(client_job(cfg).data_spec(), c)[0]) for c in (0, 1)]
+
+
 @pytest.mark.parametrize("strategy", SHIPPED_STRATEGIES)
 def test_local_steps_is_the_exact_step_count_for_every_strategy(tmp_path, strategy: str) -> None:
-    """digits/iid gives each client 576 training samples, 11 batches of 50 and one of 26 an
-    epoch: 3 steps are a fraction of an epoch, 40 run into a fourth."""
-    epoch = [50] * 11 + [26]
+    """Batches of 50 over each client's whole split: 3 steps are a fraction of an epoch, 40 run
+    into a fourth (digits/iid gives each client ~720 samples, 15 batches an epoch)."""
+    epochs = [[50] * (size // 50) + [size % 50] * (size % 50 > 0) for size in _training_sizes()]
     for steps in (3, 40):
         stepped = _training_steps(
             tmp_path / str(steps), [f"strategy={strategy}", f"local_steps={steps}", "batch_size=50"]
         )
-        assert stepped == (epoch * 4)[:steps] * 2 * 2  # x clients x rounds
+        one_round = [batch for epoch in epochs for batch in (epoch * 4)[:steps]]
+        assert stepped == one_round * 2  # x rounds
 
 
 @pytest.mark.parametrize("strategy", SHIPPED_STRATEGIES)
 def test_full_batch_is_the_whole_split_once_per_epoch_for_every_strategy(
     tmp_path, strategy: str
 ) -> None:
-    cfg = compose_config(["dataset=digits", "num_clients=2", "partition=iid"])
-    sizes = [len(client_data(client_job(cfg).data_spec(), c)[0]) for c in (0, 1)]
+    sizes = _training_sizes()
     stepped = _training_steps(
         tmp_path, [f"strategy={strategy}", "batch_size=full", "local_epochs=2"]
     )
