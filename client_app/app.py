@@ -91,7 +91,8 @@ def _shipped_partition(spec: DataSpec, client_id: int) -> tuple[ArrayDataset, Ar
     try:
         return client_data(spec, client_id)
     except ModuleNotFoundError as err:
-        package = PIP_NAMES.get(err.name or "", err.name)
+        top = (err.name or "").split(".")[0]  # sklearn.datasets: the package is sklearn
+        package = PIP_NAMES.get(top, top)
         raise ShippedDataError(
             f"this node cannot load client {client_id}'s partition of dataset={spec.dataset}: "
             f"its Python lacks the package {package!r} ({err}); install the server side here "

@@ -79,6 +79,10 @@ def test_a_round_without_valid_replies_names_what_the_nodes_said(tmp_path: Path)
     [
         (ModuleNotFoundError("No module named 'sklearn'", name="sklearn"), "'scikit-learn'"),
         (ModuleNotFoundError("No module named 'mlxtend'", name="mlxtend"), "'mlxtend'"),
+        (
+            ModuleNotFoundError("No module named 'sklearn.datasets'", name="sklearn.datasets"),
+            "'scikit-learn'",
+        ),
     ],
 )
 def test_a_node_without_the_data_sets_package_names_it_and_data_root(
