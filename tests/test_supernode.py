@@ -5,8 +5,11 @@ devices) and benchmarks/edge_round.py."""
 from __future__ import annotations
 
 import inspect
+import shlex
 import sys
 import time
+import tomllib
+from pathlib import Path
 
 import pytest
 from flwr.supernode import start_client_internal
@@ -19,6 +22,8 @@ from client_app.supernode import (
     runtime_api_address,
     shorten_polls,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -99,3 +104,15 @@ def test_options_it_cannot_honour_are_refused(monkeypatch: pytest.MonkeyPatch, o
     monkeypatch.setattr(sys, "argv", ["fedsparse-supernode", "--insecure", option, "subprocess"])
     with pytest.raises(SystemExit, match="is not supported here"):
         supernode.main()
+
+
+def test_the_systemd_unit_runs_fedsparse_supernode_with_options_it_takes() -> None:
+    unit = (REPO / "deploy" / "fedsparse-supernode.service").read_text()
+    exec_start = unit.split("ExecStart=", 1)[1].split("\nRestart", 1)[0].replace("\\\n", " ")
+    command, *args = shlex.split(exec_start)
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert Path(command).name in scripts
+    assert not [a for a in args if a.split("=", 1)[0] in supernode.UNSUPPORTED]
+    assert "Environment=FLWR_TELEMETRY_ENABLED=0" in unit
+    poll = next(line for line in unit.splitlines() if "FEDSPARSE_FLEET_POLL_S=" in line)
+    assert poll_seconds(dict([poll.removeprefix("Environment=").split("=", 1)])) == 0.2
