@@ -68,14 +68,18 @@ def planned(args: argparse.Namespace) -> list[tuple[Path, list[str]]]:
     ]
 
 
-def finished(args: argparse.Namespace, regime: str, setting: str) -> dict[str, list[dict]]:
-    """The metrics rows of every finished run of ``regime`` × ``setting``, by seed."""
-    found = {}
-    for run in sorted(args.runs.glob(f"{regime}_{setting}_seed*")):
-        rows = read_metrics(run) if (run / "summary.json").exists() else []
-        if len(rows) >= args.rounds:
-            found[run.name.rsplit("seed", 1)[1]] = rows[: args.rounds]
-    return found
+def finished(args: argparse.Namespace, regime: str) -> dict[str, dict[str, list[dict]]]:
+    """The metrics rows of every finished run of ``regime``, by setting and seed, cut to the
+    rounds every one of them has (at most ``--rounds``): a regime run shorter is compared
+    over its rounds."""
+    found: dict[str, dict[str, list[dict]]] = {}
+    for setting in SETTINGS:
+        for run in sorted(args.runs.glob(f"{regime}_{setting}_seed*")):
+            if (run / "summary.json").exists():
+                seed = run.name.rsplit("seed", 1)[1]
+                found.setdefault(setting, {})[seed] = read_metrics(run)
+    rounds = min([args.rounds, *(len(r) for runs in found.values() for r in runs.values())])
+    return {s: {seed: r[:rounds] for seed, r in runs.items()} for s, runs in found.items()}
 
 
 def report(args: argparse.Namespace) -> str:
@@ -89,20 +93,23 @@ def report(args: argparse.Namespace) -> str:
         "klms_kl_per_block=k` (other KLMS settings at their defaults). acc = thresholded "
         "network (θ > 0.5) on the central test split. Gaps are KLMS − range over the seeds both "
         f"have; 'worst from round {FROM_ROUND}' is the lowest seed-mean gap over rounds "
-        f"{FROM_ROUND}..{args.rounds}. Uplink bpp: cumulative per client-round on the wire. "
+        f"{FROM_ROUND}.. the last round the regime's runs share (column 'rounds'). Uplink "
+        "bpp: cumulative per client-round on the wire. "
         "Written by `benchmarks/fedpm_klms_sweep.py`.",
         "",
-        "| regime | setting | seeds | final acc | final gap | worst gap from round "
+        "| regime | setting | seeds | rounds | final acc | final gap | worst gap from round "
         f"{FROM_ROUND} (round) | uplink bpp | KL bpp | encode s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    curves = ["", "Accuracy per round (mean over the seeds found):", ""]
     for regime in REGIMES:
-        reference = finished(args, regime, "range")
-        for setting in SETTINGS:
-            runs = finished(args, regime, setting)
-            if not runs:
-                continue
-            lines.append(_row(regime, setting, runs, reference))
+        found = finished(args, regime)
+        for setting, runs in found.items():
+            lines.append(_row(regime, setting, runs, found.get("range", {})))
+            per_round = zip(*(r for r in runs.values()), strict=True)
+            means = [statistics.fmean(row["accuracy"] for row in rows) for rows in per_round]
+            curves.append(f"- {regime} {setting}: {' '.join(f'{a:.3f}' for a in means)}")
+    lines += curves
     return "\n".join(lines) + "\n"
 
 
@@ -125,7 +132,8 @@ def _row(regime: str, setting: str, runs: dict, reference: dict) -> str:
         final_gap = f"{gaps[-1]:+.4f}"
         worst = f"{gaps[low]:+.4f} ({low + 1})"
     return (
-        f"| {regime} | {setting} | {','.join(runs)} | {_mean_std(final)} | {final_gap} | "
+        f"| {regime} | {setting} | {','.join(runs)} | {len(next(iter(runs.values())))} | "
+        f"{_mean_std(final)} | {final_gap} | "
         f"{worst} | {statistics.fmean(up):.4f} | {statistics.fmean(kl):.4f} | "
         f"{statistics.fmean(encode):.3f} |"
     )
