@@ -340,8 +340,8 @@ def test_state_persists_on_the_node_and_reuse_cuts_uplink(tmp_path: Path) -> Non
     rows = read_metrics(tmp_path / "lbgm")
     assert rows[0]["lbgm_reuse_frac"] == 0.0 and rows[1]["lbgm_reuse_frac"] > 0.8
     assert rows[1]["uplink_bytes"] < 0.2 * fedavg[1]["uplink_bytes"]
-    for context in grid.contexts.values():  # the node keeps the LBGs of its client
-        assert any(key.endswith("/" + INDEX) for key in context.state)
+    for context in grid.contexts.values():  # the node keeps the LBGs of its client, by round
+        assert any(key.endswith(f"/kept:{INDEX}@2") for key in context.state)
 
 
 def test_disk_store_run_equals_memory_store_run(tmp_path: Path) -> None:
