@@ -4,7 +4,8 @@
     python benchmarks/edge_round.py --models cnn --rounds 3 --modes flower-default warm-executor
 
 A SuperLink and ``--nodes`` SuperNodes on loopback (insecure, this machine), each SuperNode's
-Python unable to import the server side (a client-only install) and training on its own folder
+Python unable to import the server side (a client-only install; plus torchvision for
+resnet18, which models/resnet.py builds from torchvision's) and training on its own folder
 of ``--images`` 28×28 PNGs (``data-root``), for the default experiment (mnist5k configured on
 the server) with each ``--models``, one client per node, ``federated_eval=false`` (one message
 per node and round) unless ``--federated-eval``; ``fedsparse-deploy`` submits the run. The
@@ -45,9 +46,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.processes import client_only_env, descendants, kill_tree  # noqa: E402
+from tests.processes import SERVER_PACKAGES, client_only_env, descendants, kill_tree  # noqa: E402
 
 OVERRIDES = ["plots=false"]
+NEEDS_TORCHVISION = {"resnet18"}  # models/resnet.py builds it from torchvision's ResNet-18
 FLOWER_SUPERNODE = ["flower-supernode"]
 FEDSPARSE_SUPERNODE = [sys.executable, "-m", "client_app.supernode"]
 
@@ -150,6 +152,11 @@ def measure(args: argparse.Namespace, model: str, mode: Mode, root: Path) -> dic
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     edge_env = {**client_only_env(env, root / "client-only"), **mode.env}
+    if model in NEEDS_TORCHVISION:  # the device installs torchvision beside the core install
+        blocked = tuple(p for p in SERVER_PACKAGES if p != "torchvision")
+        (root / "client-only" / "sitecustomize.py").write_text(
+            f"import sys\n\nsys.modules.update(dict.fromkeys({blocked!r}))\n"
+        )
     started: list[subprocess.Popen] = []
 
     def start(command: list[str], log: str, environment: dict[str, str]) -> subprocess.Popen:
@@ -229,12 +236,15 @@ def fresh_clientapp_start(root: Path) -> float:
 
 def report(results: dict, args: argparse.Namespace) -> str:
     eval_note = "federated evaluation on" if args.federated_eval else "`federated_eval=false`"
+    counts = {r["rounds"] for modes in results["models"].values() for r in modes.values()}
+    rounds = " or ".join(str(c) for c in sorted(counts))
     lines = [
         "# A deployed round: where the time goes, and the settings that cut it",
         "",
-        f"{args.nodes} SuperNodes on loopback without the server packages (client-only), each "
+        f"{args.nodes} SuperNodes on loopback without the server packages (client-only; "
+        "resnet18's nodes have torchvision, which its model needs), each "
         f"training on its own {args.images} PNGs (28×28, `data-root`), one client per node, "
-        f"{args.rounds} rounds, {eval_note}, the default experiment otherwise (mnist5k "
+        f"{rounds} rounds, {eval_note}, the default experiment otherwise (mnist5k "
         "configured on the server, central evaluation every round); the shared 2-core box, "
         "`nice -n 10`. Written by `benchmarks/edge_round.py`. Median over rounds 2+; a "
         "client's training is `client_train_s` over the clients (they train at the same time); "
