@@ -12,6 +12,10 @@ import pytest
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from client_app.state_files import FolderStore
+from server_app.experiment import run_experiment
+from server_app.inprocess import InProcessGrid
+from server_app.results import read_metrics
+from server_app.settings import compose_config
 from strategies.core.client_state import (
     NONE,
     ContextStore,
@@ -144,3 +148,45 @@ def test_a_lost_state_report_is_not_counted_as_the_replys_bytes() -> None:
     plain = {"metrics": MetricRecord({"num-examples": 5, "train-loss": 0.5})}
     reported = {"metrics": MetricRecord({"num-examples": 5, "train-loss": 0.5, STATE_LOST: 7})}
     assert reply_bytes(reported) == reply_bytes(plain) == record_bytes(plain.values())
+
+
+class RestartsANode(InProcessGrid):
+    """An in-process grid whose node hosting partition 0 restarts (a new node, empty context)
+    once it has trained in ``server_round``."""
+
+    def __init__(self, num_nodes: int, server_round: int) -> None:
+        super().__init__(num_nodes)
+        self.server_round = server_round
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        ids = super().push_messages(messages)
+        due = [m for m in messages if m.metadata.message_type == "train"]
+        if due and due[0].content["config"]["server_round"] == self.server_round:
+            self.restart_node(0)
+        return ids
+
+
+def test_a_node_that_lost_its_clients_state_is_named_in_one_line_and_the_run_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Top-k's residuals in Flower's context; the node of clients 0 and 1 restarts after
+    round 2: one warning names them, every reply is still accepted, the run finishes."""
+    cfg = compose_config(
+        [
+            "strategy=topk",
+            "dataset=digits",
+            "num_clients=4",
+            "clients_per_round=4",
+            "engine.clients_per_node=2",
+            "num_rounds=4",
+            "federated_eval=false",
+            "plots=false",
+        ]
+    )
+    with caplog.at_level(logging.WARNING):
+        run_experiment(RestartsANode(2, server_round=2), cfg, tmp_path)
+    lost = [r for r in caplog.records if "no longer had" in r.getMessage()]
+    assert len(lost) == 1 and "round 3: clients [0, 1]" in lost[0].getMessage()
+    rows = read_metrics(tmp_path)
+    assert [(r["clients"], r["failures"]) for r in rows] == [(4, 0)] * 4
