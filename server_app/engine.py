@@ -137,10 +137,11 @@ def client_state_folder(cfg: DictConfig, run_dir: Path) -> Iterator[DictConfig]:
     """``cfg`` with ``engine.client_state_dir=auto`` resolved for a Ray simulation.
 
     On a private local Ray every actor shares this machine's disk: ``<run_dir>/client-state``,
-    emptied when a run starts afresh and kept afterwards, like the checkpoint: a resumed run's
-    clients continue from the state it names (``strategies.core.client_state``). On a Ray
-    cluster workers on other machines would not see it, so client state stays in Flower's
-    context (null). Any other value is used as given.
+    emptied when a run starts afresh, kept when the run stops early (an interrupt, a crash: a
+    resumed run's clients continue from the state its checkpoint names, see
+    ``strategies.core.client_state``) and removed when the run ends normally, so finished runs
+    leave no client-sized files behind. On a Ray cluster workers on other machines would not
+    see it, so client state stays in Flower's context (null). Any other value is used as given.
     """
     if cfg.engine.get("client_state_dir") != AUTO:
         yield cfg
@@ -149,8 +150,11 @@ def client_state_folder(cfg: DictConfig, run_dir: Path) -> Iterator[DictConfig]:
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     resolved.engine.client_state_dir = None if folder is None else str(folder)
     log.info("engine.client_state_dir=auto: client state in %s", folder or "Flower's context")
-    if folder is not None:
-        if not cfg.resume:
-            shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True, exist_ok=True)
+    if folder is None:
+        yield resolved
+        return
+    if not cfg.resume:
+        shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
     yield resolved
+    shutil.rmtree(folder, ignore_errors=True)  # not reached when the run raised or was stopped

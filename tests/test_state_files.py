@@ -186,13 +186,15 @@ def test_auto_is_in_the_run_dir_on_local_ray_and_the_context_on_a_cluster(tmp_pa
     kept = tmp_path / "client-state" / "run-1" / "client-0"
     kept.mkdir(parents=True)  # left by a stopped run: a resumed run continues from it
     resumed = compose_config(["engine.client_state_dir=auto", "resume=true"])
-    with client_state_folder(resumed, tmp_path) as local:
+    with pytest.raises(KeyboardInterrupt), client_state_folder(resumed, tmp_path) as local:
         folder = Path(local.engine.client_state_dir)
         assert folder == tmp_path / "client-state" and client_job(local).state_dir == str(folder)
         assert kept.is_dir()
+        raise KeyboardInterrupt  # stopped again: its state stays for the next resume
+    assert kept.is_dir()
     with client_state_folder(cfg, tmp_path):  # a fresh run starts its clients afresh
         assert folder.is_dir() and not kept.exists()
-    assert folder.exists()  # kept, like the checkpoint, for a resume
+    assert not folder.exists()  # a run that ended leaves no client state behind
     cluster = compose_config(["engine.client_state_dir=auto", "engine.ray_address=10.0.0.1:6379"])
     with client_state_folder(cluster, tmp_path) as resolved:
         assert resolved.engine.client_state_dir is None
