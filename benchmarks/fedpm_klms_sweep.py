@@ -51,6 +51,13 @@ SETTINGS: dict[str, list[str]] = {
         ]
         for bits, kl in ((6, 3.0), (6, 1.5), (8, 3.0), (8, 2.0))
     },
+    # every block sends its index: no block (a small layer's, a layer's tail) takes a θ sample
+    "klms-6b3-fresh0": [
+        "strategy.uplink_coding=klms",
+        "strategy.klms_bits=6",
+        "strategy.klms_kl_per_block=3.0",
+        "strategy.klms_fresh_kl=0",
+    ],
 }
 FROM_ROUND = 5  # the bar: within 1 point of range at every round from round 5
 
@@ -90,7 +97,8 @@ def report(args: argparse.Namespace) -> str:
         "box (1 torch thread); `federated_eval=false`, so clients train on all their images "
         "(nothing held back). Regimes: 10x400 = `num_clients=10 clients_per_round=10`, 100x40 = "
         "`num_clients=100 clients_per_round=10`. `klms-<b>b<k>`: `klms_bits=b "
-        "klms_kl_per_block=k` (other KLMS settings at their defaults). acc = thresholded "
+        "klms_kl_per_block=k` (other KLMS settings at their defaults; `-fresh0`: "
+        "`klms_fresh_kl=0`). acc = thresholded "
         "network (θ > 0.5) on the central test split. Gaps are KLMS − range over the seeds both "
         f"have; 'worst from round {FROM_ROUND}' is the lowest seed-mean gap over rounds "
         f"{FROM_ROUND}.. the last round the regime's runs share (column 'rounds'). Uplink "
