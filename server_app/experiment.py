@@ -298,6 +298,7 @@ def run_experiment(
         cfg.num_clients, cfg.engine.clients_per_node, timeout_s=cfg.round_timeout_s
     )
     strategy = build_strategy(cfg, directory)
+    strategy.keep_files_in(run_dir / CHECKPOINT_DIR)
     monitor = LayerMonitor(cfg.monitor.ref_round, strategy)
     arrays, first_round, wall_before, note = _restore(cfg, run_dir, strategy, monitor)
     (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -1,4 +1,5 @@
-"""LBG store: memory and disk backends agree; versions gate reads; float16 stays close."""
+"""LBG store: memory and disk backends agree; versions gate reads; float16 stays close; a
+checkpoint holds the versions and the archive each vector once."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from strategies.pseudo_gradient.lbg_store import DiskStore, LBGStore, make_store
+from server_app.checkpoint import load_checkpoint
+from strategies.pseudo_gradient.lbg_store import (
+    VECTOR,
+    VERSION,
+    DiskStore,
+    LBGArchive,
+    LBGStore,
+    make_store,
+)
+from tests.runs import run_and_read
 
 SIZES = {"a": 5, "b": 3}
 
@@ -106,3 +116,51 @@ def test_a_checkpointed_store_holds_exactly_what_it_held(tmp_path: Path, dtype: 
                     held = store.get(client, unit, client + 1)
                     back = other.get(client, unit, client + 1)
                     assert (held is None and back is None) or held.tobytes() == back.tobytes()
+
+
+def test_with_an_archive_a_checkpoint_holds_versions_and_vectors_are_written_once(
+    tmp_path: Path,
+) -> None:
+    """Each vector goes to the archive when it arrives; state_dict names versions only; a store
+    restored from it and the archive holds the same bits; a vector no checkpoint of the last
+    three names is removed."""
+    archive = tmp_path / "lbg"
+    store = make_store("memory", SIZES)
+    store.archive = LBGArchive(archive)
+    written = _fill(store)
+    state = store.state_dict()
+    assert not any(key.startswith(VECTOR) for key in state)
+    restored = make_store("disk", SIZES, directory=str(tmp_path / "disk"))
+    restored.archive = LBGArchive(archive)  # a resumed run finds the stopped run's files
+    restored.load_state_dict(state)
+    for (client, unit), vector in written.items():
+        assert restored.get(client, unit, client + 1).tobytes() == vector.tobytes()
+    first = archive / "0" / "a%401.npy"
+    assert first.exists()
+    for version in (10, 11, 12):  # client 0's unit a replaced in three checkpointed rounds
+        store.put(0, "a", version, np.full(5, version, np.float32))
+        store.state_dict()
+    assert not first.exists() and (archive / "0" / "a%4010.npy").exists()
+
+
+def test_a_runs_checkpoint_names_versions_and_its_archive_holds_the_vectors(
+    tmp_path: Path,
+) -> None:
+    rows = run_and_read(
+        [
+            "strategy=lbgm",
+            "strategy.delta=0.9",
+            "dataset=digits",
+            "num_clients=3",
+            "num_rounds=3",
+            "federated_eval=false",
+            "plots=false",
+        ],
+        tmp_path,
+    )
+    state = load_checkpoint(tmp_path / "checkpoint").strategy_state
+    versions = [k for k in state if k.startswith(VERSION)]
+    assert versions and not any(k.startswith(VECTOR) for k in state)
+    archived = sorted((tmp_path / "checkpoint" / "lbg").glob("*/*.npy"))
+    assert len(archived) >= len(versions)
+    assert sum(p.stat().st_size for p in archived) >= rows[-1]["lbgm_store_bytes"]

@@ -379,6 +379,11 @@ class FedSparseStrategy(Strategy, LayerView):
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore what :meth:`state_dict` saved."""
 
+    def keep_files_in(self, folder: Path) -> None:
+        """The run's checkpoint folder, told before any round or restore: a strategy whose
+        checkpointed state is too large to write whole every round may keep write-once files
+        there (default: it keeps none)."""
+
     def checkpoint_state(self) -> dict[str, np.ndarray]:
         """What a checkpoint keeps of the server: :meth:`state_dict`, and which version of its
         kept state each client is at."""

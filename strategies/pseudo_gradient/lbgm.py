@@ -31,6 +31,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ from strategies.core.validation import (
 from strategies.core.wire import Record
 from strategies.numeric.arrays import dot
 from strategies.pseudo_gradient.compression import COMPRESSORS
-from strategies.pseudo_gradient.lbg_store import STORE_DTYPES, STORES, make_store
+from strategies.pseudo_gradient.lbg_store import STORE_DTYPES, STORES, LBGArchive, make_store
 from strategies.pseudo_gradient.server import (
     Decoded,
     PseudoGradient,
@@ -66,6 +67,7 @@ MODEL_UNIT = "model"
 VERSIONS = "lbgm-versions"  # downlink, per client: ConfigRecord {"versions": [int per unit]}
 LBGM = "lbgm"  # uplink: MetricRecord {"rho:<unit>": float, "version:<unit>": int} (reused units)
 CLIENT_COUNTS = ("lbgm-reused", "lbgm-units", "lbgm-checked", "lbgm-phase-error-sum")
+ARCHIVE = "lbg"  # in the run's checkpoint folder: the look-back gradients, each written once
 
 
 def units_of(layers: list[str], granularity: str) -> dict[str, list[str]]:
@@ -166,9 +168,13 @@ class Lbgm(PseudoGradient):
         }
         return make_store(params.store, sizes, params.store_dtype, params.store_dir)
 
+    def keep_files_in(self, folder: Path) -> None:
+        """Each look-back gradient the store receives is written once beside the checkpoints."""
+        self.store.archive = LBGArchive(folder / ARCHIVE)
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        """The server step's state and every client's look-back gradients with their versions
-        (the store's bytes, ``lbgm_store_bytes``, go into each checkpoint)."""
+        """The server step's state and the version of every client's look-back gradients (the
+        vectors are in the archive: each round writes only those it received)."""
         return {**super().state_dict(), **self.store.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
