@@ -322,12 +322,23 @@ def _run(tmp_path: Path, name: str, *overrides: str) -> Path:
 
 
 def test_lbgm_that_never_reuses_is_fedavg(tmp_path: Path) -> None:
+    """The same arithmetic in another order (x + the mean of deltas vs the mean of weights):
+    after one round the models agree to float32 rounding; over three rounds training amplifies
+    that rounding, so the metrics agree closely but not bit for bit."""
     fedavg = _run(tmp_path, "fedavg", "strategy=fedavg")
     lbgm = _run(tmp_path, "lbgm", "strategy=lbgm", "strategy.delta=-1")
     for a, b in zip(read_metrics(fedavg), read_metrics(lbgm), strict=True):
-        assert abs(a["accuracy"] - b["accuracy"]) <= 0.005
+        assert abs(a["accuracy"] - b["accuracy"]) <= 0.01
+        assert abs(a["loss"] - b["loss"]) <= 1e-3
     assert all(r["lbgm_reuse_frac"] == 0.0 for r in read_metrics(lbgm))
-    ours, theirs = (load_checkpoint(run / "checkpoint").arrays for run in (lbgm, fedavg))
+    one_round = [
+        _run(tmp_path, f"{name}-1", *overrides, "num_rounds=1")
+        for name, overrides in (
+            ("lbgm", ["strategy=lbgm", "strategy.delta=-1"]),
+            ("fedavg", ["strategy=fedavg"]),
+        )
+    ]
+    ours, theirs = (load_checkpoint(run / "checkpoint").arrays for run in one_round)
     for name, array in theirs.items():
         np.testing.assert_allclose(ours[name].numpy(), array.numpy(), atol=1e-6)
 
