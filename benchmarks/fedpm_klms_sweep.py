@@ -76,15 +76,15 @@ def planned(args: argparse.Namespace) -> list[tuple[Path, list[str]]]:
 
 
 def finished(args: argparse.Namespace, regime: str) -> dict[str, dict[str, list[dict]]]:
-    """The metrics rows of every finished run of ``regime``, by setting and seed, cut to the
-    rounds every one of them has (at most ``--rounds``): a regime run shorter is compared
-    over its rounds."""
+    """The metrics rows of every run of ``regime`` that has logged at least
+    :data:`FROM_ROUND` rounds, by setting and seed, cut to the rounds every one of them has
+    (at most ``--rounds``): a regime run shorter or interrupted is compared over its rounds."""
     found: dict[str, dict[str, list[dict]]] = {}
     for setting in SETTINGS:
         for run in sorted(args.runs.glob(f"{regime}_{setting}_seed*")):
-            if (run / "summary.json").exists():
-                seed = run.name.rsplit("seed", 1)[1]
-                found.setdefault(setting, {})[seed] = read_metrics(run)
+            rows = read_metrics(run) if (run / "metrics.jsonl").exists() else []
+            if len(rows) >= FROM_ROUND:
+                found.setdefault(setting, {})[run.name.rsplit("seed", 1)[1]] = rows
     rounds = min([args.rounds, *(len(r) for runs in found.values() for r in runs.values())])
     return {s: {seed: r[:rounds] for seed, r in runs.items()} for s, runs in found.items()}
 
