@@ -238,6 +238,11 @@ def report(results: dict, args: argparse.Namespace) -> str:
     eval_note = "federated evaluation on" if args.federated_eval else "`federated_eval=false`"
     counts = {r["rounds"] for modes in results["models"].values() for r in modes.values()}
     rounds = " or ".join(str(c) for c in sorted(counts))
+    load = (
+        f", under other work (load average {results['load_average']})"
+        if "load_average" in results
+        else ""
+    )
     lines = [
         "# A deployed round: where the time goes, and the settings that cut it",
         "",
@@ -246,10 +251,13 @@ def report(results: dict, args: argparse.Namespace) -> str:
         f"training on its own {args.images} PNGs (28×28, `data-root`), one client per node, "
         f"{rounds} rounds, {eval_note}, the default experiment otherwise (mnist5k "
         "configured on the server, central evaluation every round); the shared 2-core box, "
-        "`nice -n 10`. Written by `benchmarks/edge_round.py`. Median over rounds 2+; a "
+        f"`nice -n 10`{load}. Written by `benchmarks/edge_round.py`. Median over rounds 2+; a "
         "client's training is `client_train_s` over the clients (they train at the same time); "
-        "loopback moves the bytes in no measurable time, so training is the work a round "
-        "cannot avoid. A fresh ClientApp interpreter (client-only: `import client_app.app` "
+        "loopback itself carries a round's bytes in well under a second, so the "
+        "training is the work a round cannot avoid, and `round / training` is the ratio to "
+        "training + transfer; how Flower moves the bytes (serialised objects pushed and pulled "
+        "through the SuperNode's and the SuperLink's stores) is part of the rest of the wait. "
+        "A fresh ClientApp interpreter (client-only: `import client_app.app` "
         f"and Flower's runner), timed apart: {results['fresh_clientapp_start_s']:.2f} s.",
         "",
         "| model | mode | round (s) | wait (s) | client training (s) | round / training | "
@@ -296,16 +304,20 @@ def main() -> None:
     args = parser.parse_args()
     results: dict = {"modes": args.modes, "models": {}, "settings": vars(args) | {}}
     results["settings"]["results"] = str(args.results)
+    loads: list[float] = []  # the box's 1-minute load average: how quiet the measurement was
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             results["models"][model] = {}
             for name in args.modes:
                 root = Path(tmp) / f"{model}-{name}"
                 root.mkdir()
+                loads.append(os.getloadavg()[0])
                 result = measure(args, model, MODES[name], root)
+                loads.append(os.getloadavg()[0])
                 results["models"][model][name] = result
                 print(model, name, json.dumps(result), flush=True)
         results["fresh_clientapp_start_s"] = fresh_clientapp_start(Path(tmp))
+    results["load_average"] = f"{min(loads):.1f}-{max(loads):.1f} before and after each mode"
     text = report(results, args)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "edge_round.md").write_text(text)
