@@ -170,6 +170,7 @@ def report(args: argparse.Namespace) -> str:
         f"num_rounds={args.rounds}`, seeds {args.seeds}, in process on the 2-core box; "
         "`downlink_coding=coded` (default), KLMS defaults (6 bits, 3 bits of KL per block). "
         "bpp = bits per parameter per client-round, cumulative over the run, measured bytes. "
+        "Clients train on all their images (nothing held back under `federated_eval=false`). "
         "Written by `benchmarks/fedpm_links.py`.",
         "",
         "| run | final acc | uplink bpp (wire) | KL bound | downlink bpp (all rounds / "

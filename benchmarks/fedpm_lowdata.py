@@ -150,7 +150,8 @@ def report(args: argparse.Namespace) -> str:
         "2-core box; each row changes one thing. `acc` = the thresholded network (θ > 0.5), "
         "`sampled` = mean accuracy of 5 sampled masks, both on the central test split; last 10 = "
         "mean over the last 10 rounds; uplink bpp cumulative per client-round on the wire; "
-        "KL = Σ KL(q‖θ)/N per reply (how far a client moves θ). Written by "
+        "KL = Σ KL(q‖θ)/N per reply (how far a client moves θ). Clients train on all their "
+        "images (nothing held back under `federated_eval=false`). Written by "
         "`benchmarks/fedpm_lowdata.py`.",
         "",
         "| setting | what changes | seed | rounds | final acc | best | last 10 | sampled "

@@ -299,7 +299,8 @@ def report(args: argparse.Namespace) -> None:
         f"Setting: `{' '.join(SETTING)} model={args.model} num_rounds={args.rounds}`, seeds "
         f"{args.seeds}; FedPM defaults (reset_period=1, λ0=1, ε=0.01, Adam 0.1, scaled "
         "estimator, uint16 θ downlink); the 100-client rows add "
-        f"`{' '.join(PARTIAL)}`. Written by `benchmarks/fedpm_vs_dense.py` on the 2-core box.",
+        f"`{' '.join(PARTIAL)}`. Clients train on all their images (nothing held back under "
+        "`federated_eval=false`). Written by `benchmarks/fedpm_vs_dense.py` on the 2-core box.",
         "",
         "| strategy | partition (per round / clients) | seeds | final acc (thresholded) "
         "| final acc (sampled) | cum. uplink MB | bpp wire | bpp stream | bpp ideal | bpp H₂ "
