@@ -116,7 +116,7 @@ def count_clients(
     grid: Grid, grace_s: float, wait_s: float, say: Callable[[str], None] = print
 ) -> tuple[int, dict[int, NodeSeat]]:
     """``num_clients=auto``: the clients of the nodes connected within ``grace_s`` (sooner
-    once every node the connected ones declare is there), and the seat of each node asked;
+    once every node the connected ones declare is there), and the seats of those nodes;
     waits up to ``wait_s`` for a first node."""
     say(
         f"[fedsparse] num_clients=auto: counting the SuperNodes that connect within "
@@ -129,14 +129,14 @@ def count_clients(
         new = sorted(connected - seats.keys())
         if new:
             seats.update(census(grid, new, max(wait_s - wait.elapsed, POLL_S)))
-        present = [seats[n] for n in connected if n in seats]
+        present = {n: seats[n] for n in connected if n in seats}
         if present:
-            size = federation_size(present)
-            seated = {s.partition_id for s in present}
-            declared = all(s.declared != UNDECLARED for s in present)
+            size = federation_size(present.values())
+            seated = {s.partition_id for s in present.values()}
+            declared = all(s.declared != UNDECLARED for s in present.values())
             if (declared and len(seated) == size) or wait.elapsed >= grace_s:
-                say(_counted(present, size, seated))
-                return size, seats
+                say(_counted(len(present), size, seated))
+                return size, present
         elif wait.expired():
             raise FederationError(
                 f"no SuperNode connected within {wait_s:g} s (deployment.node_wait_s); start "
@@ -148,9 +148,9 @@ def count_clients(
             time.sleep(POLL_S)
 
 
-def _counted(present: list[NodeSeat], size: int, seated: set[int]) -> str:
+def _counted(count: int, size: int, seated: set[int]) -> str:
     missing = sorted(set(range(size)) - seated)
-    nodes = f"{len(present)} SuperNode{'s' if len(present) > 1 else ''}"
+    nodes = f"{count} SuperNode{'s' if count > 1 else ''}"
     line = f"[fedsparse] num_clients=auto: {nodes} connected -> {size} clients"
     if missing:
         line += f" (clients {missing} join when their nodes connect)"

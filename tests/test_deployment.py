@@ -37,7 +37,7 @@ import strategies
 from server_app import deploy
 from server_app.results import read_metrics, without_wall_clock
 from server_app.settings import ConfigError
-from tests.processes import client_only_env, kill_tree, run_command
+from tests.processes import client_only_env, descendants, kill_tree, run_command
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -333,6 +333,20 @@ def _wait_for_round(run_dir: Path, rounds: int, deploy: subprocess.Popen, log: P
         time.sleep(0.2)
 
 
+def _wait_for_no_server_app(fed: Federation, timeout: float = 60) -> None:
+    """Until no ``flwr-serverapp`` process runs under the SuperLink."""
+    deadline = time.monotonic() + timeout
+    while True:
+        commands = []
+        for pid in descendants(fed.superlink.pid):
+            with contextlib.suppress(OSError):
+                commands.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode())
+        if not any("flwr-serverapp" in command for command in commands):
+            return
+        assert time.monotonic() < deadline, "the stopped run's ServerApp is still running"
+        time.sleep(0.5)
+
+
 def _runs_by_status(fed: Federation) -> dict[str, str]:
     """Run id -> status of every run the SuperLink knows (``flwr ls``)."""
     result = subprocess.run(
@@ -474,7 +488,7 @@ def test_ctrl_c_stops_the_run_on_the_superlink_and_it_resumes(
         rf"\[fedsparse-deploy\] SIGINT: stopped run \d+; continue with: {resume}", last
     )
     assert "running" not in _runs_by_status(federation).values()
-    time.sleep(3)  # the stopped ServerApp writes nothing more
+    _wait_for_no_server_app(federation)  # the stopped run's ServerApp process is gone too
     before = read_metrics(run_dir)
     assert 1 <= len(before) < 3
     command = [sys.executable, "-m", "server_app.deploy", *shlex.split(resume)[1:]]
