@@ -17,7 +17,7 @@ from server_app.experiment import run_experiment
 from server_app.inprocess import InProcessGrid
 from server_app.results import read_metrics
 from server_app.settings import client_job, compose_config, validate
-from strategies.core.wire import ClientState
+from strategies.core.client_state import ContextStore, KeptState
 
 
 def _spec(**overrides: object) -> DataSpec:
@@ -106,6 +106,14 @@ def _tiny_run(tmp_path, bn_policy: str):
     return cfg, grid, read_metrics(tmp_path)[-1], load_checkpoint(tmp_path / "checkpoint")
 
 
+def _last_kept_state(node_state, client: int) -> KeptState:
+    """The client's state as its last trained round left it, read-only (the version the
+    final federated evaluation was named)."""
+    store = ContextStore(node_state, client)
+    last = max(store.read_index())
+    return KeptState(store, last, last, last, writable=False)
+
+
 @pytest.mark.parametrize("bn_policy", ["global", "local"])
 def test_local_accuracy_mean_is_the_mean_of_each_clients_accuracy(tmp_path, bn_policy) -> None:
     """By hand: the final global model on each client's matched set (under bn_policy=local with
@@ -122,7 +130,7 @@ def test_local_accuracy_mean_is_the_mean_of_each_clients_accuracy(tmp_path, bn_p
         data = TensorData.from_arrays(test, info.mean, info.std, torch.device("cpu"))
         without_own_bn.append(evaluate(model, data)[0])
         if bn_policy == "local":
-            restore_local_batchnorm(model, ClientState(context.state, client))
+            restore_local_batchnorm(model, _last_kept_state(context.state, client))
         loss, accuracy = evaluate(model, data)
         losses.append(loss)
         accuracies.append(accuracy)
