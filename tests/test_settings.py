@@ -377,10 +377,16 @@ def _documented_commands(*pages: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("command", _documented_commands())
-def test_documented_commands_validate(command: str) -> None:
+def test_documented_commands_validate(command: str, tmp_path, monkeypatch) -> None:
     """Each run the README and docs/ tell users to type is a valid config (a GPU share only
-    where torch sees a GPU), and the CLI's typo check finds nothing in its overrides."""
+    where torch sees a GPU), and the CLI's typo check finds nothing in its overrides (a
+    ``resume=true`` command is checked where the run folder it names exists)."""
     args = shlex.split(command)[1:]
+    monkeypatch.chdir(tmp_path)
+    if "resume=true" in args:
+        run_dirs = [a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")]
+        for run_dir in run_dirs:
+            (tmp_path / run_dir).mkdir(parents=True)
     assert check_command_line(args) is None
     cfg = compose_config(command.removeprefix("fedsparse "))
     if cfg.engine.client_gpus > 0 and not torch.cuda.is_available():
