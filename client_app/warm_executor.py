@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import select
 import time
 
 from flwr.proto.runtime_pb2 import AcquireTaskRequest  # type: ignore[attr-defined]
@@ -35,6 +36,7 @@ from flwr.supernode.runtime.run_clientapp import run_clientapp
 import client_app.app  # noqa: F401  (the import this process exists to do once)
 
 TASK_POLL_S = 0.05  # a local HTTP call to the SuperNode: cheap, and it is how soon a task starts
+FALLBACK_POLL_S = 1.0  # with the SuperNode's pipe: ask anyway this often
 
 
 def _run_task(runtime_api_address: str, token: str, parent_pid: int | None) -> None:
@@ -71,11 +73,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _wait_for_message(ready_fd: int | None, poll_s: float) -> bool:
+    """Wait until the SuperNode says a message is in (a byte on ``ready_fd``), at most
+    ``FALLBACK_POLL_S``; without ``ready_fd`` just ``poll_s``. False once the SuperNode is gone
+    (the pipe closed)."""
+    if ready_fd is None:
+        time.sleep(poll_s)
+        return True
+    readable, _, _ = select.select([ready_fd], [], [], FALLBACK_POLL_S)
+    return not readable or os.read(ready_fd, 4096) != b""
+
+
 def serve(
-    runtime_api_address: str, parent_pid: int | None = None, poll_s: float = TASK_POLL_S
+    runtime_api_address: str,
+    parent_pid: int | None = None,
+    ready_fd: int | None = None,
+    poll_s: float = TASK_POLL_S,
 ) -> None:
     """Take the SuperNode's ClientApp tasks one by one, each in a forked child, until the
-    ``parent_pid`` process (the SuperNode) is gone. Single-threaded, so that forking is safe."""
+    ``parent_pid`` process (the SuperNode) is gone. Single-threaded, so that forking is safe.
+
+    With ``ready_fd`` (fedsparse-supernode's pipe) a task is asked for once the SuperNode has
+    pulled the whole message: a child started earlier finds the message's objects missing and
+    Flower's object pull then backs off a full second before it asks again."""
     client = RuntimeHttpClient.from_server_address(
         server_address=runtime_api_address,
         insecure=True,
@@ -91,7 +111,8 @@ def serve(
             if os.fork() == 0:
                 _run_task(runtime_api_address, acquired.token, parent_pid)
             continue
-        time.sleep(poll_s)
+        if not _wait_for_message(ready_fd, poll_s):
+            return
 
 
 def main() -> None:
@@ -100,9 +121,12 @@ def main() -> None:
     parser.add_argument(
         "--parent-pid", type=int, help="exit when this process (the SuperNode) does"
     )
+    parser.add_argument(
+        "--ready-fd", type=int, help="a pipe the SuperNode writes to when a message is in"
+    )
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        serve(args.runtime_api_address, args.parent_pid)
+        serve(args.runtime_api_address, args.parent_pid, args.ready_fd)
 
 
 if __name__ == "__main__":

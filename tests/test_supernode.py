@@ -63,10 +63,14 @@ def test_the_patched_steps_mark_the_node_busy(slept: list[float]) -> None:
     loop._pull_and_store_message = lambda found: found
     loop._push_messages = lambda: None
     polls = BusyPolls(poll_s=0.2)
+    told: list[int] = []
+    polls.message_in = lambda: told.append(1)  # fedsparse-supernode: a byte to the executor
     shorten_polls(loop, polls)
     assert loop.time is polls
     assert loop._pull_and_store_message(None) is None and not polls.busy()  # an empty pull
+    assert not told
     assert loop._pull_and_store_message(7) == 7 and polls.busy()  # a message of run 7
+    assert told == [1]
     polls.last_busy -= 61
     loop._push_messages()  # a reply sent
     assert polls.busy()
