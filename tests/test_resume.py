@@ -14,7 +14,7 @@ from server_app.inprocess import InProcessGrid
 from server_app.results import read_metrics, without_wall_clock
 from server_app.resume import resumed_config, rounds_note
 from server_app.settings import ConfigError, compose_config
-from tests.runs import run_and_read
+from tests.runs import SHIPPED_STRATEGIES, run_and_read
 
 RUN = ["dataset=digits", "num_clients=3", "partition=iid", "federated_eval=false", "plots=false"]
 
@@ -107,17 +107,12 @@ def test_a_run_from_before_eval_every_resumes_with_the_old_behaviour(tmp_path: P
         _resume(run_dir, "eval_every=2")
 
 
-RESUMED_STRATEGIES = {  # every shipped strategy, with settings that exercise its state
-    "fedavg": [],
+STATE_SETTINGS = {  # settings that exercise a strategy's state; the rest run as shipped
     "fedprox": ["strategy.mu=0.1"],
-    "scaffold": [],
-    "lips": [],
     "lbgm": ["strategy.delta=0.9"],  # look-back gradients reused from round 2 on
-    "topk": [],
-    "signsgd": [],
-    "fedpm": [],
-    "fedadam": [],
 }
+RESUMED_STRATEGIES = {s: STATE_SETTINGS.get(s, []) for s in SHIPPED_STRATEGIES}
+"""Every shipped strategy (a new yaml in conf/strategy joins by itself)."""
 INTERRUPTED_RUN = [
     "dataset=digits",
     "num_clients=6",
