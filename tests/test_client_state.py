@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.common.serde import context_from_proto, context_to_proto
 
 from client_app.state_files import FolderStore
 from server_app.experiment import run_experiment
@@ -24,7 +25,7 @@ from strategies.core.client_state import (
 )
 from strategies.core.job import ClientJob
 from strategies.core.update import STATE_LOST, ClientUpdate, reply_bytes
-from strategies.core.wire import record_bytes, shared_payload_bytes
+from strategies.core.wire import ClientState, record_bytes, shared_payload_bytes
 
 
 def _stores(tmp_path: Path) -> dict[str, object]:
@@ -73,6 +74,18 @@ def test_a_resume_rolls_back_a_client_that_trained_past_the_checkpoint(
     again = _round(store, 2, 3, 30.0)
     assert again.lost is None
     assert _seen(store, 3) == 30.0 and 4 not in store.read_index()
+
+
+def test_state_in_flowers_context_survives_its_protobuf_round_trip() -> None:
+    """A deployed ClientApp sends its context back to the SuperNode as protobuf; an Array
+    holding a numpy Payload (not bytes) made Flower drop the whole push, so every deployed
+    client started each round from empty state."""
+    context = Context(run_id=1, node_id=2, node_config={}, state=RecordDict(), run_config={})
+    _round(ContextStore(context.state, 3), NONE, 1, 0.5)
+    ClientState(context.state, 4).set_arrays("y", {"v": np.arange(4, dtype=np.uint16)})
+    back = context_from_proto(context_to_proto(context)).state
+    assert _seen(ContextStore(back, 3), 1) == 0.5
+    assert ClientState(back, 4).get_arrays("y")["v"].tolist() == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("where", ["context", "folder"])

@@ -39,7 +39,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from strategies.core.job import ClientJob
 from strategies.core.update import STATE_LOST, ClientUpdate
 from strategies.core.wire import ClientState, Record, client_key
-from strategies.numeric.arrays import to_array_record, to_numpy_dict
+from strategies.numeric.arrays import to_array_record, to_numpy_dict, with_bytes
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,8 @@ class ContextStore:
         return to_numpy_dict(record) if isinstance(record, ArrayRecord) else None
 
     def put(self, key: str, record: Record) -> None:
+        if isinstance(record, ArrayRecord):  # Flower serialises the context: bytes only
+            record = with_bytes(record)
         self.node_state[self._key(key)] = record
 
     def put_arrays(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:

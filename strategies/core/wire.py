@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from strategies.numeric.arrays import to_array_record, to_numpy_dict, to_tensors
+from strategies.numeric.arrays import to_array_record, to_numpy_dict, to_tensors, with_bytes
 
 Record = ArrayRecord | ConfigRecord | MetricRecord
 SEPARATOR = "/"
@@ -108,6 +108,8 @@ class ClientState:
         return self._node_state.get(client_key(self._client_id, name))
 
     def set(self, name: str, record: Record) -> None:
+        if isinstance(record, ArrayRecord):  # Flower serialises the context: bytes only
+            record = with_bytes(record)
         self._node_state[client_key(self._client_id, name)] = record
 
     def delete(self, name: str) -> None:

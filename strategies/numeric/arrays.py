@@ -95,6 +95,26 @@ def to_array_record(values: Mapping[str, np.ndarray | torch.Tensor]) -> ArrayRec
     return record
 
 
+def with_bytes(record: ArrayRecord) -> ArrayRecord:
+    """``record`` with every :class:`Payload` copied out as ``bytes``, for Flower's
+    ``context.state``: a deployed ClientApp sends its context back to the SuperNode as
+    protobuf, which takes ``bytes`` only, and Flower drops the whole push (an exception in its
+    exit handler, never logged) when an Array holds anything else."""
+    if not any(isinstance(array.data, Payload) for array in record.values()):
+        return record
+    copied = ArrayRecord()
+    for name, array in record.items():
+        if isinstance(array.data, Payload):
+            array = Array(
+                dtype=array.dtype,
+                shape=tuple(array.shape),
+                stype=array.stype,
+                data=array.data.tobytes(),
+            )
+        copied[name] = array
+    return copied
+
+
 def npy_values(
     data: bytes | np.ndarray, dtype_name: str, shape: tuple[int, ...], offset: int, size: int
 ) -> np.ndarray | None:
