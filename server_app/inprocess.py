@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, MessageType, RecordDict
+from flwr.common.serde import context_from_proto, context_to_proto
 from flwr.supercore.task_identity import TaskIdentity
 
 from client_app.app import directory, evaluate_global, train
@@ -72,6 +73,11 @@ class InProcessGrid:
                 reply = HANDLERS[message.metadata.message_type](message, context)
             except Exception as err:  # a failing client is an error reply, not a crash
                 reply = Message(Error(CLIENT_APP_EXCEPTION, repr(err)), reply_to=message)
+            # a deployed SuperNode keeps the context as protobuf between messages: state that
+            # cannot take that round trip must fail here too, not only on a real node
+            self.contexts[message.metadata.dst_node_id] = context_from_proto(
+                context_to_proto(context)
+            )
             self._replies[message.metadata.message_id] = reply
             ids.append(message.metadata.message_id)
         return ids
