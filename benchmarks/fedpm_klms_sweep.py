@@ -61,16 +61,20 @@ SETTINGS: dict[str, list[str]] = {
 }
 FROM_ROUND = 5  # the issue's bar: within 1 point of range at every round from round 5
 STATUS = """
-## Status (2026-12-08, seed 0 only)
+## Status (2026-12-08)
 
 The issue asks for 3 seeds × 30 rounds of every setting in both regimes. On the shared 2-core
-box (load 7-18 while this ran) a 10-client round took 20-230 s and a low-data round 10-160 s,
-so only seed 0 ran: 30 rounds at 100x40 (range, klms-6b3, klms-6b1.5) and 10 rounds at 10x400.
-On that seed halving the KL per block (klms-6b1.5, ~8 candidates' worth of KL per 64
-candidates instead of ~64) did not close the low-data gap (0.522 vs the default's 0.588, range
-0.647; single-seed curves swing ±5 points from round to round) and cost 0.116 bpp up over 10
-rounds of the 10-client regime, above the 0.10 bar. So the KLMS defaults stay (6 bits, 3 bits
-of KL per block, ≤ 4,096 entries). To finish the sweep (about 2 h on a quiet box):
+box (load 7-18 for most of the session: a 10-client round took 20-230 s) this ran: range and
+the default KLMS (6 bits, 3 bits of KL per block) over seeds 0, 1, 2 (100x40 for 30 rounds,
+10x400 for 10), and `klms_kl_per_block=1.5` on seed 0. The default KLMS trails range by 7.5
+points at 100x40 after 30 rounds and by 5.4 at 10x400 after 10 rounds (worst 6.9, round 8): the
+lag is real, also with every client training on all its images. Halving the KL per block
+(~8 candidates' worth of KL per block of 64 candidates instead of ~64) did not close it on
+seed 0 (100x40: 0.522 vs the default's 0.588 on that seed) and cost 0.116 bpp up over 10
+rounds of 10x400, above the 0.10 bar. So the KLMS defaults stay. Not yet measured:
+`klms_fresh_kl=0` (at ~0.0015 bits of KL per entry a layer of 10-32 entries, fc2.bias or
+conv1.bias, carries less than the 0.05-bit fresh threshold, so its q never travels) and the
+8-bit settings. To finish the sweep (about 2 h on a quiet box):
 
     nice -n 10 python benchmarks/fedpm_klms_sweep.py --seeds 0,1,2
 """
