@@ -54,9 +54,7 @@ def _write(folder: Path, arrays: Arrays) -> None:
             raise
 
 
-def generated_arrays(
-    folder: Path, names: Sequence[str], generate: Callable[[], Arrays]
-) -> Arrays:
+def generated_arrays(folder: Path, names: Sequence[str], generate: Callable[[], Arrays]) -> Arrays:
     """``generate()``'s arrays ``names``, read from ``folder`` when an earlier process wrote
     them there, else generated and written there for the next one (kept in memory when it
     cannot write)."""
