@@ -25,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.fedpm_links import mean_std  # noqa: E402
 from benchmarks.sweep import run_missing_in_process  # noqa: E402
 from server_app.results import read_metrics  # noqa: E402
 
@@ -159,15 +160,10 @@ def _row(regime: str, setting: str, runs: dict, reference: dict) -> str:
         worst = f"{gaps[low]:+.4f} ({low + 1})"
     return (
         f"| {regime} | {setting} | {','.join(runs)} | {len(next(iter(runs.values())))} | "
-        f"{_mean_std(final)} | {final_gap} | "
+        f"{mean_std(final)} | {final_gap} | "
         f"{worst} | {statistics.fmean(up):.4f} | {statistics.fmean(kl):.4f} | "
         f"{statistics.fmean(encode):.3f} |"
     )
-
-
-def _mean_std(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.4f} ± {spread:.4f}"
 
 
 def main() -> None:

@@ -218,7 +218,7 @@ def report(args: argparse.Namespace) -> str:
                 if coding == "klms" and gap
                 else ""
             )
-            cells = [_mean_std([r[key] for r in runs]) for key in ("accuracy", "up", "down")]
+            cells = [mean_std([r[key] for r in runs]) for key in ("accuracy", "up", "down")]
             lines.append(
                 f"| {partition} | {coding} | {len(runs)} | {' | '.join(cells)} | {versus} |"
             )
@@ -340,7 +340,8 @@ def theta_report(path: Path) -> list[str]:
     return lines
 
 
-def _mean_std(values: list[float]) -> str:
+def mean_std(values: list[float]) -> str:
+    """``mean ± sample std`` to 4 decimals (± 0 for one value)."""
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.fmean(values):.4f} ± {spread:.4f}"
 

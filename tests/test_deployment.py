@@ -290,8 +290,9 @@ def _deploy_args(run_dir: Path, *overrides: str) -> list[str]:
     ]
 
 
-def _deploy(fed: Federation, run_dir: Path, *overrides: str) -> str:
-    result = subprocess.run(
+def _deploy_result(fed: Federation, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """``fedsparse-deploy`` run to its end against the test federation, output captured."""
+    return subprocess.run(
         _deploy_args(run_dir, *overrides),
         cwd=REPO,
         env=fed.env,
@@ -299,6 +300,10 @@ def _deploy(fed: Federation, run_dir: Path, *overrides: str) -> str:
         text=True,
         timeout=300,
     )
+
+
+def _deploy(fed: Federation, run_dir: Path, *overrides: str) -> str:
+    result = _deploy_result(fed, run_dir, *overrides)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     return output
@@ -512,13 +517,8 @@ def test_a_device_of_the_wrong_shape_ends_the_run_in_one_line(
     """mnist5k is 28×28, the edge node holds 8×8 images: with both replies required, round 1
     fails, and the line says why."""
     _edge_node(federation, running=True)
-    result = subprocess.run(
-        _deploy_args(tmp_path, "dataset=mnist5k", "min_replies=2", "local_steps=2"),
-        cwd=REPO,
-        env=federation.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = _deploy_result(
+        federation, tmp_path, "dataset=mnist5k", "min_replies=2", "local_steps=2"
     )
     line = _failed_in_one_line(result, tmp_path)
     assert "round 1: only 1 valid replies, fewer than min_replies=2" in line
@@ -533,14 +533,7 @@ def test_a_client_only_node_asked_for_the_shipped_partition_says_what_it_needs(
 ) -> None:
     """The edge node without data-root: digits needs scikit-learn, which it lacks."""
     _edge_node(federation, running=True, own_data=False)
-    result = subprocess.run(
-        _deploy_args(tmp_path, "min_replies=2"),
-        cwd=REPO,
-        env=federation.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _deploy_result(federation, tmp_path, "min_replies=2")
     line = _failed_in_one_line(result, tmp_path)
     assert "this node cannot load client 1's partition of dataset=digits" in line
     assert "lacks the package 'scikit-learn'" in line and "data-root=" in line
