@@ -1,5 +1,5 @@
-"""Ctrl-C and SIGTERM: one line, Ray's processes stopped, the clients' scratch state removed,
-exit 128 + n.
+"""Ctrl-C and SIGTERM: one line, Ray's processes stopped, exit 128 + n (the clients' kept state
+stays for the resume).
 
 The handler is installed before anything heavy is imported, so a signal at any moment of a run
 (loading, starting Ray, mid-round, evaluating, checkpointing) takes the same path. Flower's
@@ -8,7 +8,7 @@ reaches, and a terminal's Ctrl-C reaches Ray's daemons and actors too: they die,
 threads raise, and Ray's driver ends this process with status 1 as soon as it sees its raylet
 gone. So the handler does not unwind the stack or wait for an orderly ``ray.shutdown``: it
 says what to do next, silences the process's output (the dying threads' tracebacks), removes
-the scratch folders (and the run folder, if the run had not started yet), kills every process
+the run folder if the run had not started yet, kills every process
 this one started (Ray's daemons and actors, whether or not the signal reached them) and leaves
 at once with ``os._exit``. Nothing is lost: the
 checkpoint of the last finished round is written atomically, and the printed command continues
@@ -20,11 +20,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-import shutil
 import signal
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from server_app.run_folder import remove_unstarted
@@ -35,7 +34,6 @@ class RunInfo:
     """What the handler needs to know about the run under way (filled in as the run starts)."""
 
     run_dir: Path | None = None
-    scratch: list[Path] = field(default_factory=list)
     # the folders that existed before Hydra made the run folder (None: keep whatever it made)
     existed: frozenset[Path] | None = None
 
@@ -91,8 +89,6 @@ def _handle(signum: int, _frame: object) -> None:
     sys.stdout.flush()
     print(f"\n{stop_message(signum)}", file=sys.stderr, flush=True)
     _mute()
-    for folder in RUN.scratch:
-        shutil.rmtree(folder, ignore_errors=True)
     if RUN.run_dir is not None and RUN.existed is not None:
         remove_unstarted(RUN.run_dir, RUN.existed)  # nothing if the run had started
     for pid in _children():  # a private local Ray; an attached cluster only loses this driver

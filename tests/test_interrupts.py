@@ -51,17 +51,17 @@ def handler(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[int]:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["int", "term"])
-def test_the_handler_removes_scratch_and_exits_with_128_plus_n(
+def test_the_handler_keeps_client_state_and_exits_with_128_plus_n(
     handler: list[int], tmp_path: Path, capsys: pytest.CaptureFixture, signum: int
 ) -> None:
     scratch = tmp_path / "client-state"
     scratch.mkdir()
     (scratch / "client-0.npz").write_bytes(b"state")
     (tmp_path / "config.yaml").write_text("num_rounds: 3\n")
-    interrupts.RUN.run_dir, interrupts.RUN.scratch = tmp_path, [scratch]
+    interrupts.RUN.run_dir = tmp_path
     with pytest.raises(SystemExit):
         signal.raise_signal(signum)
-    assert handler[-1] == 128 + signum and not scratch.exists()
+    assert handler[-1] == 128 + signum and scratch.exists()  # the resume needs it
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [interrupts.stop_message(signum)]
     assert f"fedsparse resume=true hydra.run.dir={tmp_path}" in lines[0]
